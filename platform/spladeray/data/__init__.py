@@ -1,0 +1,1 @@
+"""Data: BEIR readers, Ray Data readers, hard negatives, teacher scores, the prepare pipeline."""

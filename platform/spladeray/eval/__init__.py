@@ -1,0 +1,1 @@
+"""Evaluation: metrics (ir-measures), BM25 baseline, fusion, sparsity, reports."""

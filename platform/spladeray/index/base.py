@@ -1,0 +1,104 @@
+"""The ``SparseIndex`` protocol every backend (embedded, OpenSearch) implements.
+
+Vectors are ``{token: weight}`` dicts, as :class:`spladeray.model.SpladeEncoder` returns them.
+Writes never drop anything silently: :class:`BulkResult` counts what was indexed and lists every
+failure by document id with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass
+class Failure:
+    """A document that was not indexed, and why."""
+
+    id: str
+    error: str
+
+
+@dataclass
+class BulkResult:
+    """The outcome of a bulk write: ``indexed`` documents written, ``failed`` the rest by id."""
+
+    indexed: int = 0
+    failed: list[Failure] = field(default_factory=list)
+
+    def merge(self, other: BulkResult) -> BulkResult:
+        return BulkResult(self.indexed + other.indexed, self.failed + other.failed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"indexed": self.indexed, "failed": [f.__dict__ for f in self.failed]}
+
+
+@dataclass
+class Hit:
+    """One search result; ``fields`` are the stored fields (title, text, ...)."""
+
+    id: str
+    score: float
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class IndexUnavailableError(RuntimeError):
+    """The backend cannot be reached; callers answer 503, never claim success."""
+
+
+@runtime_checkable
+class SparseIndex(Protocol):
+    """Create, bulk add with ids, search by sparse query, count, delete."""
+
+    def create(self, name: str) -> None:
+        """Create the index if it does not exist (idempotent)."""
+
+    def exists(self, name: str) -> bool:
+        """Whether the index exists."""
+
+    def add(
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: Sequence[Mapping[str, float]],
+        fields: Sequence[Mapping[str, Any]] | None = None,
+    ) -> BulkResult:
+        """Write documents; an existing id is overwritten, never duplicated."""
+
+    def search(self, name: str, query: Mapping[str, float], size: int = 10) -> list[Hit]:
+        """Top ``size`` documents by sparse dot product, best first."""
+
+    def count(self, name: str) -> int:
+        """Number of live documents."""
+
+    def delete(self, name: str) -> None:
+        """Drop the whole index (idempotent)."""
+
+
+def vector_problem(vector: Any) -> str | None:
+    """Why a document vector cannot be stored, or None when it is fine.
+
+    Lucene's FeatureField (and our embedded index) need finite, positive weights under string
+    tokens; zeros are dropped upstream, negatives and NaN are errors.
+    """
+    if not isinstance(vector, Mapping):
+        return f"vector must be a mapping of token -> weight, got {type(vector).__name__}"
+    for token, weight in vector.items():
+        if not isinstance(token, str) or not token:
+            return f"token {token!r} is not a non-empty string"
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            return f"weight of token {token!r} is not a number"
+        if not math.isfinite(weight) or weight < 0:
+            return f"weight of token {token!r} is {weight!r}; must be finite and >= 0"
+    return None
+
+
+def id_problem(doc_id: Any) -> str | None:
+    """Why a document id is unusable, or None."""
+    if not isinstance(doc_id, str) or not doc_id.strip():
+        return f"document id must be a non-empty string, got {doc_id!r}"
+    if len(doc_id.encode()) > 512:
+        return "document id is longer than 512 bytes"
+    return None

@@ -1,0 +1,99 @@
+"""SPLADE pooling without the ``[batch, seq, vocab]`` tensor.
+
+SPLADE-max is ``w_j = max_i log(1 + relu(logit_ij))`` over the unmasked tokens ``i`` of a text.
+Because ``x -> log(1 + relu(x))`` is monotone non-decreasing, ``max_i f(x_i) = f(max_i x_i)``
+exactly (the same float is picked), so we max-pool the raw logits and apply the activation once
+per text on ``[vocab]`` instead of on every token. The vocabulary projection runs only on real
+(unpadded) tokens, a few hundred at a time, so peak memory is ``chunk_tokens x vocab`` floats
+instead of ``batch x seq x vocab``. Sum pooling (SPLADE v1) cannot commute, so it applies the
+activation per chunk and sums.
+
+Gradients are the same as the naive form: max pooling routes the gradient to the arg-max token
+either way, and the activation's derivative is evaluated at the same value.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+Pooling = Literal["max", "sum"]
+Activation = Literal["relu", "log1p_relu"]
+
+
+def splade_activation(x: torch.Tensor, activation: Activation = "relu") -> torch.Tensor:
+    """``log1p(relu(x))``; ``log1p_relu`` applies ``log1p`` twice (OpenSearch v3 models)."""
+    y = torch.log1p(torch.relu(x))
+    if activation == "log1p_relu":
+        y = torch.log1p(y)
+    return y
+
+
+def _segments(lengths: list[int], chunk_tokens: int) -> list[tuple[int, int]]:
+    """Group consecutive texts into runs of about ``chunk_tokens`` tokens: (first, end) pairs."""
+    groups, start, total = [], 0, 0
+    for i, n in enumerate(lengths):
+        total += n
+        if total >= chunk_tokens:
+            groups.append((start, i + 1))
+            start, total = i + 1, 0
+    if start < len(lengths):
+        groups.append((start, len(lengths)))
+    return groups
+
+
+def pool_logits(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    transform: nn.Module,
+    decoder: nn.Module,
+    *,
+    pooling: Pooling = "max",
+    activation: Activation = "relu",
+    chunk_tokens: int = 512,
+) -> torch.Tensor:
+    """SPLADE vectors ``[batch, vocab]`` from backbone hidden states ``[batch, seq, hidden]``.
+
+    Only unmasked positions are projected to the vocabulary; padding never costs a matmul.
+    """
+    mask = attention_mask.bool()
+    lengths = mask.sum(dim=1).tolist()
+    tokens = transform(hidden[mask])  # [sum(lengths), hidden], texts back to back
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n)
+    rows: list[torch.Tensor] = []
+    for first, end in _segments(lengths, chunk_tokens):
+        logits = decoder(tokens[offsets[first] : offsets[end]])  # [chunk, vocab]
+        if pooling == "sum":
+            logits = splade_activation(logits, activation)
+        base = offsets[first]
+        for i in range(first, end):
+            segment = logits[offsets[i] - base : offsets[i + 1] - base]
+            if segment.shape[0] == 0:  # an empty text: a zero vector, never NaN
+                rows.append(logits.new_zeros(logits.shape[1]))
+            elif pooling == "max":
+                rows.append(segment.amax(dim=0))
+            else:
+                rows.append(segment.sum(dim=0))
+    pooled = torch.stack(rows)
+    if pooling == "max":
+        pooled = splade_activation(pooled, activation)
+    return pooled
+
+
+def pool_full_logits(
+    logits: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    pooling: Pooling = "max",
+    activation: Activation = "relu",
+) -> torch.Tensor:
+    """The reference (naive) SPLADE pooling on full ``[batch, seq, vocab]`` logits.
+
+    Used for architectures without a fast path and as the yardstick in tests.
+    """
+    weights = splade_activation(logits, activation) * attention_mask.unsqueeze(-1).to(logits.dtype)
+    return weights.amax(dim=1) if pooling == "max" else weights.sum(dim=1)

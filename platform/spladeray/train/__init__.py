@@ -1,0 +1,1 @@
+"""Training: losses, regulariser schedules, the per-worker loop, TorchTrainer, checkpoints."""

@@ -1,0 +1,72 @@
+"""Tiny models and data built inside tests (no hub, no download)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+
+def tiny_tokenizer(splade_tiny: Path):
+    """The real BERT WordPiece tokenizer shipped with splade-tiny (30,522 entries)."""
+    return AutoTokenizer.from_pretrained(splade_tiny)
+
+
+def build_tiny_mlm(arch: str, tokenizer, out: Path, seed: int = 0) -> Path:
+    """A randomly initialised but complete masked-LM of the given family, saved to ``out``."""
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        DistilBertConfig,
+        DistilBertForMaskedLM,
+        RobertaConfig,
+        RobertaForMaskedLM,
+    )
+
+    torch.manual_seed(seed)
+    v = len(tokenizer)
+    if arch == "bert":
+        model = BertForMaskedLM(
+            BertConfig(
+                vocab_size=v,
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+            )
+        )
+    elif arch == "distilbert":
+        model = DistilBertForMaskedLM(
+            DistilBertConfig(vocab_size=v, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+        )
+    elif arch == "roberta":
+        model = RobertaForMaskedLM(
+            RobertaConfig(
+                vocab_size=v,
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+                pad_token_id=tokenizer.pad_token_id,
+                max_position_embeddings=600,
+            )
+        )
+    else:
+        raise ValueError(arch)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def write_beir(root: Path, corpus: list[dict], queries: list[dict], qrels: dict) -> Path:
+    """A small BEIR directory: ``qrels`` is ``{split: [(qid, did, rel), ...]}``."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (root / "qrels").mkdir(exist_ok=True)
+    for split, rows in qrels.items():
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{r}" for q, d, r in rows]
+        (root / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root
