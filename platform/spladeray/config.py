@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    model_validator,
 )
 
 
@@ -164,10 +165,120 @@ class ServeConfig(Section):
     port: int = Field(8000, gt=0, lt=65536)
 
 
+class EvalDatasetConfig(Section):
+    """One BEIR-format dataset of an evaluation run."""
+
+    name: str | None = Field(None, description="label in the tables; default: the folder name")
+    beir_dir: ConfigPath
+    split: str = "test"
+    corpus_limit: int | None = Field(None, gt=0, description="use only the first N documents")
+
+
+class EvalBM25Config(Section):
+    """BM25 with ``bm25s`` (lucene variant), English stopwords and Snowball stemming."""
+
+    kind: Literal["bm25"] = "bm25"
+    name: str = "bm25"
+    k1: float = Field(1.5, gt=0)
+    b: float = Field(0.75, ge=0, le=1)
+    stemmer: str | None = Field("english", description="PyStemmer algorithm; null: no stemming")
+    stopwords: str | None = Field("en", description="bm25s stopword list; null: keep all")
+
+
+class EvalSparseConfig(Section):
+    """A learned sparse encoder (any SpladeEncoder) searched exactly, or through an index."""
+
+    kind: Literal["sparse"] = "sparse"
+    name: str = "sparse"
+    model: ModelConfig | None = Field(None, description="null: the top-level model section")
+    index: IndexConfig | None = Field(
+        None,
+        description="null: exact search on a temporary embedded index; set a backend "
+        "(e.g. opensearch) to search through it",
+    )
+
+
+class EvalDenseConfig(Section):
+    """A dense sentence-transformers bi-encoder, exact cosine / dot-product search."""
+
+    kind: Literal["dense"] = "dense"
+    name: str = "dense"
+    model: ModelRef | None = Field(
+        None, description="sentence-transformers dir or hub id; null: bundled all-MiniLM-L6-v2"
+    )
+    batch_size: int = Field(64, gt=0)
+    max_seq_length: int | None = Field(None, gt=0)
+    normalize: bool = True
+    query_prompt: str = ""
+    document_prompt: str = ""
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+
+
+class EvalHybridConfig(Section):
+    """Fusion of the runs of other systems of the same evaluation (named in ``fuse``)."""
+
+    kind: Literal["hybrid"] = "hybrid"
+    name: str = "hybrid"
+    fuse: list[str] = Field(min_length=2, description="names of the systems to fuse")
+    method: Literal["rrf", "score"] = "rrf"
+    rrf_k: float = Field(60.0, gt=0, description="RRF: score = sum 1 / (k + rank)")
+    weights: list[float] | None = Field(
+        None, description="per fused system (default equal); score fusion of min-max scores"
+    )
+
+
+EvalSystemConfig = Annotated[
+    EvalBM25Config | EvalSparseConfig | EvalDenseConfig | EvalHybridConfig,
+    Field(discriminator="kind"),
+]
+
+
+def _default_systems() -> list:
+    return [EvalBM25Config(), EvalSparseConfig()]
+
+
 class EvaluateConfig(Section):
-    """Evaluation (jobs/evaluate.py). Extended by the evaluation stage."""
+    """Evaluation (jobs/evaluate.py): systems x datasets, metrics, sparsity, latency, reports."""
 
     output_dir: ConfigPath = Path("runs/eval")
+    datasets: list[EvalDatasetConfig] = Field(
+        default_factory=list, description="empty: the top-level data section"
+    )
+    systems: list[EvalSystemConfig] = Field(default_factory=_default_systems, min_length=1)
+    measures: list[str] = Field(
+        default_factory=lambda: ["nDCG@10", "R@1", "R@10", "R@100", "RR@10"],
+        description="ir-measures names",
+    )
+    depth: int = Field(100, gt=0, description="hits retrieved per query (and fused)")
+    latency_queries: int = Field(
+        100, ge=0, description="queries timed one at a time (encode + search) per system"
+    )
+    distributed: bool = Field(
+        False, description="encode corpora with a Ray Data actor pool on the configured cluster"
+    )
+    num_actors: int = Field(2, gt=0, description="encoder actors when distributed")
+    actor_batch_size: int = Field(64, gt=0, description="documents per Ray Data batch")
+    chart: bool = True
+    title: str | None = None
+
+    @model_validator(mode="after")
+    def _check_systems(self) -> EvaluateConfig:
+        names = [s.name for s in self.systems]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"system names must be unique; repeated: {dupes}")
+        for i, system in enumerate(self.systems):
+            if system.kind != "hybrid":
+                continue
+            for ref in system.fuse:
+                if ref not in names[:i] or ref == system.name:
+                    raise ValueError(
+                        f"hybrid {system.name!r} fuses {ref!r}, which is not a system listed "
+                        "before it"
+                    )
+            if system.weights is not None and len(system.weights) != len(system.fuse):
+                raise ValueError(f"hybrid {system.name!r}: weights must match fuse in length")
+        return self
 
 
 class ExportConfig(Section):

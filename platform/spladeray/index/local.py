@@ -168,7 +168,9 @@ class LocalIndex:
         table = pa.table({k: [v[i] for i in keep] for k, v in rows.items()}, schema=_SCHEMA)
         if table.num_rows:
             with self._lock:
-                final = self._dir(name) / f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+                final = (
+                    self._dir(name) / f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+                )
                 tmp = final.with_suffix(".tmp")
                 pq.write_table(table, tmp)
                 os.replace(tmp, final)
@@ -213,10 +215,7 @@ class LocalIndex:
                     candidates = candidates[part]
                 order = candidates[np.lexsort((candidates, -row[candidates]))]
                 results.append(
-                    [
-                        Hit(store.ids[r], float(row[r]), json.loads(store.fields[r]))
-                        for r in order
-                    ]
+                    [Hit(store.ids[r], float(row[r]), json.loads(store.fields[r])) for r in order]
                 )
             return results
 

@@ -184,7 +184,10 @@ class SpladeEncoder(nn.Module):
     def idf_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Doc-only query vectors ``q_t = idf[t]`` for each distinct unmasked token (differentiable in idf)."""
         presence = torch.zeros(
-            input_ids.shape[0], self.vocab_size, device=input_ids.device, dtype=self.idf_weight.dtype
+            input_ids.shape[0],
+            self.vocab_size,
+            device=input_ids.device,
+            dtype=self.idf_weight.dtype,
         )
         presence.scatter_(1, input_ids, attention_mask.to(presence.dtype))
         return presence.clamp_(max=1.0) * self.idf_weight.to(input_ids.device)

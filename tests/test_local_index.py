@@ -1,0 +1,89 @@
+"""The embedded index: add, overwrite, exact order, persistence, failures by id."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spladeray.index import LocalIndex, SparseIndex
+
+
+def _random_vectors(rng, n, vocab=200, nnz=20):
+    out = []
+    for _ in range(n):
+        toks = rng.choice(vocab, size=nnz, replace=False)
+        out.append({f"t{t}": float(w) for t, w in zip(toks, rng.random(nnz) + 0.01, strict=True)})
+    return out
+
+
+def _brute_force(docs: dict, query: dict, k: int):
+    scores = {d: sum(w * v.get(t, 0.0) for t, w in query.items()) for d, v in docs.items()}
+    ranked = sorted(((s, d) for d, s in scores.items() if s > 0), key=lambda x: (-x[0], x[1]))
+    return [(d, s) for s, d in ranked[:k]]
+
+
+def test_protocol():
+    assert isinstance(LocalIndex("/tmp/unused-protocol-check"), SparseIndex)
+
+
+def test_search_equals_brute_force_and_overwrite(tmp_path):
+    rng = np.random.default_rng(0)
+    index = LocalIndex(tmp_path)
+    ids = [f"d{i}" for i in range(300)]
+    vecs = _random_vectors(rng, 300)
+    res = index.add("c", ids[:150], vecs[:150])
+    res = res.merge(index.add("c", ids[150:], vecs[150:]))
+    assert res.indexed == 300 and not res.failed
+    docs = dict(zip(ids, vecs, strict=True))
+    # overwrite 20 ids with new vectors: count stays, results follow the new vectors
+    new = _random_vectors(rng, 20)
+    index.add("c", ids[:20], new, [{"v": 2}] * 20)
+    docs.update(zip(ids[:20], new, strict=True))
+    assert index.count("c") == 300
+    for query in _random_vectors(rng, 10, nnz=5):
+        got = [(h.id, h.score) for h in index.search("c", query, size=10)]
+        want = _brute_force(docs, query, 10)
+        assert [d for d, _ in got] == [d for d, _ in want]
+        assert np.allclose([s for _, s in got], [s for _, s in want], rtol=1e-5)
+    assert index.search("c", new[0], 1)[0].fields == {"v": 2}
+    assert index.get("c", "d0") == pytest.approx(new[0])
+
+
+def test_persistence_and_multi_process_visibility(tmp_path):
+    a = LocalIndex(tmp_path)
+    a.add("p", ["x", "y"], [{"a": 1.0}, {"a": 2.0, "b": 1.0}], [{"title": "X"}, {"title": "Y"}])
+    b = LocalIndex(tmp_path)  # a second process's view of the same folder
+    assert b.count("p") == 2
+    b.add("p", ["z"], [{"a": 3.0}])
+    assert [h.id for h in a.search("p", {"a": 1.0})] == ["z", "y", "x"]
+    a.compact("p")
+    c = LocalIndex(tmp_path)
+    assert c.count("p") == 3 and c.search("p", {"b": 1.0})[0].fields == {"title": "Y"}
+    c.delete("p")
+    assert not c.exists("p")
+    with pytest.raises(KeyError):
+        c.count("p")
+
+
+def test_bad_documents_are_reported_by_id(tmp_path):
+    index = LocalIndex(tmp_path)
+    res = index.add(
+        "b",
+        ["ok", "", "nan", "neg", "dup"],
+        [{"a": 1.0}, {"a": 1.0}, {"a": float("nan")}, {"a": -1.0}, {"a": 0.0, "b": 2.0}],
+    )
+    assert res.indexed == 2
+    assert {f.id for f in res.failed} == {"", "nan", "neg"}
+    assert all(f.error for f in res.failed)
+    assert index.get("b", "dup") == {"b": 2.0}, "zero weights are dropped, not stored"
+
+
+def test_search_many_matches_single(tmp_path):
+    rng = np.random.default_rng(1)
+    index = LocalIndex(tmp_path)
+    index.add("m", [str(i) for i in range(50)], _random_vectors(rng, 50))
+    queries = _random_vectors(rng, 5, nnz=4)
+    many = index.search_many("m", queries, size=5)
+    for q, hits in zip(queries, many, strict=True):
+        assert [h.id for h in hits] == [h.id for h in index.search("m", q, size=5)]
+    assert index.search("m", {"unknown-token": 1.0}) == []
