@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["fixtures_osmem"]
 
 
 @pytest.fixture(scope="session")

@@ -100,34 +100,59 @@ class RayConfig(Section):
 class OpenSearchConfig(Section):
     """Connection and index settings for the OpenSearch backend.
 
-    Secrets never live here: ``username_env`` / ``password_env`` name environment variables.
+    Secrets never live here: ``username_env`` / ``password_env`` (basic auth) and the
+    ``aws_*_env`` keys (SigV4) name environment variables that are read when connecting.
     """
 
     hosts: list[str] = Field(default_factory=lambda: ["https://localhost:9200"])
-    verify_certs: bool = True
+    verify_certs: bool = Field(True, description="TLS verification; turning it off logs a warning")
     ca_certs: ConfigPath | None = None
     username_env: str | None = "OPENSEARCH_USERNAME"
     password_env: str | None = "OPENSEARCH_PASSWORD"
     aws_sigv4: bool = False
     aws_region: str | None = None
     aws_service: Literal["es", "aoss"] = "es"
+    aws_access_key_env: str = "AWS_ACCESS_KEY_ID"
+    aws_secret_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    aws_session_token_env: str | None = "AWS_SESSION_TOKEN"
     timeout_s: float = Field(30.0, gt=0)
     query_type: Literal["rank_feature", "neural_sparse"] = "rank_feature"
     field_type: Literal["rank_features", "sparse_vector"] = "rank_features"
+    vector_field: str = Field("sparse", pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     index_settings: dict[str, Any] = Field(default_factory=dict)
+    sparse_vector_method: dict[str, Any] = Field(
+        default_factory=lambda: {"name": "seismic", "parameters": {}},
+        description="method of a sparse_vector field (OpenSearch 3.3+ SEISMIC)",
+    )
+    neural_sparse_method_parameters: dict[str, Any] = Field(
+        default_factory=dict, description="method_parameters of neural_sparse on sparse_vector"
+    )
     chunk_size: int = Field(500, gt=0)
     max_chunk_bytes: int = Field(10 * 1024 * 1024, gt=0)
-    max_retries: int = Field(5, ge=0)
+    max_retries: int = Field(5, ge=0, description="retries of 429-rejected bulk items")
     initial_backoff_s: float = Field(1.0, ge=0)
+    max_backoff_s: float = Field(60.0, ge=0)
 
 
 class IndexConfig(Section):
-    """Which :class:`spladeray.index.SparseIndex` backend to use and where."""
+    """Which :class:`spladeray.index.SparseIndex` backend to use and where.
+
+    ``batch_size`` / ``actors`` / ``resume`` drive the bulk indexing job (jobs/index.py).
+    """
 
     backend: Literal["local", "opensearch"] = "local"
     name: str = Field("spladeray", pattern=r"^[a-z0-9][a-z0-9_\-.]*$")
     path: ConfigPath = Field(Path("runs/index"), description="root folder of the local backend")
     opensearch: OpenSearchConfig = Field(default_factory=OpenSearchConfig)
+    batch_size: int = Field(256, gt=0, description="documents per encode+write batch (job)")
+    actors: int = Field(2, gt=0, description="encoder actors of the indexing job")
+    resume: bool = Field(False, description="skip ids already in the index (job)")
+    search: Literal["exact", "seismic"] = Field(
+        "exact", description="local backend: exact top-k, or approximate with Seismic"
+    )
+    seismic: dict[str, Any] = Field(
+        default_factory=dict, description="Seismic build/search parameters (local backend)"
+    )
 
 
 class DataConfig(Section):
@@ -146,23 +171,287 @@ class DemoConfig(Section):
     top_tokens: int = Field(8, gt=0)
 
 
+class PrepareSourceConfig(Section):
+    """Where prepare reads (query, positive[, negatives]) from; see docs/prepare.md.
+
+    ``beir``: ``path`` is a BEIR directory and ``split`` names ``qrels/<split>.tsv``.
+    ``jsonl`` / ``parquet``: ``path`` is a file or folder of rows with the ``columns`` named below.
+    ``hf``: ``hf_name`` is a Hugging Face dataset (hub id or local folder), ``split`` its split.
+    """
+
+    format: Literal["beir", "jsonl", "parquet", "hf"] = "beir"
+    path: ConfigPath | None = None
+    hf_name: str | None = None
+    hf_config: str | None = None
+    split: str = "train"
+    min_relevance: int = Field(1, description="qrels rows below this are not positives (rejected)")
+    max_queries: int | None = Field(None, gt=0, description="use only the first N queries")
+    columns: dict[str, str] = Field(
+        default_factory=lambda: {
+            "query": "query",
+            "positive": "positive",
+            "negatives": "negatives",
+            "query_id": "query_id",
+            "positive_id": "positive_id",
+        },
+        description="our column name -> the source's column name (pairs formats)",
+    )
+
+
+class NegativesConfig(Section):
+    """Hard-negative mining: top ``depth`` of a retriever, minus positives, after ``skip_top``."""
+
+    method: Literal["bm25", "sparse", "dense", "none"] = "bm25"
+    num_negatives: int = Field(8, ge=0)
+    depth: int = Field(100, gt=0, description="candidates retrieved per query")
+    skip_top: int = Field(
+        0, ge=0, description="drop the n best non-positive hits (false negatives)"
+    )
+    model: ModelRef | None = Field(None, description="encoder for sparse/dense mining")
+    stemmer: str | None = Field("english", description="PyStemmer language for BM25; null: none")
+    stopwords: str | None = Field("en", description="bm25s stopword list; null: none")
+    batch_size: int = Field(64, gt=0, description="texts per forward pass (sparse/dense)")
+    actors: int = Field(1, gt=0)
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per miner actor")
+
+
+class TeacherConfig(Section):
+    """One teacher: ``dense`` (SentenceTransformer), ``cross`` (CrossEncoder), ``sparse`` (SPLADE).
+
+    ``path`` may be ``pkg:<python_package>/<subdir>`` for a model shipped inside a package.
+    """
+
+    kind: Literal["dense", "cross", "sparse"]
+    path: ModelRef
+    enabled: bool = True
+    weight: float = Field(1.0, ge=0, description="weight in the ensemble")
+    batch_size: int = Field(64, gt=0, description="texts or pairs per forward pass")
+    max_length: int | None = Field(None, gt=0, description="truncation; None keeps the model's")
+    actors: int = Field(1, gt=0, description="actor pool size (fixed, or the minimum)")
+    max_actors: int | None = Field(None, gt=0, description="autoscale up to this many actors")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per actor")
+    num_gpus: float = Field(1.0, ge=0, description="GPUs per actor when the cluster has GPUs")
+    device: str = Field("auto", description="auto | cpu | cuda")
+
+
+class EnsembleConfig(Section):
+    """The ensemble score column (see ``spladeray.data.teachers.ensemble``)."""
+
+    enabled: bool = True
+    scale: float = Field(1.0, gt=0, description="factor applied to the weighted mean")
+
+
+def _teacher_name(name: str) -> str:
+    if name == "ensemble":
+        raise ValueError("'ensemble' is reserved for the ensemble column")
+    return name
+
+
+TeacherName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$"), AfterValidator(_teacher_name)]
+
+
 class PrepareConfig(Section):
-    """Training-data preparation (jobs/prepare.py). Extended by the data stage."""
+    """Training-data preparation (jobs/prepare.py): readers, negatives, teachers, output."""
 
     output_dir: ConfigPath = Path("runs/prepared")
+    source: PrepareSourceConfig = Field(default_factory=PrepareSourceConfig)
+    negatives: NegativesConfig = Field(default_factory=NegativesConfig)
+    teachers: dict[TeacherName, TeacherConfig] = Field(
+        default_factory=dict, description="name -> teacher; its column is score_<name>"
+    )
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    batch_size: int = Field(32, gt=0, description="rows (query, positive) per Ray Data batch")
+    rows_per_shard: int = Field(50_000, gt=0, description="upper bound of rows per parquet file")
+    progress: bool = Field(True, description="Ray Data progress bars")
+    force: bool = Field(False, description="rebuild finished output (same as --force)")
+    actor_start_timeout_s: int = Field(
+        900, gt=0, description="wait this long for every actor pool to start (model loads)"
+    )
+
+
+class TrainLossConfig(Section):
+    """One loss term; ``losses`` is a list of these, summed with their weights."""
+
+    name: Literal["infonce", "margin_mse", "kl"]
+    weight: float = Field(1.0, ge=0.0)
+    teacher: str = Field(
+        "ensemble",
+        pattern=r"^[A-Za-z0-9_]+$",
+        description="teacher column for distillation losses: score_<teacher> in the prepared data",
+    )
+    temperature: float = Field(
+        1.0, gt=0.0, description="infonce: logits / T; kl: student and teacher scores / T"
+    )
+
+
+class TrainRegularizerConfig(Section):
+    """Sparsity regulariser ``lambda_t * R(W)`` with ``lambda_t = lambda * min(1, (t/T)^2)``."""
+
+    kind: Literal["flops", "l1"] = "flops"
+    query_lambda: float = Field(5e-4, ge=0.0, description="ignored for doc-only models")
+    document_lambda: float = Field(3e-4, ge=0.0)
+    warmup_steps: int | None = Field(
+        None, ge=0, description="T of the quadratic warmup; None = a third of max_steps"
+    )
+    idf_aware: bool = Field(
+        False, description="doc-only: weight each document dimension by the query IDF"
+    )
+
+
+class TrainCheckpointConfig(Section):
+    """Ray Train checkpoints: every N optimizer steps and at the end."""
+
+    every_steps: int = Field(100, gt=0)
+    num_to_keep: int | None = Field(2, gt=0)
+    score_attribute: str | None = Field(
+        "step", description="reported metric ranking checkpoints for num_to_keep"
+    )
+    score_order: Literal["max", "min"] = "max"
+
+
+class TrainEvalConfig(Section):
+    """Periodic evaluation on rank 0: exact retrieval on the embedded index."""
+
+    beir_dir: ConfigPath
+    split: str = "dev"
+    corpus_limit: int | None = Field(None, gt=0)
+    every_steps: int | None = Field(None, gt=0, description="None = only at the end")
+    at_start: bool = Field(False, description="also evaluate the initial model (step 0)")
+    bm25: bool = Field(False, description="also evaluate bm25s on the same split, once")
+
+
+class TrainMlflowConfig(Section):
+    """Optional MLflow logging from rank 0 (``pip install spladeray[mlflow]``)."""
+
+    tracking_uri: str
+    experiment: str = "spladeray"
+
+
+class TrainDebugConfig(Section):
+    """Test-only hooks (fault injection, state dumps). Leave empty in real runs."""
+
+    fail_at_step: int | None = Field(
+        None, gt=0, description="raise in the worker right after this optimizer step"
+    )
+    fail_rank: int = Field(0, ge=0)
+    fail_times: int = Field(1, ge=0, description="how many times the failure fires in all")
+    marker_dir: ConfigPath | None = Field(
+        None, description="where failure markers live (default: the run's storage dir)"
+    )
+    dump_dir: ConfigPath | None = Field(
+        None, description="write resume_step<N>_rank<R>.pt (step + parameters) after a restore"
+    )
 
 
 class TrainConfig(Section):
-    """Distributed training (jobs/train.py). Extended by the training stage."""
+    """Distributed training on Ray Train (jobs/train.py); see docs/train.md."""
 
-    output_dir: ConfigPath = Path("runs/train")
+    output_dir: ConfigPath = Field(
+        Path("runs/train"), description="<output_dir>/<name>/model is the exported final model"
+    )
+    data_dir: ConfigPath = Field(
+        Path("runs/prepared"), description="output_dir of jobs/prepare.py (shards/*.parquet)"
+    )
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$",
+        description="Ray Train run name; re-running the same name resumes. None = run_name",
+    )
+    storage_path: str | None = Field(
+        None, description="local dir or cloud URI for checkpoints; None = <output_dir>/ray"
+    )
+    num_workers: int = Field(1, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto = bf16 autocast on GPU, fp32 on CPU"
+    )
+    batch_size: int = Field(16, gt=0, description="queries per worker per micro-batch")
+    grad_accum_steps: int = Field(1, gt=0)
+    num_negatives: int = Field(1, ge=0, description="hard negatives per query (cycled if fewer)")
+    max_steps: int = Field(1000, gt=0, description="optimizer steps in total")
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    lr_decay: Literal["linear", "constant"] = "linear"
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    train_idf: bool = Field(False, description="doc-only: make the query IDF table trainable")
+    idf_lr: float | None = Field(None, gt=0, description="lr of the IDF table; None = lr")
+    shuffle_buffer: int = Field(256, ge=0, description="local shuffle buffer rows; 0 = off")
+    max_query_length: int | None = Field(None, gt=0, description="None = model.max_query_length")
+    max_document_length: int | None = Field(None, gt=0)
+    losses: list[TrainLossConfig] = Field(default_factory=lambda: [TrainLossConfig(name="infonce")])
+    regularizer: TrainRegularizerConfig = Field(default_factory=TrainRegularizerConfig)
+    log_every_steps: int = Field(10, gt=0)
+    checkpoint: TrainCheckpointConfig = Field(default_factory=TrainCheckpointConfig)
+    eval: TrainEvalConfig | None = None
+    tensorboard: bool = True
+    mlflow: TrainMlflowConfig | None = None
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts; -1 = unlimited")
+    debug: TrainDebugConfig = Field(default_factory=TrainDebugConfig)
 
 
 class ServeConfig(Section):
-    """The Ray Serve application (serve/app.py). Extended by the serving stage."""
+    """The Ray Serve application (serve/app.py): batching, autoscaling, limits, behaviour.
+
+    ``max_batch_size`` / ``batch_wait_timeout_s`` (and the query_* pair) are sent to the encoder
+    replicas as ``user_config``, so they change without a restart.
+    """
 
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
+    # encoder deployment: dynamic batching (texts per model call)
+    max_batch_size: int = Field(32, gt=0)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    query_max_batch_size: int = Field(32, gt=0)
+    query_batch_wait_timeout_s: float = Field(0.002, ge=0)
+    # encoder deployment: autoscaling and back-pressure
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, gt=0)
+    target_ongoing_requests: float = Field(4.0, gt=0)
+    max_ongoing_requests: int = Field(16, gt=0)
+    max_queued_requests: int = Field(
+        256, ge=-1, description="requests queued per caller before 503 (-1: unbounded)"
+    )
+    upscale_delay_s: float = Field(5.0, ge=0)
+    downscale_delay_s: float = Field(60.0, ge=0)
+    num_cpus: float = Field(1.0, ge=0, description="ray_actor_options.num_cpus per encoder")
+    num_gpus: float | Literal["auto"] = Field(
+        "auto", description="GPUs per encoder replica; auto = 1 when the cluster has GPUs"
+    )
+    torch_threads: int | None = Field(None, gt=0, description="torch threads per replica")
+    graceful_shutdown_timeout_s: float = Field(20.0, gt=0)
+    # ingress deployment
+    ingress_replicas: int = Field(1, gt=0)
+    ingress_max_ongoing_requests: int = Field(256, gt=0)
+    request_timeout_s: float = Field(60.0, gt=0)
+    # request limits (413 / 422 with a message)
+    max_documents_per_request: int = Field(256, gt=0)
+    max_request_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    max_text_chars: int = Field(
+        20_000, gt=0, description="longer texts are truncated (never failed) before tokenizing"
+    )
+    max_search_size: int = Field(100, gt=0)
+    # behaviour
+    response_format: Literal["spladeray", "ml_commons"] = Field(
+        "spladeray", description="ml_commons: /encode answers like _predict/sparse_encoding"
+    )
+    hybrid: bool = Field(False, description="/search fuses BM25 by RRF unless the request says")
+    rrf_k: float = Field(60.0, gt=0)
+    refresh_after_index: bool = Field(True, description="/index makes documents searchable")
+    bearer_token_env: str | None = Field(
+        None, description="env var holding a token that /index requires (Authorization: Bearer)"
+    )
+
+    @model_validator(mode="after")
+    def _check_scaling(self) -> ServeConfig:
+        if self.target_ongoing_requests >= self.max_ongoing_requests:
+            raise ValueError("target_ongoing_requests must be below max_ongoing_requests")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
 
 
 class EvalDatasetConfig(Section):
@@ -281,10 +570,47 @@ class EvaluateConfig(Section):
         return self
 
 
+class ExportMLCommonsConfig(Section):
+    """Registering the exported zip in OpenSearch ML Commons (``jobs/export.py --register``)."""
+
+    model_group: str = Field("spladeray", description="model group name (created if missing)")
+    model_group_description: str = "spladeray sparse encoders"
+    cluster_settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="persistent cluster settings to apply first, e.g. "
+        "plugins.ml_commons.only_run_on_ml_node: false",
+    )
+    deploy: bool = True
+    register_timeout_s: float = Field(900.0, gt=0)
+    deploy_timeout_s: float = Field(900.0, gt=0)
+    poll_interval_s: float = Field(2.0, gt=0)
+    chunk_bytes: int = Field(10_000_000, gt=0, description="upload chunk size (ML Commons: 10 MB)")
+
+
 class ExportConfig(Section):
-    """Model export (jobs/export.py). Extended by the production stage."""
+    """Model export to OpenSearch ML Commons (jobs/export.py)."""
 
     output_dir: ConfigPath = Path("runs/export")
+    name: str | None = Field(None, description="ML Commons model name; default: run_name")
+    version: str = "1.0.0"
+    description: str | None = None
+    url_prefix: str | None = Field(
+        None, description="where the zips will be served; fills `url` in the register bodies"
+    )
+    apply_pruning: bool = Field(True, description="bake model.top_k / threshold into the model")
+    tolerance: float = Field(1e-4, gt=0, description="max |TorchScript - encoder| accepted")
+    ml_commons: ExportMLCommonsConfig = Field(default_factory=ExportMLCommonsConfig)
+
+
+class RolloutConfig(Section):
+    """Zero-downtime model rollout on OpenSearch (index/rollout.py, ``jobs/index.py --rollout``)."""
+
+    alias: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9_\-.]*$", description="read alias; default: index.name"
+    )
+    keep_previous: int = Field(1, ge=0, description="old versioned indices kept for rollback")
+    count_tolerance: int = Field(0, ge=0, description="allowed |indexed - source| documents")
+    hash_length: int = Field(12, ge=6, le=64)
 
 
 class Config(Section):

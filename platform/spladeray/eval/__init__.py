@@ -1,1 +1,36 @@
-"""Evaluation: metrics (ir-measures), BM25 baseline, fusion, sparsity, reports."""
+"""Evaluation: metrics (ir-measures), BM25 baseline, dense, fusion (RRF), sparsity, reports.
+
+``run_evaluation(cfg)`` runs the ``evaluate:`` section of a config (what ``jobs/evaluate.py``
+and the demo call); ``evaluate_systems`` is the same without config files. Names are imported
+lazily, so ``spladeray.eval.report`` (used by bench/run_all.py) does not pull in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DEFAULT_MEASURES": "spladeray.eval.metrics",
+    "evaluate_run": "spladeray.eval.metrics",
+    "per_query": "spladeray.eval.metrics",
+    "fuse": "spladeray.eval.fusion",
+    "rrf": "spladeray.eval.fusion",
+    "score_fusion": "spladeray.eval.fusion",
+    "expected_flops": "spladeray.eval.sparsity",
+    "sparsity_stats": "spladeray.eval.sparsity",
+    "evaluate_encoder": "spladeray.eval.retrieval",
+    "sparse_run": "spladeray.eval.retrieval",
+    "EvalResults": "spladeray.eval.runner",
+    "evaluate_systems": "spladeray.eval.runner",
+    "run_evaluation": "spladeray.eval.runner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spladeray.eval' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

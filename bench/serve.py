@@ -1,0 +1,200 @@
+"""Serving benchmark: HTTP ``/encode`` docs/s at concurrency 16 vs ``encode_documents`` in one
+process (same documents, same run), p50/p99 latency; then ``/index`` into osmem vs encode-only.
+
+    .venv/bin/python bench/serve.py [--docs 256] [--concurrency 16] [--replicas 1]
+
+Prints the ratio HTTP / in-process (target >= 0.8 on CPU) and what indexing adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "platform"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_docs(n: int) -> list[str]:
+    from spladeray.data.beir import doc_text, iter_corpus
+    from spladeray.paths import asset
+
+    return [doc_text(d) for d in iter_corpus(asset("beir", "scifact"), n)]
+
+
+async def fire(
+    url: str, bodies: list[dict], concurrency: int
+) -> tuple[float, list[float], list[int]]:
+    import httpx
+
+    latencies: list[float] = []
+    statuses: list[int] = []
+    queue: asyncio.Queue = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+
+        async def worker():
+            while not queue.empty():
+                body = queue.get_nowait()
+                t0 = time.perf_counter()
+                r = await client.post(url, json=body)
+                latencies.append(time.perf_counter() - t0)
+                statuses.append(r.status_code)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - start, latencies, statuses
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--docs", type=int, default=256)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--per-request", type=int, default=1, help="documents per /encode request")
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+
+    import ray
+    import torch
+    from osmem_server import OsmemServer
+    from ray import serve
+
+    from spladeray.config import load_config
+    from spladeray.model import load_encoder_from_config
+    from spladeray.serving.app import build_app
+
+    docs = load_docs(args.docs)
+    cfg = load_config(
+        ROOT / "configs" / "demo.yaml",
+        [
+            "model.device=cpu",
+            f"serve.min_replicas={args.replicas}",
+            f"serve.max_replicas={args.replicas}",
+            f"serve.torch_threads={args.threads}",
+            "serve.num_gpus=0",
+            "serve.max_batch_size=32",
+            "serve.batch_wait_timeout_s=0.005",
+            "serve.max_ongoing_requests=64",
+            "serve.target_ongoing_requests=32",
+        ],
+    )
+
+    # 1. in-process baseline (measured again after the HTTP run; the mean is the baseline, so a
+    #    machine whose load drifts during the run does not favour either side)
+    torch.set_num_threads(args.threads)
+    encoder = load_encoder_from_config(cfg.model)
+    encoder.encode_documents(docs[:32])  # warm up
+
+    def in_process() -> float:
+        t0 = time.perf_counter()
+        encoder.encode_documents(docs, batch_size=32)
+        return len(docs) / (time.perf_counter() - t0)
+
+    direct_before = in_process()
+
+    # 2. HTTP /encode through Serve
+    ray.init(num_cpus=max(4, args.replicas + 2), include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}"
+    serve.run(build_app(cfg, check_model=False), name="bench", route_prefix="/")
+    k = args.per_request
+    bodies = [{"texts": docs[i : i + k]} for i in range(0, len(docs), k)]
+    asyncio.run(fire(f"{url}/encode", bodies[:32], args.concurrency))  # warm up
+    http_s, lat, statuses = asyncio.run(fire(f"{url}/encode", bodies, args.concurrency))
+    ok = sum(1 for s in statuses if s == 200) * k
+    http = ok / http_s
+    direct_after = in_process()
+    direct = (direct_before + direct_after) / 2
+    print(
+        f"\n/encode  {len(docs)} SciFact docs, {k}/request, concurrency {args.concurrency}, "
+        f"{args.replicas} replica(s) x {args.threads} torch threads"
+    )
+    print(
+        f"  in-process encode_documents : {direct:8.1f} docs/s "
+        f"(before {direct_before:.1f}, after {direct_after:.1f})"
+    )
+    print(
+        f"  HTTP /encode                : {http:8.1f} docs/s  (non-200: {len(statuses) - statuses.count(200)})"
+    )
+    print(f"  ratio HTTP / in-process     : {http / direct:8.2f}   (target >= 0.8)")
+    print(
+        f"  latency per request         : p50 {pct(lat, 0.5):.1f} ms   p99 {pct(lat, 0.99):.1f} ms"
+    )
+
+    # 3. /index into osmem vs encode-only (same batches)
+    server = OsmemServer.start(japanese=False, addr="127.0.0.1:0")
+    try:
+        os_cfg = cfg.model_copy(deep=True)
+        os_cfg.index.backend = "opensearch"
+        os_cfg.index.name = "bench"
+        os_cfg.index.opensearch.hosts = [server.url]
+        os_cfg.index.opensearch.username_env = None
+        os_cfg.index.opensearch.password_env = None
+        serve.run(build_app(os_cfg, check_model=False), name="bench", route_prefix="/")
+        batch = 16
+        enc_bodies = [{"texts": docs[i : i + batch]} for i in range(0, len(docs), batch)]
+        idx_bodies = [
+            {
+                "documents": [
+                    {"id": f"d{i + j}", "text": t} for j, t in enumerate(docs[i : i + batch])
+                ]
+            }
+            for i in range(0, len(docs), batch)
+        ]
+        conc = 4
+        enc_s, _, _ = asyncio.run(fire(f"{url}/encode", enc_bodies, conc))
+        idx_s, idx_lat, idx_status = asyncio.run(fire(f"{url}/index", idx_bodies, conc))
+        print(f"\n/index into osmem, {batch} docs/request, concurrency {conc}")
+        print(f"  encode-only /encode : {len(docs) / enc_s:8.1f} docs/s")
+        print(
+            f"  /index (encode+bulk): {len(docs) / idx_s:8.1f} docs/s  (non-200: {len(idx_status) - idx_status.count(200)})"
+        )
+        print(
+            f"  indexing cost       : {100 * (idx_s - enc_s) / enc_s:+.0f}% time over encode-only; "
+            f"p50 {pct(idx_lat, 0.5):.0f} ms p99 {pct(idx_lat, 0.99):.0f} ms per request"
+        )
+        print(
+            json.dumps(
+                {
+                    "direct_docs_s": round(direct, 1),
+                    "http_docs_s": round(http, 1),
+                    "ratio": round(http / direct, 3),
+                    "p50_ms": round(pct(lat, 0.5), 1),
+                    "p99_ms": round(pct(lat, 0.99), 1),
+                    "encode_only_docs_s": round(len(docs) / enc_s, 1),
+                    "index_docs_s": round(len(docs) / idx_s, 1),
+                }
+            )
+        )
+    finally:
+        serve.shutdown()
+        server.close()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

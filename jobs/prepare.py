@@ -1,0 +1,26 @@
+"""Training data on Ray Data: ``python jobs/prepare.py --config configs/demo.yaml [--force]``.
+
+Reads the ``prepare:`` section (see docs/prepare.md) and writes parquet shards, a manifest and
+rejects.jsonl to ``prepare.output_dir``; a second run with the same config is a no-op.
+"""
+
+import sys
+
+from _common import load, parse_args
+
+
+def main() -> None:
+    args = parse_args(
+        __doc__,
+        lambda p: p.add_argument("--force", action="store_true", help="rebuild finished output"),
+    )
+    cfg = load(args)
+    if cfg.prepare is None:
+        sys.exit(f"error: {args.config}: no prepare section")
+    from spladeray.data.pipeline import prepare
+
+    prepare(cfg.prepare, force=args.force, ray_config=cfg.ray)
+
+
+if __name__ == "__main__":
+    main()

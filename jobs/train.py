@@ -1,0 +1,30 @@
+"""Distributed training on Ray Train: ``python jobs/train.py --config configs/X.yaml``.
+
+On a cluster: ``ray job submit --working-dir . -- python jobs/train.py --config configs/X.yaml``.
+Re-running with the same ``train.name`` resumes from that run's latest checkpoint.
+"""
+
+from _common import load, parse_args
+
+
+def main() -> None:
+    cfg = load(parse_args(__doc__))
+    if cfg.train is None:
+        raise SystemExit(f"error: {cfg.source}: no train: section")
+    from spladeray.train import run_training
+
+    result = run_training(cfg)
+    m = result.metrics
+    print(
+        f"[train] done: step {m.get('step')} in {result.seconds:.1f}s; "
+        f"checkpoint {result.checkpoint_path}; model {result.model_dir}"
+    )
+    from spladeray.train.evaluation import comparison_table
+
+    table = comparison_table(m)
+    if table:
+        print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,455 @@
+"""The prepare job: source -> hard negatives -> teacher scores -> parquet shards (docs/prepare.md).
+
+Steps, each timed:
+
+1. **read** (driver, streaming): the source's rows are checked; rejected rows go to
+   ``rejects.jsonl`` with a reason; documents go once into the doc store (``_work/corpus.arrow``);
+   accepted ``(query, positive)`` pairs are kept as a small table (ids and query texts: the one
+   per-pair structure the driver holds, about 100 bytes + query text per pair).
+2. **index**: the retrieval index for mining, built once (:mod:`spladeray.data.negatives`).
+3. **pipeline** (Ray Data, streaming): pairs -> ``NegativeMiner`` actors -> one ``TeacherScorer``
+   actor pool per enabled teacher -> ensemble task -> ``write_parquet``.
+
+The output folder gets ``manifest.json`` and then ``_SUCCESS``; a second run with the same config
+hash (config + input file sizes/mtimes) returns at once unless forced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections import Counter, defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from spladeray.config import PrepareConfig
+from spladeray.data.docstore import DocStore, DocStoreWriter
+from spladeray.data.readers import beir_corpus_dataset, iter_qrels, iter_queries, pairs_dataset
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+RUNTIME_KEYS = {"force", "progress", "actor_start_timeout_s"}  # not part of the config hash
+STR_LIST = pa.list_(pa.string())
+OUTPUT_COLUMNS = [
+    "query_id",
+    "query",
+    "positive_id",
+    "positive",
+    "negative_ids",
+    "negatives",
+    "query_positive_ids",
+]
+
+
+# ---------------------------------------------------------------------------- rejects
+class RejectLog:
+    """Writes ``rejects.jsonl`` as rejects arrive and counts them by reason."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.by_reason: Counter[str] = Counter()
+
+    def add(self, source: str, line: int | None, reason: str, id=None, raw=None) -> None:
+        row = {"source": source, "line": line, "id": id, "reason": reason, "raw": raw}
+        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.by_reason[reason.split(" (")[0]] += 1
+
+    def __len__(self) -> int:
+        return sum(self.by_reason.values())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+# ---------------------------------------------------------------------------- step 1: read
+@dataclass
+class SourceData:
+    pairs: pa.Table
+    counts: dict = field(default_factory=dict)
+
+
+def _pairs_table(pairs: list[dict]) -> pa.Table:
+    by_query: dict[str, list[str]] = defaultdict(list)
+    for p in pairs:
+        by_query[p["query_id"]].append(p["positive_id"])
+    for p in pairs:
+        p["query_positive_ids"] = by_query[p["query_id"]]
+        p.setdefault("given_negative_ids", [])
+    schema = pa.schema(
+        [(c, pa.string()) for c in OUTPUT_COLUMNS[:4]]
+        + [("query_positive_ids", STR_LIST), ("given_negative_ids", STR_LIST)]
+    )
+    return pa.Table.from_pylist(pairs, schema=schema)
+
+
+class _QueryLimit:
+    """``max_queries``: keep the first N distinct queries; count (not reject) the rest."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit, self.kept, self.skipped = limit, set(), 0
+
+    def allows(self, qid: str) -> bool:
+        if self.limit is None or qid in self.kept or len(self.kept) < self.limit:
+            self.kept.add(qid)
+            return True
+        self.skipped += 1
+        return False
+
+
+def read_beir(source, work: Path, rejects: RejectLog) -> SourceData:
+    """Queries and qrels in the driver; the corpus streamed through Ray Data into the doc store."""
+    beir = Path(source.path)
+    queries: dict[str, str] = {}
+    for qid, text in iter_queries(beir, rejects.add):
+        if qid in queries:
+            rejects.add(str(beir / "queries.jsonl"), None, "duplicate query id", id=qid)
+        else:
+            queries[qid] = text
+    corpus_path = str(beir / "corpus.jsonl")
+    with DocStoreWriter(work / "corpus.arrow") as store:
+        for batch in beir_corpus_dataset(beir).iter_batches(batch_format="pyarrow"):
+            for row in batch.filter(batch.column("reject").is_valid()).to_pylist():
+                rejects.add(corpus_path, None, row["reject"], id=row["doc_id"], raw=row["raw"])
+            ok = batch.filter(batch.column("reject").is_null())
+            ids = ok.column("doc_id").to_pylist()
+            for i in store.add(ids, ok.column("text").to_pylist()):
+                rejects.add(corpus_path, None, "duplicate _id", id=ids[i])
+        docs = len(store)
+        qrels_path = beir / "qrels" / f"{source.split}.tsv"
+        pairs, seen, limit, lines = [], set(), _QueryLimit(source.max_queries), 0
+        for n, qid, did, rel in iter_qrels(qrels_path, rejects.add):
+            lines += 1
+            bad = None
+            if rel < source.min_relevance:
+                bad = f"relevance {rel} below min_relevance {source.min_relevance}"
+            elif qid not in queries:
+                bad = f"unknown query id {qid} (missing from queries.jsonl or rejected there)"
+            elif did not in store:
+                bad = f"unknown corpus id {did} (missing from corpus.jsonl or rejected there)"
+            elif (qid, did) in seen:
+                bad = "duplicate qrels pair"
+            if bad:
+                rejects.add(str(qrels_path), n, bad, id=f"{qid}\t{did}")
+            elif limit.allows(qid):
+                seen.add((qid, did))
+                pairs.append({"query_id": qid, "query": queries[qid], "positive_id": did})
+    texts = DocStore(work / "corpus.arrow").texts(p["positive_id"] for p in pairs)
+    for p, text in zip(pairs, texts, strict=True):
+        p["positive"] = text
+    counts = {
+        "queries": len(queries),
+        "docs": docs,
+        "qrels_lines": lines,
+        "skipped_by_max_queries": limit.skipped,
+    }
+    return SourceData(_pairs_table(pairs), counts)
+
+
+def read_pairs(source, work: Path, rejects: RejectLog) -> SourceData:
+    """A pairs file / HF dataset streamed through Ray Data; its texts form the mining corpus."""
+    name = source.hf_name or str(source.path)
+    pairs, seen, limit, rows = [], set(), _QueryLimit(source.max_queries), 0
+    with DocStoreWriter(work / "corpus.arrow") as store:
+        for batch in pairs_dataset(source).iter_batches(batch_format="pyarrow"):
+            for row in batch.to_pylist():
+                rows += 1
+                key = (row["query_id"], row["positive_id"])
+                if row["reject"]:
+                    rejects.add(name, None, row["reject"], raw=row["raw"])
+                elif key in seen:
+                    rejects.add(name, None, "duplicate (query, positive) pair", id="\t".join(key))
+                elif limit.allows(row["query_id"]):
+                    seen.add(key)
+                    store.add(
+                        [row["positive_id"], *row["negative_ids"]],
+                        [row["positive"], *row["negatives"]],
+                    )
+                    row["given_negative_ids"] = row["negative_ids"]
+                    pairs.append({k: row[k] for k in [*OUTPUT_COLUMNS[:4], "given_negative_ids"]})
+        docs = len(store)
+    counts = {"rows": rows, "docs": docs, "skipped_by_max_queries": limit.skipped}
+    return SourceData(_pairs_table(pairs), counts)
+
+
+# ---------------------------------------------------------------------------- step 2: index
+def build_index(cfg: PrepareConfig, work: Path) -> dict:
+    import ray
+
+    from spladeray.data import negatives
+
+    neg = cfg.negatives
+    store, index_dir = work / "corpus.arrow", work / "index"
+    if neg.method == "bm25":
+        # max_calls=1: the worker exits afterwards instead of being reused with the index's memory
+        task = ray.remote(num_cpus=neg.num_cpus, max_calls=1)(negatives.build_bm25)
+        return ray.get(task.remote(str(store), str(index_dir), neg.stemmer, neg.stopwords))
+    if neg.method in ("dense", "sparse"):
+        if neg.model is None:
+            raise ValueError(f"prepare.negatives.model is required for method {neg.method!r}")
+        return negatives.build_model_index(
+            neg.method, store, index_dir, neg.model, neg.batch_size, neg.actors, neg.num_cpus
+        )
+    return {}
+
+
+# ---------------------------------------------------------------------------- step 3: pipeline
+def _finish(batch: pa.Table, weights: dict[str, float], scale: float | None) -> pa.Table:
+    """Ensemble column (when enabled) and the documented column order."""
+    from spladeray.data.teachers import add_ensemble
+
+    if scale is not None:
+        batch = add_ensemble(batch, weights, scale)
+    scores = [f"score_{n}" for n in weights] + (["score_ensemble"] if scale is not None else [])
+    return batch.select(OUTPUT_COLUMNS + scores)
+
+
+def _check_resources(cfg: PrepareConfig, teachers: dict) -> dict[str, float]:
+    """Fail fast (instead of waiting forever) when the actor pools cannot all be placed."""
+    import ray
+
+    res = ray.cluster_resources()
+    gpus = res.get("GPU", 0.0)
+    gpu_of = {
+        n: (t.num_gpus if gpus > 0 and t.device != "cpu" else 0.0) for n, t in teachers.items()
+    }
+    need = cfg.negatives.actors * cfg.negatives.num_cpus if cfg.negatives.method != "none" else 0
+    need += sum(t.actors * t.num_cpus for t in teachers.values())
+    if need + 0.5 > res.get("CPU", 0):  # + the small ensemble and write tasks
+        raise RuntimeError(
+            f"the prepare actor pools need {need:g} CPUs (+0.5 for small tasks) but Ray has "
+            f"{res.get('CPU', 0):g}; lower prepare.*.actors / num_cpus or add CPUs"
+        )
+    return gpu_of
+
+
+def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: Path, stats) -> None:
+    import ray.data
+
+    from spladeray.data.negatives import NegativeMiner
+    from spladeray.data.teachers import TeacherScorer
+
+    teachers = {n: t for n, t in cfg.teachers.items() if t.enabled}
+    gpu_of = _check_resources(cfg, teachers)
+    size = cfg.batch_size
+    blocks = [pairs.slice(s, size) for s in range(0, pairs.num_rows, size)] or [pairs]
+    neg = cfg.negatives
+    ds = ray.data.from_arrow(blocks).map_batches(
+        NegativeMiner,
+        fn_constructor_kwargs={"work_dir": str(work), "cfg": neg.model_dump(), "stats": stats},
+        concurrency=neg.actors,
+        num_cpus=neg.num_cpus,
+        batch_size=None,
+        batch_format="pyarrow",
+    )
+    for name, t in teachers.items():
+        ds = ds.map_batches(
+            TeacherScorer,
+            fn_constructor_kwargs={"name": name, "cfg": t.model_dump(), "stats": stats},
+            concurrency=(t.actors, t.max_actors) if t.max_actors else t.actors,
+            num_cpus=t.num_cpus,
+            num_gpus=gpu_of[name] or None,
+            batch_size=None,
+            batch_format="pyarrow",
+        )
+    use_ensemble = cfg.ensemble.enabled and teachers
+    weights = {n: t.weight for n, t in teachers.items()}
+    if use_ensemble and sum(weights.values()) <= 0:
+        raise ValueError("prepare.teachers: the ensemble needs a teacher with weight > 0")
+    ds = ds.map_batches(
+        _finish,
+        fn_kwargs={"weights": weights, "scale": cfg.ensemble.scale if use_ensemble else None},
+        batch_size=None,
+        batch_format="pyarrow",
+        num_cpus=0.25,
+    )
+    ds.write_parquet(
+        str(Path(cfg.output_dir) / "shards"),
+        min_rows_per_file=cfg.rows_per_shard,
+        ray_remote_args={"num_cpus": 0.25},
+    )
+
+
+# ---------------------------------------------------------------------------- the job
+def _stamp(path: Path) -> list:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.exists()]
+
+
+def config_hash(cfg: PrepareConfig) -> str:
+    """Hash of the prepare config (minus run-time switches) and the input files' size/mtime."""
+    src = cfg.source
+    if src.format == "beir" and src.path is not None:
+        inputs = [src.path / "corpus.jsonl", src.path / "queries.jsonl"]
+        inputs.append(src.path / "qrels" / f"{src.split}.tsv")
+    else:
+        inputs = [src.path] if src.path is not None else []
+    blob = {
+        "schema": SCHEMA_VERSION,
+        "config": cfg.model_dump(mode="json", exclude=RUNTIME_KEYS),
+        "inputs": [s for p in inputs for s in _stamp(Path(p))],
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_manifest(output_dir: str | Path) -> dict | None:
+    path = Path(output_dir) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_complete(output_dir: str | Path, digest: str) -> bool:
+    manifest = load_manifest(output_dir)
+    done = (Path(output_dir) / "_SUCCESS").is_file()
+    return done and manifest is not None and manifest.get("config_hash") == digest
+
+
+def _clear(out: Path) -> None:
+    for name in ("shards", "_work"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("_SUCCESS", "manifest.json", "rejects.jsonl"):
+        (out / name).unlink(missing_ok=True)
+
+
+@contextmanager
+def _data_context(cfg: PrepareConfig):
+    """Progress bars per config; a fixed actor pool starts whole before data flows (so every
+    actor gets work and a pool that cannot start fails loudly). Restored afterwards."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    keys = ("enable_progress_bars", "enable_operator_progress_bars", "wait_for_min_actors_s")
+    saved = {k: getattr(ctx, k) for k in keys}
+    ctx.enable_progress_bars = ctx.enable_operator_progress_bars = cfg.progress
+    ctx.wait_for_min_actors_s = cfg.actor_start_timeout_s
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(ctx, k, v)
+
+
+@contextmanager
+def _timed(timings: dict, name: str):
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 3)
+
+
+def _shard_rows(shards: Path) -> tuple[list[str], int]:
+    files = sorted(shards.glob("*.parquet"))
+    return [f.name for f in files], sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def init_ray(ray_cfg=None) -> None:
+    """Join the running Ray (``ray job submit``, tests) or start one as ``ray_cfg`` says."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if ray_cfg is None:
+        ray.init()
+        return
+    ray.init(
+        address=ray_cfg.address,
+        num_cpus=ray_cfg.num_cpus,
+        num_gpus=ray_cfg.num_gpus,
+        include_dashboard=ray_cfg.include_dashboard,
+    )
+
+
+def prepare(cfg: PrepareConfig, *, force: bool = False, ray_config=None, echo=print) -> dict:
+    """Run (or reuse) the prepare job; returns the manifest (``skipped: true`` when reused).
+
+    Ray is started (or joined, per ``ray_config``) only when there is work to do.
+    """
+    import ray
+
+    from spladeray.data.stats import StageStats
+
+    out = Path(cfg.output_dir)
+    digest = config_hash(cfg)
+    if not (force or cfg.force) and is_complete(out, digest):
+        manifest = {**load_manifest(out), "skipped": True}
+        echo(f"prepare: output up to date (config hash {digest}), nothing to do: {out}")
+        echo(summary_line(manifest))
+        return manifest
+    if load_manifest(out) is not None:
+        logger.info("rebuilding %s (forced or config changed)", out)
+    init_ray(ray_config)
+    _clear(out)
+    work = out / "_work"
+    work.mkdir(parents=True)
+    timings: dict[str, float] = {}
+    rejects = RejectLog(out / "rejects.jsonl")
+    start = time.perf_counter()
+    stats = StageStats.remote()
+    try:
+        with _data_context(cfg):
+            with _timed(timings, "read"):
+                reader = read_beir if cfg.source.format == "beir" else read_pairs
+                source = reader(cfg.source, work, rejects)
+            with _timed(timings, "index"):
+                index_info = build_index(cfg, work)
+            with _timed(timings, "pipeline"):
+                run_pipeline(cfg, source.pairs, work, stats)
+        stages = ray.get(stats.summary.remote())
+    finally:
+        rejects.close()
+        ray.kill(stats)
+    shards, rows = _shard_rows(out / "shards")
+    timings["total"] = round(time.perf_counter() - start, 3)
+    teachers = [n for n, t in cfg.teachers.items() if t.enabled]
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "config_hash": digest,
+        "output_dir": str(out),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "rows": rows,
+        "pairs_accepted": source.pairs.num_rows,
+        "rejected": len(rejects),
+        "rejects_by_reason": dict(rejects.by_reason),
+        "source": {"format": cfg.source.format, **source.counts},
+        "index": {"method": cfg.negatives.method, **index_info},
+        "teachers": teachers,
+        "teacher_weights": {n: cfg.teachers[n].weight for n in teachers},
+        "ensemble": {
+            "enabled": bool(cfg.ensemble.enabled and teachers),
+            "scale": cfg.ensemble.scale,
+        },
+        "num_negatives": cfg.negatives.num_negatives,
+        "columns": pq.read_schema(out / "shards" / shards[0]).names if shards else [],
+        "shards": shards,
+        "timings_s": timings,
+        "stages": stages,
+        "skipped": False,
+    }
+    if rows != source.pairs.num_rows:
+        raise RuntimeError(f"wrote {rows} rows but accepted {source.pairs.num_rows} pairs")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    (out / "_SUCCESS").write_text(digest + "\n")
+    echo(summary_line(manifest))
+    return manifest
+
+
+def summary_line(m: dict) -> str:
+    """``prepare: rows, rejects, seconds, rows/s per stage`` on one line."""
+    t = m["timings_s"]
+    parts = [
+        f"prepare: {m['rows']} rows, {m['rejected']} rejected, {t['total']:.1f}s",
+        f"read {t['read']:.1f}s",
+        f"index {t['index']:.1f}s",
+        f"pipeline {t['pipeline']:.1f}s ({m['rows'] / max(t['pipeline'], 1e-9):.1f} rows/s)",
+    ]
+    for stage, s in m.get("stages", {}).items():
+        parts.append(f"{stage} {s['rows_per_actor_s']:.1f} rows/actor-s x{s['actors']}")
+    return " | ".join(parts) + f" -> {m['output_dir']}"

@@ -1,0 +1,238 @@
+"""Ray Data readers for prepare: BEIR corpora and (query, positive[, negatives]) pair files.
+
+Every reader yields rows with a ``reject`` column: ``null`` for a usable row, else the reason.
+Nothing is dropped here; the caller writes rejected rows to ``rejects.jsonl``.
+
+- :func:`beir_corpus_dataset`: ``corpus.jsonl`` -> ``doc_id, text, reject, raw`` (streamed).
+- :func:`pairs_dataset`: jsonl / parquet / Hugging Face ``datasets`` -> ``query_id, query,
+  positive_id, positive, negative_ids, negatives, reject, raw``. Missing ids are derived from the
+  text (:func:`text_id`), so the same text always gets the same id.
+- :func:`iter_qrels` and :func:`iter_queries`: the (small) BEIR qrels and queries, read in the
+  driver with line numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from spladeray.data.beir import doc_text, iter_jsonl
+
+STR_LIST = pa.list_(pa.string())
+CORPUS_SCHEMA = pa.schema(
+    [("doc_id", pa.string()), ("text", pa.string()), ("reject", pa.string()), ("raw", pa.string())]
+)
+PAIRS_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("query", pa.string()),
+        ("positive_id", pa.string()),
+        ("positive", pa.string()),
+        ("negative_ids", STR_LIST),
+        ("negatives", STR_LIST),
+        ("reject", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
+RAW_CHARS = 300
+
+
+def text_id(text: str) -> str:
+    """A stable id for a text without one: the first 16 hex digits of its SHA-1."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _clean(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _raw(obj: Any) -> str:
+    text = obj if isinstance(obj, str) else json.dumps(obj, default=str, ensure_ascii=False)
+    return text[:RAW_CHARS]
+
+
+# ---------------------------------------------------------------------------- BEIR corpus
+def parse_corpus_lines(batch: pa.Table) -> pa.Table:
+    """``read_text`` lines -> corpus rows; bad JSON, no ``_id`` or no text become rejects."""
+    rows = []
+    for line in batch.column("text").to_pylist():
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            rows.append((None, None, f"invalid JSON: {exc.msg}", _raw(line)))
+            continue
+        if not isinstance(obj, dict):
+            rows.append((None, None, "not a JSON object", _raw(line)))
+            continue
+        doc_id = obj.get("_id")
+        text = doc_text(obj) if isinstance(obj.get("text"), str | None) else ""
+        if not isinstance(doc_id, str | int) or str(doc_id).strip() == "":
+            rows.append((None, None, "corpus row without _id", _raw(line)))
+        elif not text or not isinstance(obj.get("title") or "", str):
+            rows.append((str(doc_id), None, "document without text", _raw(line)))
+        else:
+            rows.append((str(doc_id), text, None, None))
+    cols = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
+    return pa.Table.from_arrays([pa.array(c, pa.string()) for c in cols], schema=CORPUS_SCHEMA)
+
+
+def beir_corpus_dataset(beir_dir: str | Path):
+    """``corpus.jsonl`` of a BEIR directory as a Ray Dataset of checked rows."""
+    import ray.data
+
+    path = Path(beir_dir) / "corpus.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (expected a BEIR directory)")
+    return ray.data.read_text(str(path)).map_batches(
+        parse_corpus_lines, batch_format="pyarrow", batch_size=4096
+    )
+
+
+# ---------------------------------------------------------------------------- BEIR queries, qrels
+def iter_queries(beir_dir: str | Path, reject) -> Iterator[tuple[str, str]]:
+    """``(query_id, text)``; bad rows go to ``reject(source, line, reason, id=None, raw=None)``."""
+    path = Path(beir_dir) / "queries.jsonl"
+
+    class _Sink:  # adapts iter_jsonl's rejects.add(source, line, reason)
+        def add(self, source: str, line: int, reason: str) -> None:
+            reject(source, line, reason)
+
+    for n, obj in iter_jsonl(path, _Sink()):
+        qid, text = obj.get("_id"), _clean(obj.get("text"))
+        if not isinstance(qid, str | int) or str(qid).strip() == "":
+            reject(str(path), n, "query without _id", raw=_raw(obj))
+        elif text is None:
+            reject(str(path), n, "empty query", id=str(qid), raw=_raw(obj))
+        else:
+            yield str(qid), text
+
+
+def iter_qrels(path: str | Path, reject) -> Iterator[tuple[int, str, str, int]]:
+    """``(line, query_id, doc_id, relevance)`` from a qrels TSV (header line optional)."""
+    path = Path(path)
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.tsv"))
+        raise FileNotFoundError(f"{path} not found; splits available: {available}")
+    with open(path, encoding="utf-8", newline="") as fh:
+        for n, parts in enumerate(csv.reader(fh, delimiter="\t"), 1):
+            if not parts or (n == 1 and parts[0] in ("query-id", "qid", "query_id")):
+                continue
+            try:
+                if len(parts) not in (3, 4) or not parts[0].strip() or not parts[1].strip():
+                    raise ValueError
+                yield n, parts[0].strip(), parts[1].strip(), int(parts[-1])
+            except ValueError:
+                reject(str(path), n, "malformed qrels line", raw=_raw("\t".join(parts)))
+
+
+# ---------------------------------------------------------------------------- pair files
+def _pair_record(row: dict[str, Any]) -> dict[str, Any]:
+    """One source row (our column names) -> a :data:`PAIRS_SCHEMA` record, maybe a reject."""
+    query, positive = _clean(row.get("query")), _clean(row.get("positive"))
+    negatives = row.get("negatives")
+    negatives = [] if negatives is None else negatives
+    reason = None
+    if query is None:
+        reason = "missing query text"
+    elif positive is None:
+        reason = "missing positive text"
+    elif not isinstance(negatives, list) or any(_clean(n) is None for n in negatives):
+        reason = "negatives must be a list of non-empty strings"
+    if reason:
+        record = dict.fromkeys(PAIRS_SCHEMA.names)
+        record.update(reject=reason, raw=_raw(row))
+        return record
+    negatives = [n.strip() for n in negatives]
+    return {
+        "query_id": str(row.get("query_id") or text_id(query)),
+        "query": query,
+        "positive_id": str(row.get("positive_id") or text_id(positive)),
+        "positive": positive,
+        "negative_ids": [text_id(n) for n in negatives],
+        "negatives": negatives,
+        "reject": None,
+        "raw": None,
+    }
+
+
+def _records_table(records: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=PAIRS_SCHEMA)
+
+
+def normalize_pairs(batch: pa.Table, columns: dict[str, str]) -> pa.Table:
+    """Source rows -> :data:`PAIRS_SCHEMA`, using ``columns`` (our name -> source name)."""
+    data = {
+        ours: batch.column(theirs).to_pylist()
+        for ours, theirs in columns.items()
+        if theirs in batch.column_names
+    }
+    rows = [{k: v[i] for k, v in data.items()} for i in range(batch.num_rows)]
+    return _records_table([_pair_record(row) for row in rows])
+
+
+def parse_pairs_lines(batch: pa.Table, columns: dict[str, str]) -> pa.Table:
+    """``read_text`` lines of a jsonl pairs file -> :data:`PAIRS_SCHEMA`; bad lines are rejects."""
+    records = []
+    for line in batch.column("text").to_pylist():
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            obj = exc
+        if not isinstance(obj, dict):
+            reason = f"invalid JSON: {obj.msg}" if isinstance(obj, Exception) else "not an object"
+            record = dict.fromkeys(PAIRS_SCHEMA.names)
+            record.update(reject=reason, raw=_raw(line))
+            records.append(record)
+            continue
+        records.append(_pair_record({ours: obj.get(theirs) for ours, theirs in columns.items()}))
+    return _records_table(records)
+
+
+def _hf_blocks(source, rows_per_block: int = 10_000) -> list[pa.Table]:
+    """A Hugging Face dataset split as Arrow blocks (zero-copy slices of its memory-mapped cache).
+
+    ``ray.data.from_huggingface`` would ask the hub for parquet exports first, which fails offline.
+    """
+    import datasets
+
+    name = source.hf_name or (str(source.path) if source.path else None)
+    if name is None:
+        raise ValueError("prepare.source: format hf needs hf_name (hub id or local folder)")
+    if Path(name).is_dir() and (Path(name) / "state.json").is_file():
+        ds = datasets.load_from_disk(name)  # a folder written by Dataset.save_to_disk
+    else:
+        ds = datasets.load_dataset(name, source.hf_config, split=source.split)
+    table = ds.with_format("arrow")[:]
+    return [
+        table.slice(s, rows_per_block) for s in range(0, max(table.num_rows, 1), rows_per_block)
+    ]
+
+
+def pairs_dataset(source):
+    """A :class:`~spladeray.config.PrepareSourceConfig` of format jsonl / parquet / hf as a Dataset."""
+    import ray.data
+
+    columns = dict(source.columns)
+    if source.format == "jsonl":
+        ds = ray.data.read_text(str(source.path), file_extensions=["jsonl", "json"])
+        return ds.map_batches(parse_pairs_lines, fn_kwargs={"columns": columns}, **_ARROW)
+    if source.format == "parquet":
+        ds = ray.data.read_parquet(str(source.path))
+    elif source.format == "hf":
+        ds = ray.data.from_arrow(_hf_blocks(source))
+    else:
+        raise ValueError(f"pairs_dataset does not read format {source.format!r}")
+    return ds.map_batches(normalize_pairs, fn_kwargs={"columns": columns}, **_ARROW)
+
+
+_ARROW = {"batch_format": "pyarrow", "batch_size": 4096}

@@ -1,0 +1,217 @@
+"""Teacher scores for distillation, and their ensemble.
+
+Three teacher kinds, each scoring aligned ``(query, passage)`` pairs:
+
+- ``dense``: a sentence-transformers bi-encoder; ``s = sim(E_q(query), E_d(passage))`` with the
+  model's own similarity function (cosine for all-MiniLM-L6-v2).
+- ``cross``: a sentence-transformers ``CrossEncoder``; ``s`` = its raw logit (no sigmoid).
+- ``sparse``: a :class:`~spladeray.model.SpladeEncoder`; ``s = q . d`` of the SPLADE vectors.
+
+The ensemble (OpenSearch inference-free paper, arXiv 2411.04403): for one row, i.e. one query and
+its candidates ``c_1..c_n = [positive, *negatives]``, and enabled teachers ``t`` with weights
+``w_t``::
+
+    s'_t(c) = (s_t(c) - min_c' s_t(c')) / (max_c' s_t(c') - min_c' s_t(c'))   (0 when max = min)
+    s_ens(c) = scale * sum_t w_t * s'_t(c) / sum_t w_t
+
+so every teacher contributes on the same [0, 1] scale per query, and ``scale`` sets the range the
+student's distillation loss sees.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+FLOAT_LIST = pa.list_(pa.float32())
+
+
+class TeacherLoadError(RuntimeError):
+    """A configured teacher could not be loaded; the message names the teacher."""
+
+
+def resolve_model_path(ref: str) -> str:
+    """``pkg:<package>/<subdir>`` -> the folder inside that installed package; others unchanged."""
+    if not ref.startswith("pkg:"):
+        return ref
+    package, _, sub = ref[4:].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"python package {package!r} is not installed (model {ref!r})")
+    return str(Path(next(iter(spec.submodule_search_locations))) / sub)
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _unique(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    index: dict[str, int] = {}
+    positions = np.array([index.setdefault(t, len(index)) for t in texts], dtype=np.int64)
+    return list(index), positions
+
+
+class DenseTeacher:
+    """Bi-encoder scores; each distinct text of a call is encoded once."""
+
+    def __init__(self, path: str, *, batch_size: int = 64, max_length=None, device="auto"):
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(
+            resolve_model_path(path), device=_device(device), local_files_only=True
+        )
+        if max_length:
+            self.model.max_seq_length = max_length
+        self.batch_size = batch_size
+
+    def encode(self, texts: Sequence[str], kind: str, normalize: bool = False) -> np.ndarray:
+        encode = self.model.encode_query if kind == "query" else self.model.encode_document
+        return encode(
+            list(texts),
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=normalize,
+            show_progress_bar=False,
+        )
+
+    def score(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        uq, qi = _unique(queries)
+        ud, di = _unique(docs)
+        eq, ed = self.encode(uq, "query"), self.encode(ud, "document")
+        sims = self.model.similarity_pairwise(eq[qi], ed[di])
+        return np.asarray(sims, dtype=np.float32)
+
+
+class CrossTeacher:
+    """Cross-encoder logits for each ``(query, passage)`` pair."""
+
+    def __init__(self, path: str, *, batch_size: int = 64, max_length=None, device="auto"):
+        from sentence_transformers import CrossEncoder
+
+        self.model = CrossEncoder(
+            resolve_model_path(path),
+            device=_device(device),
+            max_length=max_length,
+            local_files_only=True,
+        )
+        self.batch_size = batch_size
+
+    def score(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        import torch
+
+        scores = self.model.predict(
+            list(zip(queries, docs, strict=True)),
+            batch_size=self.batch_size,
+            activation_fn=torch.nn.Identity(),
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(scores, dtype=np.float32).reshape(len(queries))
+
+
+class SparseTeacher:
+    """SPLADE dot products; each distinct text of a call is encoded once."""
+
+    def __init__(self, path: str, *, batch_size: int = 64, max_length=None, device="auto"):
+        from spladeray.model import load_encoder
+
+        kwargs = {"max_document_length": max_length} if max_length else {}
+        self.encoder = load_encoder(
+            resolve_model_path(path), batch_size=batch_size, device=device, **kwargs
+        )
+
+    def encode(self, texts: Sequence[str], kind: str):
+        return self.encoder.encode_csr(list(texts), "query" if kind == "query" else "document")
+
+    def score(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        uq, qi = _unique(queries)
+        ud, di = _unique(docs)
+        q, d = self.encode(uq, "query"), self.encode(ud, "document")
+        return np.asarray(q[qi].multiply(d[di]).sum(axis=1), dtype=np.float32).reshape(-1)
+
+
+KINDS = {"dense": DenseTeacher, "cross": CrossTeacher, "sparse": SparseTeacher}
+
+
+def load_teacher(name: str, cfg: Mapping):
+    """Build the teacher ``cfg`` (a :class:`~spladeray.config.TeacherConfig` dump) describes."""
+    kind, path = cfg["kind"], cfg["path"]
+    try:
+        return KINDS[kind](
+            path,
+            batch_size=cfg.get("batch_size", 64),
+            max_length=cfg.get("max_length"),
+            device=cfg.get("device", "auto"),
+        )
+    except Exception as exc:
+        raise TeacherLoadError(
+            f"teacher {name!r} ({kind} model {path!r}) failed to load: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def score_rows(teacher, queries: Sequence[str], candidates: Sequence[Sequence[str]]):
+    """One float32 array per row: the teacher's score of each candidate with the row's query."""
+    flat_q = [q for q, cands in zip(queries, candidates, strict=True) for _ in cands]
+    flat_d = [c for cands in candidates for c in cands]
+    scores = teacher.score(flat_q, flat_d) if flat_d else np.zeros(0, np.float32)
+    bounds = np.cumsum([0] + [len(c) for c in candidates])
+    return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+class TeacherScorer:
+    """Ray Data actor: appends ``score_<name>`` for ``[positive, *negatives]`` of each row."""
+
+    def __init__(self, name: str, cfg: Mapping, stats=None):
+        self.name, self.stats = name, stats
+        self.teacher = load_teacher(name, cfg)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        start = time.perf_counter()
+        positives = batch.column("positive").to_pylist()
+        negatives = batch.column("negatives").to_pylist()
+        candidates = [[p, *n] for p, n in zip(positives, negatives, strict=True)]
+        scores = score_rows(self.teacher, batch.column("query").to_pylist(), candidates)
+        out = batch.append_column(f"score_{self.name}", pa.array(scores, FLOAT_LIST))
+        if self.stats is not None:
+            from spladeray.data.stats import report
+
+            report(self.stats, f"score_{self.name}", batch.num_rows, time.perf_counter() - start)
+        return out
+
+
+# ---------------------------------------------------------------------------- ensemble
+def min_max(scores: Sequence[float]) -> np.ndarray:
+    """``(s - min) / (max - min)`` over one query's candidates; all zeros when max = min."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size == 0:
+        return s
+    span = s.max() - s.min()
+    return (s - s.min()) / span if span > 0 else np.zeros_like(s)
+
+
+def ensemble(scores: Mapping[str, Sequence[float]], weights: Mapping[str, float], scale: float):
+    """The ensemble of one row (module docstring): weighted mean of min-max scores, times scale."""
+    total = sum(weights[name] for name in scores)
+    if total <= 0:
+        raise ValueError("the ensemble needs at least one teacher with a positive weight")
+    mixed = sum(weights[name] * min_max(s) for name, s in scores.items())
+    return (scale * mixed / total).astype(np.float32)
+
+
+def add_ensemble(batch: pa.Table, weights: Mapping[str, float], scale: float) -> pa.Table:
+    """Ray Data task: appends ``score_ensemble`` computed from the ``score_<name>`` columns."""
+    columns = {name: batch.column(f"score_{name}").to_pylist() for name in weights}
+    rows = [
+        ensemble({name: col[i] for name, col in columns.items()}, weights, scale)
+        for i in range(batch.num_rows)
+    ]
+    return batch.append_column("score_ensemble", pa.array(rows, FLOAT_LIST))

@@ -1,0 +1,544 @@
+"""Evaluate several systems on several BEIR datasets: quality, sparsity, latency, throughput.
+
+``run_evaluation(cfg)`` is what ``jobs/evaluate.py`` and the demo call: it reads the
+``evaluate:`` section, runs every system on every dataset, averages over datasets (BEIR-style
+macro average), prints the table and writes ``results.json``, ``results.md``, ``quality_vs_dims.png``
+and one TREC run file per dataset and system under ``evaluate.output_dir``.
+
+Per system and dataset:
+
+- quality: the configured ``ir-measures`` measures over the split's judged queries;
+- sparsity: average / p95 active dimensions of queries and documents, expected FLOPS;
+- latency: ``latency_queries`` queries answered one at a time (encode + search), p50 / p99 ms;
+- throughput: documents indexed per second (encoding + index writes; tokenising for BM25).
+
+A hybrid system fuses the runs of systems listed before it; its latency is the sum of its parts'
+per-query latencies plus the fusion, its dimensions and FLOPS the sums of its parts'.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spladeray.config import (
+    Config,
+    EvalDatasetConfig,
+    EvalDenseConfig,
+    EvalHybridConfig,
+    EvalSparseConfig,
+    EvaluateConfig,
+    ModelConfig,
+)
+from spladeray.data.beir import Rejects, doc_text, iter_corpus, load_qrels, load_queries
+from spladeray.eval.fusion import fuse
+from spladeray.eval.metrics import DEFAULT_MEASURES, evaluate_run, write_trec_run
+from spladeray.eval.retrieval import Retriever, restrict_qrels
+from spladeray.eval.sparsity import sparsity_stats
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class Dataset:
+    """One BEIR split in memory: documents, the judged queries and their qrels."""
+
+    name: str
+    beir_dir: Path
+    split: str
+    doc_ids: list[str]
+    doc_texts: list[str]
+    queries: dict[str, str]  # judged queries only, in qrels order
+    qrels: dict[str, dict[str, int]]
+    rejected: int = 0
+
+    @classmethod
+    def load(cls, cfg: EvalDatasetConfig) -> Dataset:
+        rejects = Rejects()
+        docs = list(iter_corpus(cfg.beir_dir, cfg.corpus_limit, rejects))
+        queries = load_queries(cfg.beir_dir, rejects)
+        keep = {d["_id"] for d in docs} if cfg.corpus_limit else None
+        qrels = restrict_qrels(load_qrels(cfg.beir_dir, cfg.split, rejects), queries, keep)
+        if not qrels:
+            raise ValueError(f"{cfg.beir_dir} split {cfg.split!r}: no judged queries to evaluate")
+        return cls(
+            name=cfg.name or Path(cfg.beir_dir).name,
+            beir_dir=Path(cfg.beir_dir),
+            split=cfg.split,
+            doc_ids=[d["_id"] for d in docs],
+            doc_texts=[doc_text(d) for d in docs],
+            queries={q: queries[q] for q in qrels},
+            qrels=qrels,
+            rejected=len(rejects),
+        )
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "beir_dir": str(self.beir_dir),
+            "split": self.split,
+            "documents": len(self.doc_ids),
+            "queries": len(self.queries),
+            "rejected_rows": self.rejected,
+        }
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class SystemResult:
+    """One system on one dataset (or its average over datasets)."""
+
+    system: str
+    kind: str
+    metrics: dict[str, float]
+    sparsity: dict[str, float | None] | None = None
+    latency_ms: dict[str, float] | None = None
+    docs_per_s: float | None = None
+    index_s: float | None = None
+    run: dict[str, dict[str, float]] | None = field(default=None, repr=False)
+    latencies: np.ndarray | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "system": self.system,
+            "kind": self.kind,
+            "metrics": self.metrics,
+            "sparsity": self.sparsity,
+            "latency_ms": self.latency_ms,
+            "docs_per_s": self.docs_per_s,
+            "index_s": self.index_s,
+        }
+
+
+@dataclass
+class EvalResults:
+    """All results of one evaluation; ``average`` is the macro average over datasets."""
+
+    measures: list[str]
+    datasets: list[dict[str, Any]]
+    systems: list[dict[str, Any]]
+    per_dataset: dict[str, dict[str, SystemResult]]
+    average: dict[str, SystemResult]
+    title: str = "spladeray evaluation"
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "measures": self.measures,
+            "datasets": self.datasets,
+            "systems": self.systems,
+            "average": {k: v.to_json() for k, v in self.average.items()},
+            "per_dataset": {
+                d: {k: v.to_json() for k, v in res.items()} for d, res in self.per_dataset.items()
+            },
+        }
+
+    def markdown(self) -> str:
+        from spladeray.eval.report import results_markdown
+
+        return results_markdown(self)
+
+
+# ----------------------------------------------------------------------------- systems
+def _latency(values: Sequence[float]) -> dict[str, float] | None:
+    if len(values) == 0:
+        return None
+    arr = np.asarray(values, dtype=np.float64) * 1000.0
+    return {
+        "p50": float(np.percentile(arr, 50)),
+        "p99": float(np.percentile(arr, 99)),
+        "mean": float(arr.mean()),
+        "n": len(arr),
+    }
+
+
+def build_retriever(
+    system,
+    *,
+    default_model: ModelConfig | None = None,
+    encoder=None,
+    distributed: EvaluateConfig | None = None,
+    ray_cfg=None,
+    show_progress: bool = False,
+) -> Retriever:
+    """The :class:`Retriever` for one ``evaluate.systems`` entry (not hybrids).
+
+    ``encoder`` replaces the sparse model the config names (e.g. a freshly trained one);
+    ``distributed`` (an :class:`EvaluateConfig` with ``distributed: true``) moves corpus
+    encoding to a Ray Data actor pool.
+    """
+    from spladeray.eval import distributed as dist
+
+    use_ray = distributed is not None and distributed.distributed
+    if use_ray:
+        dist.ensure_ray(ray_cfg)
+    if system.kind == "bm25":
+        from spladeray.eval.bm25 import BM25Retriever
+
+        return BM25Retriever.from_config(system)
+    if system.kind == "sparse":
+        from spladeray.eval.retrieval import SparseRetriever
+
+        model_cfg = system.model or default_model
+        given = encoder is not None
+        if encoder is None:
+            if model_cfg is None:
+                raise ValueError(f"sparse system {system.name!r} has no model")
+            from spladeray.model import load_encoder_from_config
+
+            encoder = load_encoder_from_config(model_cfg)
+        index = None
+        if system.index is not None:
+            from spladeray.index import open_index
+
+            index = open_index(system.index)
+        encode_fn = None
+        if use_ray:
+            # A loaded encoder (e.g. just trained) travels to the actors; else each loads it.
+            factory = (
+                dist.SparseFactory(encoder=encoder)
+                if given
+                else dist.SparseFactory(model_cfg=model_cfg)
+            )
+            encode_fn = dist.ActorPoolEncoder(
+                factory,
+                "sparse",
+                num_actors=distributed.num_actors,
+                batch_size=distributed.actor_batch_size,
+                num_gpus=_actor_gpus(model_cfg.device if model_cfg else "cpu"),
+            )
+        return SparseRetriever(
+            encoder, system.name, index=index, encode_fn=encode_fn, show_progress=show_progress
+        )
+    if system.kind == "dense":
+        from spladeray.eval.dense import DenseModel, DenseRetriever
+
+        encode_fn = None
+        if use_ray:
+            encode_fn = dist.ActorPoolEncoder(
+                dist.DenseFactory(system),
+                "dense",
+                num_actors=distributed.num_actors,
+                batch_size=distributed.actor_batch_size,
+                num_gpus=_actor_gpus(system.device),
+            )
+        return DenseRetriever(
+            DenseModel.from_config(system),
+            system.name,
+            encode_fn=encode_fn,
+            show_progress=show_progress,
+        )
+    raise ValueError(f"no retriever for system kind {system.kind!r}")
+
+
+def _file_name(name: str) -> str:
+    """A system or dataset name made safe for a file name (``bm25+splade rrf`` -> ``bm25+splade_rrf``)."""
+    return re.sub(r"[^A-Za-z0-9_.+\-]+", "_", name).strip("._") or "unnamed"
+
+
+def _actor_gpus(device: str) -> float:
+    """One GPU per encoder actor when the cluster has GPUs and the model may use one."""
+    if device == "cpu":
+        return 0.0
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def _evaluate_retriever(
+    retriever: Retriever,
+    data: Dataset,
+    *,
+    measures: Sequence[str],
+    depth: int,
+    latency_queries: int,
+) -> SystemResult:
+    start = time.perf_counter()
+    retriever.index(data.doc_ids, data.doc_texts)
+    qids = list(data.queries)
+    texts = [data.queries[q] for q in qids]
+    results = retriever.search(texts, k=depth)
+    run = dict(zip(qids, results, strict=True))
+    sparsity = sparsity_stats(retriever.query_matrix(texts), retriever.doc_matrix)
+    timed = texts[:latency_queries]
+    latencies = []
+    if timed:
+        retriever.search_one(timed[0], depth)  # warm-up, not counted
+        for text in timed:
+            t0 = time.perf_counter()
+            retriever.search_one(text, depth)
+            latencies.append(time.perf_counter() - t0)
+    result = SystemResult(
+        system=retriever.name,
+        kind=retriever.kind,
+        metrics=evaluate_run(run, data.qrels, measures),
+        sparsity=sparsity,
+        latency_ms=_latency(latencies),
+        docs_per_s=retriever.docs_per_s,
+        index_s=retriever.index_seconds,
+        run=run,
+        latencies=np.asarray(latencies),
+    )
+    logger.info(
+        "%s on %s: %s (%.1fs)",
+        retriever.name,
+        data.name,
+        ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()),
+        time.perf_counter() - start,
+    )
+    return result
+
+
+def _evaluate_hybrid(
+    system: EvalHybridConfig,
+    parts: Sequence[SystemResult],
+    data: Dataset,
+    *,
+    measures: Sequence[str],
+    depth: int,
+) -> SystemResult:
+    runs = [p.run or {} for p in parts]
+    run = fuse(runs, system.method, k=system.rrf_k, weights=system.weights, depth=depth)
+    # Latency: the parts run one after the other for each timed query, then the fusion.
+    n = min((len(p.latencies) for p in parts if p.latencies is not None), default=0)
+    latencies = []
+    qids = list(data.queries)[:n]
+    for i, qid in enumerate(qids):
+        t0 = time.perf_counter()
+        fuse(
+            [{qid: r.get(qid, {})} for r in runs],
+            system.method,
+            k=system.rrf_k,
+            weights=system.weights,
+            depth=depth,
+        )
+        fusion_s = time.perf_counter() - t0
+        latencies.append(sum(float(p.latencies[i]) for p in parts) + fusion_s)
+    sparsity = None
+    if all(p.sparsity for p in parts):
+        sparsity = {
+            "query_dims_avg": sum(p.sparsity["query_dims_avg"] for p in parts),
+            "query_dims_p95": None,
+            "doc_dims_avg": sum(p.sparsity["doc_dims_avg"] for p in parts),
+            "doc_dims_p95": None,
+            "flops": sum(p.sparsity["flops"] for p in parts),
+        }
+    index_s = sum(p.index_s or 0.0 for p in parts)
+    return SystemResult(
+        system=system.name,
+        kind="hybrid",
+        metrics=evaluate_run(run, data.qrels, measures),
+        sparsity=sparsity,
+        latency_ms=_latency(latencies),
+        docs_per_s=len(data.doc_ids) / index_s if index_s > 0 else None,
+        index_s=index_s,
+        run=run,
+        latencies=np.asarray(latencies),
+    )
+
+
+def describe(system, default_model: ModelConfig | None = None) -> dict[str, Any]:
+    """A JSON summary of a system entry, for the report."""
+    info: dict[str, Any] = {"name": system.name, "kind": system.kind}
+    if isinstance(system, EvalSparseConfig):
+        model = system.model or default_model
+        info["model"] = model.path if model else None
+        info["index"] = system.index.backend if system.index else "local (exact)"
+    elif isinstance(system, EvalDenseConfig):
+        from spladeray.eval.dense import default_dense_model
+
+        info["model"] = system.model or default_dense_model()
+    elif isinstance(system, EvalHybridConfig):
+        info.update(fuse=list(system.fuse), method=system.method)
+        if system.method == "rrf":
+            info["rrf_k"] = system.rrf_k
+        if system.weights is not None:
+            info["weights"] = list(system.weights)
+    else:
+        info.update(k1=system.k1, b=system.b, stemmer=system.stemmer, stopwords=system.stopwords)
+    return info
+
+
+def _average(system: str, kind: str, results: Sequence[SystemResult]) -> SystemResult:
+    def mean_dict(dicts: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | None:
+        if not dicts or any(d is None for d in dicts):
+            return None
+        out = {}
+        for key in dicts[0]:
+            values = [d.get(key) for d in dicts]
+            out[key] = None if any(v is None for v in values) else float(np.mean(values))
+        return out
+
+    def mean(values: Sequence[float | None]) -> float | None:
+        return None if any(v is None for v in values) else float(np.mean(values))
+
+    return SystemResult(
+        system=system,
+        kind=kind,
+        metrics=mean_dict([r.metrics for r in results]) or {},
+        sparsity=mean_dict([r.sparsity for r in results]),
+        latency_ms=mean_dict([r.latency_ms for r in results]),
+        docs_per_s=mean([r.docs_per_s for r in results]),
+        index_s=mean([r.index_s for r in results]),
+    )
+
+
+def evaluate_systems(
+    datasets: Sequence[EvalDatasetConfig | Dataset],
+    systems: Sequence,
+    *,
+    default_model: ModelConfig | None = None,
+    encoders: Mapping[str, Any] | None = None,
+    measures: Sequence[str] = DEFAULT_MEASURES,
+    depth: int = 100,
+    latency_queries: int = 100,
+    distributed: EvaluateConfig | None = None,
+    ray_cfg=None,
+    runs_dir: str | Path | None = None,
+    title: str = "spladeray evaluation",
+    show_progress: bool = False,
+) -> EvalResults:
+    """Run every system on every dataset; see the module docstring.
+
+    ``systems`` are ``evaluate.systems`` entries (``EvalBM25Config``, ``EvalSparseConfig``, ...);
+    ``encoders`` maps a sparse system's name to an already loaded :class:`SpladeEncoder` to use
+    instead of its configured model. With ``runs_dir`` the runs are written as TREC files.
+    """
+    measures = list(measures)
+    encoders = dict(encoders or {})
+    retrievers: dict[str, Retriever] = {}
+    per_dataset: dict[str, dict[str, SystemResult]] = {}
+    infos = []
+    try:
+        for system in systems:
+            if system.kind != "hybrid":
+                retrievers[system.name] = build_retriever(
+                    system,
+                    default_model=default_model,
+                    encoder=encoders.get(system.name),
+                    distributed=distributed,
+                    ray_cfg=ray_cfg,
+                    show_progress=show_progress,
+                )
+        for ds in datasets:
+            data = ds if isinstance(ds, Dataset) else Dataset.load(ds)
+            if data.name in per_dataset:
+                data.name = f"{data.name}-{data.split}-{len(per_dataset)}"
+            infos.append(data.info())
+            logger.info(
+                "dataset %s (%s): %d documents, %d queries",
+                data.name,
+                data.split,
+                len(data.doc_ids),
+                len(data.queries),
+            )
+            results: dict[str, SystemResult] = {}
+            for system in systems:
+                if system.kind == "hybrid":
+                    parts = [results[name] for name in system.fuse]
+                    results[system.name] = _evaluate_hybrid(
+                        system, parts, data, measures=measures, depth=depth
+                    )
+                else:
+                    results[system.name] = _evaluate_retriever(
+                        retrievers[system.name],
+                        data,
+                        measures=measures,
+                        depth=depth,
+                        latency_queries=latency_queries,
+                    )
+                if runs_dir is not None:
+                    write_trec_run(
+                        results[system.name].run or {},
+                        Path(runs_dir) / _file_name(data.name) / f"{_file_name(system.name)}.trec",
+                        tag=system.name,
+                    )
+            for r in results.values():  # runs are large; keep them only on disk
+                r.run = None
+            per_dataset[data.name] = results
+    finally:
+        for retriever in retrievers.values():
+            retriever.close()
+    average = {
+        s.name: _average(s.name, s.kind, [per_dataset[d][s.name] for d in per_dataset])
+        for s in systems
+    }
+    return EvalResults(
+        measures=measures,
+        datasets=infos,
+        systems=[describe(s, default_model) for s in systems],
+        per_dataset=per_dataset,
+        average=average,
+        title=title,
+    )
+
+
+def dataset_configs(cfg: Config, evaluate: EvaluateConfig) -> list[EvalDatasetConfig]:
+    """``evaluate.datasets``, or the top-level ``data`` section when that list is empty."""
+    if evaluate.datasets:
+        return list(evaluate.datasets)
+    if cfg.data is None:
+        raise ValueError(f"{cfg.source}: evaluate.datasets is empty and there is no data section")
+    return [
+        EvalDatasetConfig(
+            beir_dir=cfg.data.beir_dir, split=cfg.data.split, corpus_limit=cfg.data.corpus_limit
+        )
+    ]
+
+
+def run_evaluation(
+    cfg: Config,
+    *,
+    evaluate: EvaluateConfig | None = None,
+    systems: Sequence | None = None,
+    encoders: Mapping[str, Any] | None = None,
+    output_dir: str | Path | None = None,
+    echo: bool = True,
+    show_progress: bool = True,
+) -> EvalResults:
+    """Evaluate as ``cfg.evaluate`` says, write the reports, print the table.
+
+    ``systems`` replaces ``evaluate.systems`` (e.g. the demo's before/after pair) and
+    ``encoders`` supplies loaded sparse encoders by system name. Returns the results, with
+    ``results.paths`` naming the files written (``json``, ``markdown``, ``chart``, ``runs``).
+    """
+    from spladeray.eval.report import write_reports
+
+    evaluate = evaluate or cfg.evaluate or EvaluateConfig()
+    if systems is not None:
+        evaluate = EvaluateConfig.model_validate(
+            {**evaluate.model_dump(exclude={"systems"}), "systems": list(systems)}
+        )
+    out = Path(output_dir or evaluate.output_dir)
+    results = evaluate_systems(
+        dataset_configs(cfg, evaluate),
+        evaluate.systems,
+        default_model=cfg.model,
+        encoders=encoders,
+        measures=evaluate.measures,
+        depth=evaluate.depth,
+        latency_queries=evaluate.latency_queries,
+        distributed=evaluate,
+        ray_cfg=cfg.ray,
+        runs_dir=out / "runs",
+        title=evaluate.title or f"{cfg.run_name}: evaluation",
+        show_progress=show_progress,
+    )
+    results.paths = write_reports(results, out, chart=evaluate.chart)
+    results.paths["runs"] = str(out / "runs")
+    if echo:
+        print()
+        print(results.markdown())
+        for kind, path in results.paths.items():
+            print(f"{kind}: {path}")
+    return results

@@ -1,0 +1,545 @@
+"""The OpenSearch backend of :class:`~spladeray.index.base.SparseIndex` (``opensearch-py``).
+
+Mapping (``field_type``):
+
+- ``rank_features`` (default, every OpenSearch): ``{vector_field: rank_features, title: text,
+  text: text}``. Search is a ``bool`` of ``rank_feature`` ``linear`` clauses, one per query token,
+  each boosted by the query weight, so ``score = sum_t q_t * d_t`` -- exactly what the
+  neural-search plugin's ``neural_sparse`` query builds. ``query_type: neural_sparse`` sends that
+  query instead (needs the neural-search plugin).
+- ``sparse_vector`` (OpenSearch 3.3+, SEISMIC approximate search): keys are token *ids*, so the
+  index needs the tokenizer vocabulary (``token_ids``); queries go through ``neural_sparse``.
+
+Lucene's FeatureField keeps 9 significant bits of a weight (relative error <= 2^-8) and needs
+finite, positive normal floats; a query weight must be in (0, 64]. So document weights of 0 (or
+below the smallest normal float) are dropped, negative / NaN / infinite ones fail that document
+(by id, with the reason), and query weights are clamped to (0, 64].
+
+Feature names become Lucene field names ``<vector_field>.<token>``: a ``.`` inside a token
+("." and "..." are BERT tokens) would be read as an object path, so ``%`` and ``.`` are
+percent-escaped (``%25``, ``%2E``) on the way in and unescaped on the way out. The mapping is
+injective, so distinct tokens never collide.
+
+Writes use ``helpers.streaming_bulk`` (chunk size / bytes from config, 429-rejected items
+retried with exponential backoff); every document ends up either counted as indexed or listed
+in ``failed`` with OpenSearch's reason. Connection failures raise
+:class:`~spladeray.index.base.IndexUnavailableError` carrying the partial :class:`BulkResult`
+(what OpenSearch confirmed before the failure), so callers answer 503 and never over-report.
+
+Connection (``from_config``): TLS verification is on by default (turning it off logs a warning),
+optional CA bundle, basic auth or AWS SigV4 (``requests-aws4auth``), with every secret read from
+the environment variables the config names -- never from the config itself, never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from spladeray.index.base import (
+    BulkResult,
+    Failure,
+    Hit,
+    IndexUnavailableError,
+    id_problem,
+    vector_problem,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_QUERY_WEIGHT = 64.0
+"""Lucene ``FeatureField.newLinearQuery`` accepts weights in (0, 64]."""
+MIN_NORMAL_FLOAT = 1.1754944e-38
+"""FeatureField rejects values below the smallest positive normal float32."""
+MAX_FLOAT32 = 3.4028235e38
+TEXT_FIELDS = ("title", "text")
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- token names
+def escape_token(token: str) -> str:
+    """A token as a feature name OpenSearch accepts: ``%`` -> ``%25``, ``.`` -> ``%2E``."""
+    if "%" in token:
+        token = token.replace("%", "%25")
+    if "." in token:
+        token = token.replace(".", "%2E")
+    return token
+
+
+def unescape_token(name: str) -> str:
+    """Inverse of :func:`escape_token`."""
+    if "%" not in name:
+        return name
+    return name.replace("%2E", ".").replace("%25", "%")
+
+
+def safe_document_vector(vector: Any) -> tuple[dict[str, float] | None, str | None]:
+    """``(feature -> weight, None)`` ready for FeatureField, or ``(None, reason)``.
+
+    Zeros and subnormal weights are dropped (FeatureField cannot store them and they add
+    nothing to a dot product); negative, NaN, infinite or float32-overflowing weights and
+    tokens that are not non-empty strings make the document fail.
+    """
+    problem = vector_problem(vector)
+    if problem is not None:
+        return None, problem
+    out: dict[str, float] = {}
+    for token, weight in vector.items():
+        w = float(weight)
+        if w < MIN_NORMAL_FLOAT:
+            continue
+        if w > MAX_FLOAT32:
+            return None, f"weight of token {token!r} is {w!r}; it does not fit a float32"
+        out[escape_token(token)] = w
+    return out, None
+
+
+def safe_query_vector(query: Mapping[str, float]) -> dict[str, float]:
+    """Query weights FeatureField accepts: finite, > 0, clamped to 64; other entries dropped."""
+    out: dict[str, float] = {}
+    for token, weight in query.items():
+        if not isinstance(token, str) or not token:
+            continue
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            continue
+        w = float(weight)
+        if not math.isfinite(w) or w <= 0:
+            continue
+        out[escape_token(token)] = min(w, MAX_QUERY_WEIGHT)
+    return out
+
+
+# --------------------------------------------------------------------------- connection
+def build_client(cfg, environ: Mapping[str, str] | None = None):
+    """An ``opensearchpy.OpenSearch`` client for an :class:`~spladeray.config.OpenSearchConfig`.
+
+    Secrets come from the environment variables the config names; they are never logged.
+    """
+    from opensearchpy import OpenSearch, RequestsHttpConnection
+
+    env = os.environ if environ is None else environ
+    for host in cfg.hosts:
+        parts = urlsplit(host if "://" in host else f"http://{host}")
+        if parts.username or parts.password:
+            raise ValueError(
+                "credentials inside opensearch.hosts are not allowed; put them in the "
+                "environment variables named by username_env / password_env"
+            )
+    kwargs: dict[str, Any] = {
+        "hosts": list(cfg.hosts),
+        "timeout": cfg.timeout_s,
+        "verify_certs": cfg.verify_certs,
+        "ssl_show_warn": cfg.verify_certs,
+    }
+    if cfg.ca_certs is not None:
+        kwargs["ca_certs"] = str(cfg.ca_certs)
+    if not cfg.verify_certs and any(h.startswith("https") for h in cfg.hosts):
+        logger.warning(
+            "OpenSearch TLS certificate verification is OFF (opensearch.verify_certs: false); "
+            "anyone on the network path can impersonate the cluster. Use ca_certs instead."
+        )
+    if cfg.aws_sigv4:
+        from requests_aws4auth import AWS4Auth
+
+        key = env.get(cfg.aws_access_key_env)
+        secret = env.get(cfg.aws_secret_key_env)
+        token = env.get(cfg.aws_session_token_env) if cfg.aws_session_token_env else None
+        if not key or not secret:
+            raise ValueError(
+                f"opensearch.aws_sigv4 needs ${cfg.aws_access_key_env} and "
+                f"${cfg.aws_secret_key_env} set in the environment"
+            )
+        if not cfg.aws_region:
+            raise ValueError("opensearch.aws_sigv4 needs opensearch.aws_region")
+        kwargs["http_auth"] = AWS4Auth(
+            key, secret, cfg.aws_region, cfg.aws_service, session_token=token or None
+        )
+        kwargs["connection_class"] = RequestsHttpConnection
+    else:
+        user = env.get(cfg.username_env) if cfg.username_env else None
+        password = env.get(cfg.password_env) if cfg.password_env else None
+        if user and password:
+            kwargs["http_auth"] = (user, password)
+        elif user or password:
+            raise ValueError(
+                f"basic auth needs both ${cfg.username_env} and ${cfg.password_env} set"
+            )
+    return OpenSearch(**kwargs)
+
+
+def _unavailable(exc: Exception) -> bool:
+    """Whether an exception means "the backend cannot be reached / is not serving"."""
+    from opensearchpy.exceptions import ConnectionError as OSConnectionError
+    from opensearchpy.exceptions import TransportError
+
+    if isinstance(exc, OSConnectionError):  # includes timeouts and TLS errors
+        return True
+    if isinstance(exc, TransportError):
+        status = exc.status_code
+        return not isinstance(status, int) or status >= 500 or status == 429
+    return False
+
+
+def _reason(info: Mapping[str, Any]) -> str:
+    """A one-line reason from a bulk item's ``error``."""
+    error = info.get("error")
+    if isinstance(error, Mapping):
+        text = f"{error.get('type', 'error')}: {error.get('reason', '')}"
+        cause = error.get("caused_by")
+        if isinstance(cause, Mapping) and cause.get("reason"):
+            text += f" ({cause.get('type', '')}: {cause['reason']})"
+        return text
+    return str(error or f"status {info.get('status')}")
+
+
+# --------------------------------------------------------------------------- the index
+class OpenSearchIndex:
+    """:class:`~spladeray.index.base.SparseIndex` on an OpenSearch cluster."""
+
+    def __init__(
+        self,
+        client,
+        *,
+        vector_field: str = "sparse",
+        field_type: str = "rank_features",
+        query_type: str = "rank_feature",
+        index_settings: Mapping[str, Any] | None = None,
+        chunk_size: int = 500,
+        max_chunk_bytes: int = 10 * 1024 * 1024,
+        max_retries: int = 5,
+        initial_backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+        token_ids: Mapping[str, int] | None = None,
+        sparse_vector_method: Mapping[str, Any] | None = None,
+        neural_sparse_method_parameters: Mapping[str, Any] | None = None,
+    ) -> None:
+        if field_type not in ("rank_features", "sparse_vector"):
+            raise ValueError(f"unknown field_type {field_type!r}")
+        if query_type not in ("rank_feature", "neural_sparse"):
+            raise ValueError(f"unknown query_type {query_type!r}")
+        self.client = client
+        self.vector_field = vector_field
+        self.field_type = field_type
+        self.query_type = "neural_sparse" if field_type == "sparse_vector" else query_type
+        self.index_settings = dict(index_settings or {})
+        self.chunk_size = chunk_size
+        self.max_chunk_bytes = max_chunk_bytes
+        self.max_retries = max_retries
+        self.initial_backoff_s = initial_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.sparse_vector_method = dict(
+            sparse_vector_method or {"name": "seismic", "parameters": {}}
+        )
+        self.neural_sparse_method_parameters = dict(neural_sparse_method_parameters or {})
+        self.token_ids = dict(token_ids) if token_ids is not None else None
+        self._id_tokens: dict[str, str] | None = None
+        self._known: set[str] = set()  # indexes created (or seen) by this instance
+        if field_type == "sparse_vector" and self.token_ids is None:
+            raise ValueError(
+                "field_type sparse_vector keys features by token id: pass token_ids "
+                "(the tokenizer vocabulary, e.g. tokenizer.get_vocab())"
+            )
+
+    @classmethod
+    def from_config(cls, cfg, *, token_ids: Mapping[str, int] | None = None) -> OpenSearchIndex:
+        """From an :class:`~spladeray.config.OpenSearchConfig` (secrets from the environment)."""
+        return cls(
+            build_client(cfg),
+            vector_field=cfg.vector_field,
+            field_type=cfg.field_type,
+            query_type=cfg.query_type,
+            index_settings=cfg.index_settings,
+            chunk_size=cfg.chunk_size,
+            max_chunk_bytes=cfg.max_chunk_bytes,
+            max_retries=cfg.max_retries,
+            initial_backoff_s=cfg.initial_backoff_s,
+            max_backoff_s=cfg.max_backoff_s,
+            token_ids=token_ids,
+            sparse_vector_method=cfg.sparse_vector_method,
+            neural_sparse_method_parameters=cfg.neural_sparse_method_parameters,
+        )
+
+    def __repr__(self) -> str:  # never the client's auth
+        return f"OpenSearchIndex(field={self.vector_field!r}, type={self.field_type})"
+
+    # ------------------------------------------------------------------ plumbing
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except Exception as exc:
+            if _unavailable(exc):
+                raise IndexUnavailableError(
+                    f"OpenSearch is unavailable ({what}): {type(exc).__name__}: {exc}"
+                ) from exc
+            raise
+
+    def _feature_key(self, escaped: str) -> str | None:
+        """The stored key of an (escaped) token: itself, or its token id for sparse_vector."""
+        if self.field_type != "sparse_vector":
+            return escaped
+        tid = self.token_ids.get(unescape_token(escaped))  # type: ignore[union-attr]
+        return None if tid is None else str(tid)
+
+    def _token_of(self, key: str) -> str:
+        if self.field_type != "sparse_vector":
+            return unescape_token(key)
+        if self._id_tokens is None:
+            self._id_tokens = {str(v): k for k, v in self.token_ids.items()}  # type: ignore[union-attr]
+        return self._id_tokens.get(key, key)
+
+    # ------------------------------------------------------------------ bodies (tested as is)
+    def mapping_body(self) -> dict[str, Any]:
+        """The ``indices.create`` body: vector field, text fields, settings from config."""
+        if self.field_type == "sparse_vector":
+            vector = {"type": "sparse_vector", "method": dict(self.sparse_vector_method)}
+            settings: dict[str, Any] = {"index": {"sparse": True}}
+        else:
+            vector = {"type": "rank_features"}
+            settings = {}
+        _merge(settings, self.index_settings)
+        properties = {self.vector_field: vector}
+        properties.update({f: {"type": "text"} for f in TEXT_FIELDS})
+        return {"settings": settings, "mappings": {"properties": properties}}
+
+    def query_body(self, query: Mapping[str, float], size: int) -> dict[str, Any]:
+        """The ``_search`` body of a sparse query (weights made safe, tokens escaped)."""
+        weights: dict[str, float] = {}
+        for escaped, w in safe_query_vector(query).items():
+            key = self._feature_key(escaped)
+            if key is not None:
+                weights[key] = w
+        source = {"excludes": [self.vector_field]}
+        if not weights:
+            return {"size": size, "query": {"match_none": {}}, "_source": source}
+        if self.query_type == "neural_sparse":
+            clause: dict[str, Any] = {"query_tokens": weights}
+            if self.field_type == "sparse_vector":
+                params = {"k": size, **self.neural_sparse_method_parameters}
+                clause["method_parameters"] = params
+            body_query: dict[str, Any] = {"neural_sparse": {self.vector_field: clause}}
+        else:
+            body_query = {
+                "bool": {
+                    "should": [
+                        {
+                            "rank_feature": {
+                                "field": f"{self.vector_field}.{key}",
+                                "linear": {},
+                                "boost": w,
+                            }
+                        }
+                        for key, w in weights.items()
+                    ]
+                }
+            }
+        return {"size": size, "query": body_query, "_source": source}
+
+    # ------------------------------------------------------------------ protocol
+    def create(self, name: str) -> None:
+        def run() -> None:
+            if self.client.indices.exists(index=name):
+                return
+            try:
+                self.client.indices.create(index=name, body=self.mapping_body())
+            except Exception as exc:  # created concurrently by another replica / actor
+                if "resource_already_exists" not in str(exc):
+                    raise
+
+        self._call(f"create {name}", run)
+        self._known.add(name)
+
+    def exists(self, name: str) -> bool:
+        return bool(self._call(f"exists {name}", lambda: self.client.indices.exists(index=name)))
+
+    def _prepare(
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: Sequence[Mapping[str, float]],
+        fields: Sequence[Mapping[str, Any]] | None,
+    ) -> tuple[list[dict[str, Any]], list[Failure]]:
+        failed: list[Failure] = []
+        actions: dict[str, dict[str, Any]] = {}  # by id: the last copy of an id wins
+        for i, doc_id in enumerate(ids):
+            problem = id_problem(doc_id)
+            vector = None
+            if problem is None:
+                vector, problem = safe_document_vector(vectors[i])
+            if problem is None and self.field_type == "sparse_vector":
+                keyed: dict[str, float] = {}
+                for escaped, w in vector.items():  # type: ignore[union-attr]
+                    key = self._feature_key(escaped)
+                    if key is None:
+                        problem = f"token {unescape_token(escaped)!r} is not in the vocabulary"
+                        break
+                    keyed[key] = w
+                vector = keyed
+            source: dict[str, Any] = {}
+            if problem is None and fields is not None:
+                source = {k: v for k, v in dict(fields[i]).items() if k != self.vector_field}
+                try:
+                    json.dumps(source)
+                except (TypeError, ValueError) as exc:
+                    problem = f"fields are not JSON-serialisable: {exc}"
+            if problem is not None:
+                failed.append(Failure(str(doc_id), problem))
+                continue
+            source[self.vector_field] = vector
+            actions.pop(doc_id, None)
+            actions[doc_id] = {
+                "_op_type": "index",
+                "_index": name,
+                "_id": doc_id,
+                "_source": source,
+            }
+        return list(actions.values()), failed
+
+    def add(
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: Sequence[Mapping[str, float]],
+        fields: Sequence[Mapping[str, Any]] | None = None,
+    ) -> BulkResult:
+        """Bulk-write documents by id (overwrite, never duplicate); failures listed by id.
+
+        Raises :class:`IndexUnavailableError` (with ``.result``: what was confirmed, and every
+        unconfirmed document listed as failed) when OpenSearch cannot be reached.
+        """
+        from opensearchpy import helpers
+
+        if len(ids) != len(vectors) or (fields is not None and len(fields) != len(ids)):
+            raise ValueError("ids, vectors and fields must have the same length")
+        actions, failed = self._prepare(name, ids, vectors, fields)
+        result = BulkResult(0, failed)
+        if not actions:
+            return result
+        if name not in self._known:  # never let dynamic mapping type the vector as float
+            try:
+                self.create(name)
+            except IndexUnavailableError as exc:
+                exc.result = BulkResult(  # type: ignore[attr-defined]
+                    0,
+                    failed
+                    + [
+                        Failure(a["_id"], "not indexed: OpenSearch is unavailable") for a in actions
+                    ],
+                )
+                raise
+        confirmed: set[str] = set()
+        try:
+            for ok, item in helpers.streaming_bulk(
+                self.client,
+                actions,
+                chunk_size=self.chunk_size,
+                max_chunk_bytes=self.max_chunk_bytes,
+                raise_on_error=False,
+                raise_on_exception=True,
+                max_retries=self.max_retries,
+                initial_backoff=self.initial_backoff_s,
+                max_backoff=self.max_backoff_s,
+            ):
+                info = next(iter(item.values()))
+                doc_id = str(info.get("_id"))
+                confirmed.add(doc_id)
+                if ok:
+                    result.indexed += 1
+                else:
+                    result.failed.append(Failure(doc_id, _reason(info)))
+        except Exception as exc:
+            if not _unavailable(exc):
+                raise
+            lost = [a["_id"] for a in actions if a["_id"] not in confirmed]
+            result.failed.extend(
+                Failure(d, "not confirmed: OpenSearch became unavailable") for d in lost
+            )
+            err = IndexUnavailableError(
+                f"OpenSearch is unavailable (bulk into {name}): {type(exc).__name__}: {exc}; "
+                f"{result.indexed} documents were confirmed before the failure"
+            )
+            err.result = result  # type: ignore[attr-defined]
+            raise err from exc
+        return result
+
+    def search(self, name: str, query: Mapping[str, float], size: int = 10) -> list[Hit]:
+        if size <= 0:
+            raise ValueError("size must be positive")
+        body = self.query_body(query, size)
+        response = self._call(f"search {name}", lambda: self.client.search(index=name, body=body))
+        return [_hit(h) for h in response["hits"]["hits"]]
+
+    def text_search(self, name: str, text: str, size: int = 10) -> list[Hit]:
+        """BM25 over the text fields (the lexical leg of hybrid search)."""
+        body = {
+            "size": size,
+            "query": {"multi_match": {"query": text, "fields": list(TEXT_FIELDS)}},
+            "_source": {"excludes": [self.vector_field]},
+        }
+        response = self._call(f"search {name}", lambda: self.client.search(index=name, body=body))
+        return [_hit(h) for h in response["hits"]["hits"]]
+
+    def count(self, name: str) -> int:
+        return int(self._call(f"count {name}", lambda: self.client.count(index=name))["count"])
+
+    def refresh(self, name: str) -> None:
+        """Make everything written so far searchable."""
+        self._call(f"refresh {name}", lambda: self.client.indices.refresh(index=name))
+
+    def delete(self, name: str) -> None:
+        self._call(
+            f"delete {name}",
+            lambda: self.client.indices.delete(index=name, ignore_unavailable=True),
+        )
+        self._known.discard(name)
+
+    def get(self, name: str, doc_id: str) -> dict[str, float] | None:
+        """The stored vector of one document (token -> weight, as sent), or None."""
+
+        def run():
+            from opensearchpy.exceptions import NotFoundError
+
+            try:
+                return self.client.get(index=name, id=doc_id, _source_includes=self.vector_field)
+            except NotFoundError:
+                return None
+
+        doc = self._call(f"get {name}/{doc_id}", run)
+        if not doc or not doc.get("found"):
+            return None
+        stored = doc.get("_source", {}).get(self.vector_field) or {}
+        return {self._token_of(k): float(v) for k, v in stored.items()}
+
+    def ids(self, name: str) -> set[str]:
+        """All document ids (for resuming an indexing run)."""
+        from opensearchpy import helpers
+
+        def run() -> set[str]:
+            if not self.client.indices.exists(index=name):
+                return set()
+            hits: Iterator[dict] = helpers.scan(
+                self.client, index=name, query={"query": {"match_all": {}}}, _source=False
+            )
+            return {h["_id"] for h in hits}
+
+        return self._call(f"scan {name}", run)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _hit(raw: Mapping[str, Any]) -> Hit:
+    return Hit(str(raw["_id"]), float(raw.get("_score") or 0.0), dict(raw.get("_source") or {}))
+
+
+def _merge(into: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value

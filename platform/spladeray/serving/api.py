@@ -1,0 +1,391 @@
+"""The HTTP ingress: ``/encode``, ``/index``, ``/search``, ``/healthz``, ``/metrics``, ``/docs``.
+
+Errors are JSON ``{"error": message, "detail": ...}`` with a 4xx status: 400 unreadable JSON,
+401 missing/wrong bearer token (``/index``, when ``serve.bearer_token_env`` is set), 404 unknown
+index, 413 too many documents or too many bytes, 422 invalid fields, 503 when the encoder is at
+capacity (back-pressure) or the index backend is unreachable.
+
+No ``from __future__ import annotations`` here: Serve's ingress wraps the route methods, and
+FastAPI must see real annotation objects to tell request bodies from query parameters.
+"""
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import time
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from spladeray.data.beir import doc_text
+from spladeray.index.base import Failure, Hit, IndexUnavailableError, id_problem
+from spladeray.serving.hybrid import LocalBM25, rrf
+from spladeray.serving.limits import BodyLimitMiddleware, document_problem, truncate_texts
+from spladeray.serving.metrics import CONTENT_TYPE, IngressMetrics
+from spladeray.serving.schemas import (
+    Contribution,
+    EncodeRequest,
+    EncodeResponse,
+    ErrorResponse,
+    IndexRequest,
+    IndexResponse,
+    MLCommonsRequest,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+    ml_commons_shape,
+)
+
+logger = logging.getLogger(__name__)
+
+ERRORS = {
+    400: {"model": ErrorResponse},
+    413: {"model": ErrorResponse},
+    422: {"model": ErrorResponse},
+    503: {"model": ErrorResponse},
+}
+
+api = FastAPI(
+    title="spladeray",
+    description="Learned sparse (SPLADE) encoding, indexing and search on Ray Serve.",
+    version="0.1.0",
+)
+api.state.max_request_bytes = 8 * 1024 * 1024
+api.add_middleware(BodyLimitMiddleware, get_limit=lambda: api.state.max_request_bytes)
+
+
+def _error(status: int, message: str, detail: Any = None, headers=None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return _error(400, "request body is not valid JSON")
+    detail = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": e.get("type")}
+        for e in errors
+    ]
+    summary = "; ".join(f"{'.'.join(d['loc'][1:]) or 'body'}: {d['msg']}" for d in detail[:5])
+    return _error(422, f"invalid request: {summary}", detail)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error on %s", request.url.path)
+    return _error(500, f"internal error: {type(exc).__name__}")
+
+
+def open_backend(index_cfg, tokenizer=None):
+    """The configured :class:`SparseIndex`; ``sparse_vector`` gets the tokenizer vocabulary."""
+    from spladeray.index import open_index
+
+    if index_cfg.backend == "opensearch":
+        from spladeray.index.opensearch import OpenSearchIndex
+
+        token_ids = None
+        if index_cfg.opensearch.field_type == "sparse_vector":
+            token_ids = tokenizer.get_vocab()
+        return OpenSearchIndex.from_config(index_cfg.opensearch, token_ids=token_ids)
+    return open_index(index_cfg)
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    """Validates requests, calls the encoder deployment, reads and writes the index."""
+
+    def __init__(self, encoder, cfg) -> None:
+        self.encoder = encoder
+        self.cfg = cfg
+        self.limits = cfg.serve
+        api.state.max_request_bytes = cfg.serve.max_request_bytes
+        self.metrics = IngressMetrics()
+        self.bm25 = LocalBM25()
+        self._created: set[str] = set()
+        self._token: bytes | None = None
+        if cfg.serve.bearer_token_env:
+            token = os.environ.get(cfg.serve.bearer_token_env)
+            if not token:  # fail closed: a configured but missing token never opens /index
+                raise RuntimeError(
+                    f"serve.bearer_token_env names ${cfg.serve.bearer_token_env}, which is not set"
+                )
+            self._token = token.encode()
+        tokenizer = None
+        if cfg.index.backend == "opensearch" and cfg.index.opensearch.field_type == "sparse_vector":
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+        self.index = open_backend(cfg.index, tokenizer)
+
+    def __del__(self) -> None:  # graceful shutdown: release the backend's connections
+        close = getattr(getattr(self, "index", None), "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+
+    # ------------------------------------------------------------------ helpers
+    async def _encode(self, texts: list[str], kind: str) -> list[dict[str, Any]]:
+        from ray.serve.exceptions import BackPressureError
+
+        try:
+            response = self.encoder.encode.remote(texts, kind)
+            infos = await asyncio.wait_for(response, timeout=self.limits.request_timeout_s)
+        except BackPressureError:
+            raise HTTPException(
+                503, "the encoder is at capacity; retry later", headers={"Retry-After": "1"}
+            ) from None
+        except asyncio.TimeoutError:
+            raise HTTPException(
+                503,
+                f"encoding took longer than {self.limits.request_timeout_s}s",
+                headers={"Retry-After": "5"},
+            ) from None
+        except Exception as exc:
+            if type(exc).__name__ in ("DeploymentUnavailableError", "RayActorError"):
+                raise HTTPException(503, f"the encoder is unavailable: {exc}") from None
+            raise
+        self.metrics.record_encoding(kind, infos)
+        return infos
+
+    def _check_count(self, n: int, what: str) -> None:
+        limit = self.limits.max_documents_per_request
+        if n > limit:
+            raise HTTPException(
+                413,
+                f"{n} {what} in one request; the limit is {limit} (serve.max_documents_per_request)",
+            )
+
+    def _check_token(self, request: Request) -> None:
+        if self._token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self._token
+        ):
+            raise HTTPException(
+                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    def _timed(self, route: str, started: float, status: int) -> None:
+        self.metrics.requests.labels(route, str(status)).inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    # ------------------------------------------------------------------ routes
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        """200 once an encoder replica has its model loaded; 503 while loading or down."""
+        try:
+            response = self.encoder.ready.remote()
+            info = await asyncio.wait_for(response, timeout=2.0)
+        except Exception as exc:
+            status = "loading" if isinstance(exc, asyncio.TimeoutError) else "unavailable"
+            return JSONResponse(
+                status_code=503,
+                content={"status": status, "error": f"encoder not ready ({type(exc).__name__})"},
+            )
+        index = {"backend": self.cfg.index.backend, "name": self.cfg.index.name}
+        return JSONResponse({"status": "ok", "encoder": info, "index": index})
+
+    @api.get("/metrics")
+    async def metrics_text(self) -> Response:
+        """Prometheus text of this ingress replica (see :mod:`spladeray.serving.metrics`)."""
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    @api.post("/encode", response_model=None, responses={200: {"model": EncodeResponse}, **ERRORS})
+    async def encode(self, body: EncodeRequest) -> dict[str, Any]:
+        """Sparse vectors ``{token: weight}`` for documents or queries."""
+        started = time.perf_counter()
+        self._check_count(len(body.items), "texts")
+        texts, cut = truncate_texts(body.items, self.limits.max_text_chars)
+        self.metrics.truncated.inc(len(cut))
+        infos = await self._encode(texts, body.kind)
+        vectors = [i["vector"] for i in infos]
+        self._timed("/encode", started, 200)
+        if (body.format or self.limits.response_format) == "ml_commons":
+            return ml_commons_shape(vectors)
+        return {"vectors": vectors, "truncated": cut}
+
+    @api.post("/_plugins/_ml/_predict/sparse_encoding", include_in_schema=False)
+    @api.post("/_plugins/_ml/_predict/sparse_encoding/{model_id}", responses=ERRORS)
+    async def ml_commons_encode(self, body: MLCommonsRequest, model_id: str = "") -> dict:
+        """OpenSearch ML Commons ``_predict/sparse_encoding``, answered in its shape."""
+        self._check_count(len(body.text_docs), "texts")
+        texts, cut = truncate_texts(body.text_docs, self.limits.max_text_chars)
+        infos = await self._encode(texts, "document")
+        return ml_commons_shape([i["vector"] for i in infos])
+
+    @api.post("/_plugins/_ml/_predict/sparse_tokenize/{model_id}", responses=ERRORS)
+    async def ml_commons_tokenize(self, body: MLCommonsRequest, model_id: str = "") -> dict:
+        """ML Commons ``sparse_tokenize`` (query side of inference-free models)."""
+        self._check_count(len(body.text_docs), "texts")
+        texts, _ = truncate_texts(body.text_docs, self.limits.max_text_chars)
+        infos = await self._encode(texts, "query")
+        return ml_commons_shape([i["vector"] for i in infos])
+
+    @api.post(
+        "/index", response_model=IndexResponse, responses={401: {"model": ErrorResponse}, **ERRORS}
+    )
+    async def index_documents(self, body: IndexRequest, request: Request):
+        """Encode and bulk-write documents by id; failures are listed by id with the reason."""
+        started = time.perf_counter()
+        self._check_token(request)
+        self._check_count(len(body.documents), "documents")
+        name = body.index or self.cfg.index.name
+        failed: list[Failure] = []
+        ids, texts, fields = [], [], []
+        for doc in body.documents:
+            doc_id = (
+                str(doc.id)
+                if isinstance(doc.id, int | str) and not isinstance(doc.id, bool)
+                else doc.id
+            )
+            problem = id_problem(doc_id) or document_problem(doc)
+            if problem is not None:
+                failed.append(Failure(str(doc.id), problem))
+                continue
+            ids.append(doc_id)
+            texts.append(doc_text({"title": doc.title, "text": doc.text}))
+            extra = dict(doc.model_extra or {})
+            fields.append({**extra, "title": doc.title or "", "text": doc.text})
+        indexed = 0
+        if ids:
+            texts, cut = truncate_texts(texts, self.limits.max_text_chars)
+            self.metrics.truncated.inc(len(cut))
+            infos = await self._encode(texts, "document")
+            vectors = [i["vector"] for i in infos]
+            try:
+                result = await asyncio.to_thread(self._write, name, ids, vectors, fields)
+            except IndexUnavailableError as exc:
+                partial = getattr(exc, "result", None)
+                confirmed = partial.indexed if partial is not None else 0
+                lost = (
+                    partial.failed
+                    if partial is not None
+                    else [Failure(d, "not indexed: the index backend is unavailable") for d in ids]
+                )
+                self.metrics.record_index(confirmed, len(failed) + len(lost))
+                self._timed("/index", started, 503)
+                return JSONResponse(
+                    status_code=503,
+                    headers={"Retry-After": "5"},
+                    content={
+                        "error": f"the index backend is unavailable: {exc}",
+                        "indexed": confirmed,
+                        "failed": [f.__dict__ for f in failed + lost],
+                        "index": name,
+                    },
+                )
+            indexed = result.indexed
+            failed.extend(result.failed)
+        self.metrics.record_index(indexed, len(failed))
+        self._timed("/index", started, 200)
+        return {"indexed": indexed, "failed": [f.__dict__ for f in failed], "index": name}
+
+    def _write(self, name, ids, vectors, fields):
+        if name not in self._created:
+            self.index.create(name)
+            self._created.add(name)
+        result = self.index.add(name, ids, vectors, fields)
+        refresh = getattr(self.index, "refresh", None)
+        if refresh is not None and self.limits.refresh_after_index and result.indexed:
+            refresh(name)
+        return result
+
+    @api.post(
+        "/search",
+        response_model=SearchResponse,
+        responses={404: {"model": ErrorResponse}, **ERRORS},
+    )
+    async def search(self, body: SearchRequest):
+        """Top documents for a query; ``explain`` adds each hit's matching tokens."""
+        started = time.perf_counter()
+        if body.size > self.limits.max_search_size:
+            raise HTTPException(
+                422, f"size {body.size} is above the limit of {self.limits.max_search_size}"
+            )
+        name = body.index or self.cfg.index.name
+        query, _ = truncate_texts([body.query], self.limits.max_text_chars)
+        qvec = (await self._encode(query, "query"))[0]["vector"]
+        hybrid = self.limits.hybrid if body.hybrid is None else body.hybrid
+        try:
+            hits = await asyncio.to_thread(self._search, name, qvec, query[0], body.size, hybrid)
+            explanations = None
+            if body.explain:
+                explanations = await asyncio.to_thread(self._explain, name, qvec, hits)
+        except IndexUnavailableError as exc:
+            self._timed("/search", started, 503)
+            return _error(
+                503, f"the index backend is unavailable: {exc}", headers={"Retry-After": "5"}
+            )
+        except KeyError as exc:
+            return _error(404, str(exc.args[0]) if exc.args else f"index {name!r} not found")
+        except Exception as exc:
+            if type(exc).__name__ == "NotFoundError":
+                return _error(404, f"index {name!r} does not exist")
+            raise
+        out = []
+        for i, (hit, sparse, lexical) in enumerate(hits):
+            out.append(
+                SearchHit(
+                    id=hit.id,
+                    score=hit.score,
+                    fields=hit.fields if body.fields else None,
+                    explanation=explanations[i] if explanations is not None else None,
+                    sparse_score=sparse,
+                    bm25_score=lexical,
+                )
+            )
+        self._timed("/search", started, 200)
+        return SearchResponse(hits=out, index=name, query_tokens=qvec if body.explain else None)
+
+    def _search(
+        self, name, qvec, text, size, hybrid
+    ) -> list[tuple[Hit, float | None, float | None]]:
+        if not self.index.exists(name):
+            raise KeyError(f"index {name!r} does not exist")
+        if not hybrid:
+            return [(h, h.score, None) for h in self.index.search(name, qvec, size)]
+        depth = max(size * 5, 50)
+        sparse = self.index.search(name, qvec, depth)
+        if hasattr(self.index, "text_search"):
+            lexical = self.index.text_search(name, text, depth)
+        else:
+            lexical = self.bm25.search(self.index, name, text, depth)
+        by_id = {h.id: h for h in lexical} | {h.id: h for h in sparse}
+        sparse_scores = {h.id: h.score for h in sparse}
+        bm25_scores = {h.id: h.score for h in lexical}
+        fused = rrf([sparse, lexical], k=self.limits.rrf_k, size=size)
+        return [
+            (Hit(d, s, by_id[d].fields), sparse_scores.get(d), bm25_scores.get(d)) for d, s in fused
+        ]
+
+    def _explain(self, name, qvec, hits) -> list[list[Contribution]]:
+        """Per hit: the shared tokens and ``query_weight * doc_weight``, largest first."""
+        out = []
+        for hit, _, _ in hits:
+            dvec = self.index.get(name, hit.id) if hasattr(self.index, "get") else None
+            dvec = dvec or {}
+            shared = [
+                Contribution(token=t, query_weight=w, doc_weight=dvec[t], contribution=w * dvec[t])
+                for t, w in qvec.items()
+                if t in dvec
+            ]
+            out.append(sorted(shared, key=lambda c: -c.contribution))
+        return out

@@ -1,0 +1,98 @@
+"""Build the Serve application from a spladeray config: Ingress (FastAPI) -> Encoder.
+
+``serve run serve/config.yaml`` calls :func:`app_builder` with the ``args`` of that file
+(``config``: a spladeray YAML, relative paths resolved against the project root; ``overrides``:
+``dotted.key=value`` strings). Tests and benchmarks call :func:`build_app` with a loaded config.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from spladeray.config import Config, load_config
+from spladeray.paths import project_root
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "configs/demo.yaml"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config path as given, else relative to the project root (replicas' cwd varies)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or candidate.is_file():
+        return candidate.resolve()
+    return (project_root() / candidate).resolve()
+
+
+def _num_gpus(serve_cfg) -> float:
+    if serve_cfg.num_gpus != "auto":
+        return float(serve_cfg.num_gpus)
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    except Exception:
+        pass
+    import torch
+
+    return 1.0 if torch.cuda.is_available() else 0.0
+
+
+def build_app(cfg: Config, *, check_model: bool = True, load_delay_s: float = 0.0):
+    """The bound application for ``serve.run``.
+
+    With ``check_model`` the model is loaded once here, so a random-head model (or a missing
+    one) fails the deployment at once with a clear message instead of in replica restarts.
+    """
+    from spladeray.serving.api import Ingress
+    from spladeray.serving.encoder import (
+        EncoderDeployment,
+        batch_user_config,
+        load_servable_encoder,
+    )
+
+    if check_model:
+        load_servable_encoder(cfg)  # raises RandomHeadError unless model.allow_random_head
+    s = cfg.serve
+    autoscaling = {
+        "min_replicas": s.min_replicas,
+        "initial_replicas": max(s.min_replicas, 1),
+        "max_replicas": s.max_replicas,
+        "target_ongoing_requests": s.target_ongoing_requests,
+        "upscale_delay_s": s.upscale_delay_s,
+        "downscale_delay_s": s.downscale_delay_s,
+    }
+    encoder = EncoderDeployment.options(
+        user_config=batch_user_config(s),
+        autoscaling_config=autoscaling,
+        max_ongoing_requests=s.max_ongoing_requests,
+        max_queued_requests=s.max_queued_requests,
+        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": _num_gpus(s)},
+        graceful_shutdown_timeout_s=s.graceful_shutdown_timeout_s,
+        health_check_period_s=10.0,
+    ).bind(cfg, load_delay_s)
+    return Ingress.options(
+        num_replicas=s.ingress_replicas,
+        max_ongoing_requests=s.ingress_max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0},
+        graceful_shutdown_timeout_s=s.graceful_shutdown_timeout_s,
+    ).bind(encoder, cfg)
+
+
+def app_builder(args: dict[str, Any] | None = None):
+    """Serve application builder (``import_path: serve.app:app``)."""
+    args = dict(args or {})
+    unknown = set(args) - {"config", "overrides"}
+    if unknown:
+        raise ValueError(f"unknown application args {sorted(unknown)}; expected config, overrides")
+    path = resolve_config_path(args.get("config", DEFAULT_CONFIG))
+    overrides = args.get("overrides") or []
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    cfg = load_config(path, list(overrides))
+    logger.info("serving %s (model %s, index %s)", path, cfg.model.path, cfg.index.backend)
+    return build_app(cfg)

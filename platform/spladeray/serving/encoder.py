@@ -1,0 +1,146 @@
+"""The encoder deployment: one model per replica, dynamic batching, separate query/doc paths.
+
+Each posted text is one ``@serve.batch`` item, so a model call packs texts from many requests
+(up to ``max_batch_size`` texts, waiting at most ``batch_wait_timeout_s``). Both knobs arrive as
+``user_config`` and change through :meth:`EncoderDeployment.reconfigure` without a restart.
+Queries have their own batch queue (short wait: they are latency-bound); a doc-only
+(inference-free) model weighs queries by IDF lookups and never runs the transformer for them.
+
+The model runs in a worker thread so the replica's event loop keeps accepting requests (and
+filling the next batch) while a batch is on the CPU/GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from ray import serve
+
+from spladeray.serving.metrics import ENCODER_RAY_METRICS, RayMetrics
+
+logger = logging.getLogger(__name__)
+
+BATCH_KEYS = (
+    "max_batch_size",
+    "batch_wait_timeout_s",
+    "query_max_batch_size",
+    "query_batch_wait_timeout_s",
+)
+
+
+def batch_user_config(serve_cfg) -> dict[str, Any]:
+    """The encoder's ``user_config`` from a :class:`~spladeray.config.ServeConfig`."""
+    return {key: getattr(serve_cfg, key) for key in BATCH_KEYS}
+
+
+def load_servable_encoder(cfg):
+    """Load the configured model; refuse a random projection head unless allowed."""
+    from spladeray.model import load_encoder_from_config
+
+    encoder = load_encoder_from_config(cfg.model)
+    encoder.check_servable(cfg.model.allow_random_head)
+    return encoder
+
+
+@serve.deployment(name="Encoder")
+class EncoderDeployment:
+    """Batched SPLADE encoding; returns, per text, the vector and accounting for metrics."""
+
+    def __init__(self, cfg, load_delay_s: float = 0.0) -> None:
+        import torch
+
+        self.cfg = cfg
+        self.encoder = None
+        if cfg.serve.torch_threads:
+            torch.set_num_threads(cfg.serve.torch_threads)
+        if load_delay_s:  # drills and tests: a model that takes a while to load
+            time.sleep(load_delay_s)
+        self.encoder = load_servable_encoder(cfg)
+        self.metrics = RayMetrics(ENCODER_RAY_METRICS)
+        self.batching: dict[str, Any] = {}
+        self.reconfigure(batch_user_config(cfg.serve))
+        self.loaded_at = time.time()
+        logger.info("encoder replica %d ready: %s", os.getpid(), cfg.model.path)
+
+    # ------------------------------------------------------------------ Serve hooks
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply batching settings (``user_config``) in place."""
+        unknown = set(user_config) - set(BATCH_KEYS)
+        if unknown:
+            raise ValueError(f"unknown encoder user_config keys: {sorted(unknown)}")
+        merged = {**self.batching, **user_config}
+        for key in ("max_batch_size", "query_max_batch_size"):
+            if key in merged and (not isinstance(merged[key], int) or merged[key] < 1):
+                raise ValueError(f"{key} must be a positive integer")
+        for key in ("batch_wait_timeout_s", "query_batch_wait_timeout_s"):
+            if key in merged and (not isinstance(merged[key], int | float) or merged[key] < 0):
+                raise ValueError(f"{key} must be a number >= 0")
+        self.batching = merged
+        self._document_batch.set_max_batch_size(merged["max_batch_size"])
+        self._document_batch.set_batch_wait_timeout_s(merged["batch_wait_timeout_s"])
+        self._query_batch.set_max_batch_size(merged["query_max_batch_size"])
+        self._query_batch.set_batch_wait_timeout_s(merged["query_batch_wait_timeout_s"])
+
+    def check_health(self) -> None:
+        if self.encoder is None:
+            raise RuntimeError("model not loaded")
+
+    # ------------------------------------------------------------------ API
+    async def ready(self) -> dict[str, Any]:
+        """Model facts for ``/healthz`` (answered only once the model is loaded)."""
+        enc = self.encoder
+        return {
+            "model": str(self.cfg.model.path),
+            "doc_only": bool(enc.doc_only),
+            "random_head": bool(enc.random_head),
+            "vocab_size": int(enc.vocab_size),
+            "device": str(enc.device),
+            "batching": dict(self.batching),
+            "pid": os.getpid(),
+            "loaded_at": self.loaded_at,
+        }
+
+    async def encode(self, texts: list[str], kind: str = "document") -> list[dict[str, Any]]:
+        """``[{"vector", "tokens", "batch", "first"}]`` in input order."""
+        if kind not in ("document", "query"):
+            raise ValueError(f"kind must be 'document' or 'query', got {kind!r}")
+        if kind == "query" and self.encoder.doc_only:  # inference-free: no transformer
+            return self._encode_now(list(texts), "query")
+        method = self._query_batch if kind == "query" else self._document_batch
+        return list(await asyncio.gather(*(method(t) for t in texts)))
+
+    # ------------------------------------------------------------------ batching
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _document_batch(self, texts: list[str]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._encode_now, texts, "document")
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _query_batch(self, texts: list[str]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._encode_now, texts, "query")
+
+    def _encode_now(self, texts: list[str], kind: str) -> list[dict[str, Any]]:
+        enc = self.encoder
+        matrix = enc.encode_csr(texts, kind, batch_size=max(len(texts), 1))
+        vectors = enc.to_dicts(matrix)
+        max_length = enc.max_query_length if kind == "query" else enc.max_document_length
+        lengths = [
+            len(ids)
+            for ids in enc.tokenizer(
+                texts,
+                truncation=True,
+                max_length=max_length,
+                add_special_tokens=not (kind == "query" and enc.doc_only),
+            )["input_ids"]
+        ]
+        n = len(texts)
+        self.metrics.inc("spladeray_documents_encoded", n, kind=kind)
+        self.metrics.inc("spladeray_tokens", sum(lengths), kind=kind)
+        self.metrics.observe("spladeray_encode_batch_size", n, kind=kind)
+        return [
+            {"vector": v, "tokens": t, "batch": n, "first": i == 0}
+            for i, (v, t) in enumerate(zip(vectors, lengths, strict=True))
+        ]

@@ -1,0 +1,96 @@
+"""Request limits: body bytes (413), documents per request (413), text length (truncated).
+
+The body limit is an ASGI middleware that reads at most ``max_bytes`` before the app parses
+anything, so an oversized upload is refused with a JSON 413 instead of being buffered whole.
+Long texts are cut to ``max_chars`` characters (the tokenizer truncates to the model's length
+anyway): a 1 MB text is encoded from its beginning, never failed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Scope = dict[str, Any]
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies larger than ``get_limit()`` bytes with ``413`` JSON."""
+
+    def __init__(self, app, get_limit: Callable[[], int]) -> None:
+        self.app = app
+        self.get_limit = get_limit
+
+    async def __call__(self, scope: Scope, receive, send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.get_limit()
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _reject(send, limit)
+            return
+        chunks: list[bytes] = []
+        total = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            total += len(body)
+            if total > limit:
+                await _reject(send, limit)
+                return
+            chunks.append(body)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _reject(send, limit: int) -> None:
+    body = json.dumps(
+        {
+            "error": f"request body is larger than the limit of {limit} bytes (serve.max_request_bytes)"
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def truncate_texts(texts: Sequence[str], max_chars: int) -> tuple[list[str], list[int]]:
+    """``(texts cut to max_chars, indices that were cut)``."""
+    out, cut = [], []
+    for i, text in enumerate(texts):
+        if len(text) > max_chars:
+            out.append(text[:max_chars])
+            cut.append(i)
+        else:
+            out.append(text)
+    return out, cut
+
+
+def document_problem(doc: Any) -> str | None:
+    """Why one ``/index`` document cannot be encoded, or None (id problems are the index's)."""
+    if not isinstance(doc.text, str):
+        return "text must be a string" if doc.text is not None else "text is missing"
+    if doc.title is not None and not isinstance(doc.title, str):
+        return "title must be a string when given"
+    if not (doc.text.strip() or (doc.title or "").strip()):
+        return "text is empty"
+    return None

@@ -1,0 +1,101 @@
+"""Reading the prepared parquet (docs/prepared-data.md) and turning rows into model inputs.
+
+The driver opens the shards as a Ray Dataset; Ray Train splits it into one disjoint stream per
+worker (``ray.train.get_dataset_shard``). Each worker iterates its stream with a local shuffle
+buffer, and :class:`Collator` tokenises in the batch iterator's prefetch thread, off the hot loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+TEXT_COLUMNS = ["query", "positive", "negatives"]
+
+
+def teacher_column(name: str) -> str:
+    return f"score_{name}"
+
+
+def open_prepared(data_dir: str | Path, teachers: list[str]):
+    """The prepared rows as a Ray Dataset with only the columns training needs.
+
+    Rows without a hard negative are dropped (every row must have the same number of candidates).
+    """
+    import pyarrow.parquet as pq
+    import ray.data
+
+    root = Path(data_dir)
+    shards = root / "shards"
+    files = sorted(shards.glob("*.parquet")) if shards.is_dir() else []
+    if not files:
+        raise FileNotFoundError(
+            f"no prepared training data in {shards}; run jobs/prepare.py first "
+            "(train.data_dir must be prepare.output_dir)"
+        )
+    if not (root / "_SUCCESS").exists():
+        raise FileNotFoundError(f"{root}/_SUCCESS is missing: the prepare run did not finish")
+    columns = TEXT_COLUMNS + [teacher_column(t) for t in teachers]
+    available = set(pq.read_schema(files[0]).names)
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise ValueError(
+            f"{shards}: prepared data lacks column(s) {missing}; enable that teacher in prepare "
+            "or change train.losses[].teacher"
+        )
+    ds = ray.data.read_parquet([str(f) for f in files], columns=columns)
+    return ds.filter(lambda row: len(row["negatives"]) > 0)
+
+
+def _cycle(values: Any, n: int) -> list:
+    values = list(values)
+    return [values[i % len(values)] for i in range(n)]
+
+
+@dataclass
+class Collator(NumpyBatchCollateFn):
+    """Numpy batch of prepared rows -> tokenised query/document tensors and teacher scores.
+
+    Every row gets exactly ``num_negatives`` negatives (its own, cycled when it has fewer), so
+    all ranks hold same-shaped tensors for the cross-rank gather.
+    """
+
+    tokenizer: Any
+    num_negatives: int
+    max_query_length: int
+    max_document_length: int
+    teachers: tuple[str, ...] = ()
+    doc_only: bool = False
+
+    def _tok(self, texts: list[str], max_length: int, special: bool = True) -> dict:
+        enc = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            add_special_tokens=special,
+            return_tensors="pt",
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = self.num_negatives
+        queries = [str(q) for q in batch["query"]]
+        positives = [str(p) for p in batch["positive"]]
+        negatives = [str(t) for row in batch["negatives"] for t in _cycle(row, n)] if n else []
+        out: dict[str, Any] = {
+            "query": self._tok(queries, self.max_query_length, special=not self.doc_only),
+            "document": self._tok(positives + negatives, self.max_document_length),
+        }
+        for name in self.teachers:
+            rows = []
+            for scores in batch[teacher_column(name)]:
+                scores = np.asarray(scores, dtype=np.float32)
+                rows.append([scores[0], *_cycle(scores[1:], n)] if n else [scores[0]])
+            out[f"teacher_{name}"] = torch.tensor(np.asarray(rows, dtype=np.float32))
+        return out

@@ -1,0 +1,104 @@
+"""Training metrics: sparsity statistics, TensorBoard / MLflow writers (rank 0), driver progress.
+
+Every ``log_every_steps`` all workers call ``ray.train.report`` (the Ray dashboard and the run's
+result); rank 0 also writes the same scalars to TensorBoard and, if configured, MLflow. The
+controller-side :class:`ProgressCallback` prints one progress line per report on the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def active_dims(vectors: torch.Tensor) -> float:
+    """Mean number of non-zero dimensions per vector."""
+    return float((vectors > 0).sum(dim=-1).float().mean()) if vectors.numel() else 0.0
+
+
+class MetricsWriter:
+    """Scalars to TensorBoard and MLflow; a no-op on ranks other than 0."""
+
+    def __init__(
+        self, enabled: bool, tb_dir: Path | None, mlflow_cfg=None, run_name: str = ""
+    ) -> None:
+        self._tb = None
+        self._mlflow = None
+        if not enabled:
+            return
+        if tb_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb_dir.mkdir(parents=True, exist_ok=True)
+            self._tb = SummaryWriter(log_dir=str(tb_dir))
+        if mlflow_cfg is not None:
+            try:
+                import mlflow
+            except ImportError:
+                logger.warning("train.mlflow is set but mlflow is not installed; skipping it")
+            else:
+                mlflow.set_tracking_uri(mlflow_cfg.tracking_uri)
+                mlflow.set_experiment(mlflow_cfg.experiment)
+                if mlflow.active_run() is None:
+                    mlflow.start_run(run_name=run_name)
+                self._mlflow = mlflow
+
+    def write(self, metrics: dict[str, Any], step: int) -> None:
+        scalars = {
+            k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "step"
+        }
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+        if self._mlflow is not None:
+            self._mlflow.log_metrics(
+                {k.replace("@", "_at_"): v for k, v in scalars.items()}, step=step
+            )
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._mlflow is not None:
+            self._mlflow.end_run()
+
+
+def format_progress(m: dict[str, Any], max_steps: int) -> str:
+    parts = [f"step {int(m.get('step', 0))}/{max_steps}"]
+    for key, fmt in (
+        ("loss", "loss {:.4f}"),
+        ("lr", "lr {:.2e}"),
+        ("active_dims/query", "q-dims {:.0f}"),
+        ("active_dims/document", "d-dims {:.0f}"),
+        ("samples_per_s", "{:.1f} samples/s"),
+        ("eval/nDCG@10", "nDCG@10 {:.4f}"),
+    ):
+        if key in m:
+            parts.append(fmt.format(m[key]))
+    return "[train] " + " | ".join(parts)
+
+
+try:
+    from ray.train import UserCallback
+except ImportError:  # pragma: no cover - very old Ray
+    UserCallback = object  # type: ignore[misc,assignment]
+
+
+class ProgressCallback(UserCallback):  # type: ignore[misc]
+    """Runs in the Ray Train controller (on the driver's node): one line per report."""
+
+    def __init__(self, max_steps: int) -> None:
+        self.max_steps = max_steps
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if metrics:
+            line = format_progress(metrics[0], self.max_steps)
+            if checkpoint is not None:
+                line += f" | checkpoint {Path(checkpoint.path).name}"
+            print(line, flush=True)

@@ -1,0 +1,134 @@
+"""The TorchTrainer factory and the driver side of a training run.
+
+``run_training(cfg)`` opens the prepared data, builds a :class:`ray.train.torch.TorchTrainer`
+from ``cfg.train`` and fits it. Ray Train V2 resumes by run identity: re-running with the same
+``storage_path`` and ``name`` restores the latest checkpoint of that run and continues to
+``max_steps``; ``max_failures`` restarts a failed worker group from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def storage_path(cfg) -> str:
+    tc = cfg.train
+    return tc.storage_path or str(tc.output_dir / "ray")
+
+
+def run_name(cfg) -> str:
+    return cfg.train.name or cfg.run_name
+
+
+def build_trainer(cfg, *, callbacks: list | None = None, datasets: dict | None = None):
+    """A ``TorchTrainer`` for ``cfg`` (``cfg.train`` must be set)."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from spladeray.train.data import open_prepared
+    from spladeray.train.loop import train_loop_per_worker
+    from spladeray.train.metrics import ProgressCallback
+
+    tc = cfg.train
+    if tc is None:
+        raise ValueError("the config has no train: section")
+    if datasets is None:
+        teachers = sorted({lc.teacher for lc in tc.losses if lc.name != "infonce"})
+        datasets = {"train": open_prepared(tc.data_dir, teachers)}
+    backend = tc.backend if tc.backend != "auto" else ("nccl" if tc.use_gpu else "gloo")
+    resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
+    if tc.use_gpu:
+        resources["GPU"] = 1
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True  # deterministic shards, so a resume can skip consumed batches
+    ckpt = tc.checkpoint
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "threads": max(1, int(tc.cpus_per_worker)),
+        },
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ScalingConfig(
+            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=run_name(cfg),
+            storage_path=storage_path(cfg),
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=ckpt.num_to_keep,
+                checkpoint_score_attribute=ckpt.score_attribute,
+                checkpoint_score_order=ckpt.score_order,
+            ),
+            callbacks=[ProgressCallback(tc.max_steps), *(callbacks or [])],
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(execution_options=ingest),
+    )
+
+
+@dataclass
+class TrainResult:
+    """What a finished run left behind."""
+
+    metrics: dict[str, Any]
+    checkpoint_path: str | None
+    model_dir: Path | None
+    seconds: float
+    ray_result: Any
+
+
+def ensure_ray(cfg) -> None:
+    """Connect to (``ray.address``) or start a local Ray cluster unless one is up."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Under ``ray job submit`` RAY_ADDRESS names the cluster: join it, declare no resources.
+    joining = cfg.ray.address not in (None, "local") or (
+        cfg.ray.address is None and bool(os.environ.get("RAY_ADDRESS"))
+    )
+    ray.init(
+        address=cfg.ray.address,
+        num_cpus=None if joining else cfg.ray.num_cpus,
+        num_gpus=None if joining else cfg.ray.num_gpus,
+        include_dashboard=None if joining else cfg.ray.include_dashboard,
+    )
+
+
+def run_training(cfg, *, callbacks: list | None = None, export: bool = True) -> TrainResult:
+    """Fit, then copy the final checkpoint's exported model to ``<output_dir>/<name>/model``."""
+    ensure_ray(cfg)
+    t0 = time.perf_counter()
+    trainer = build_trainer(cfg, callbacks=callbacks)
+    result = trainer.fit()
+    seconds = time.perf_counter() - t0
+    model_dir = None
+    ckpt_path = result.checkpoint.path if result.checkpoint is not None else None
+    if export and result.checkpoint is not None:
+        from spladeray.train.checkpoint import MODEL_DIR
+
+        with result.checkpoint.as_directory() as d:
+            src = Path(d) / MODEL_DIR
+            if src.is_dir():
+                model_dir = cfg.train.output_dir / run_name(cfg) / MODEL_DIR
+                if model_dir.exists():
+                    shutil.rmtree(model_dir)
+                shutil.copytree(src, model_dir)
+    logger.info("training run %s done in %.1fs; model: %s", run_name(cfg), seconds, model_dir)
+    return TrainResult(
+        metrics=dict(result.metrics or {}),
+        checkpoint_path=ckpt_path,
+        model_dir=model_dir,
+        seconds=seconds,
+        ray_result=result,
+    )
