@@ -2,7 +2,11 @@
 
 Also ``ray job submit --working-dir . -- python jobs/index.py --config ...``. ``--resume`` skips
 ids already in the index (also ``index.resume: true``); ``--limit N`` indexes the first N rows.
+On OpenSearch, ``--rollout`` builds ``<alias>-<model hash>`` beside the live index, verifies its
+count and swaps the alias atomically; ``--rollback [INDEX]`` points the alias back.
 """
+
+import json
 
 from _common import load, parse_args
 
@@ -10,11 +14,35 @@ from _common import load, parse_args
 def _flags(parser) -> None:
     parser.add_argument("--resume", action="store_true", default=None, help="skip indexed ids")
     parser.add_argument("--limit", type=int, default=None, help="index only the first N rows")
+    parser.add_argument(
+        "--rollout", action="store_true", help="build a versioned index, verify, swap the alias"
+    )
+    parser.add_argument(
+        "--rebuild", action="store_true", help="with --rollout: rebuild an existing version"
+    )
+    parser.add_argument(
+        "--rollback",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="INDEX",
+        help="point the alias back at the previous version (or INDEX)",
+    )
 
 
 def main() -> None:
     args = parse_args(__doc__, _flags)
     cfg = load(args)
+    if args.rollback is not None:
+        from spladeray.index.rollout_job import run_rollback
+
+        print(json.dumps(run_rollback(cfg, args.rollback), indent=2))
+        return
+    if args.rollout:
+        from spladeray.index.rollout_job import run_rollout
+
+        print(json.dumps(run_rollout(cfg, limit=args.limit, rebuild=args.rebuild), indent=2))
+        return
     from spladeray.serving.indexing import print_summary, run_index_job
 
     summary = run_index_job(cfg, resume=args.resume, limit=args.limit)

@@ -134,6 +134,17 @@ class OpenSearchConfig(Section):
     max_backoff_s: float = Field(60.0, ge=0)
 
 
+class RolloutConfig(Section):
+    """Zero-downtime model rollout on OpenSearch (index/rollout.py, ``jobs/index.py --rollout``)."""
+
+    alias: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9_\-.]*$", description="read alias; default: index.name"
+    )
+    keep_previous: int = Field(1, ge=0, description="old versioned indices kept for rollback")
+    count_tolerance: int = Field(0, ge=0, description="allowed |indexed - source| documents")
+    hash_length: int = Field(12, ge=6, le=64)
+
+
 class IndexConfig(Section):
     """Which :class:`spladeray.index.SparseIndex` backend to use and where.
 
@@ -147,6 +158,7 @@ class IndexConfig(Section):
     batch_size: int = Field(256, gt=0, description="documents per encode+write batch (job)")
     actors: int = Field(2, gt=0, description="encoder actors of the indexing job")
     resume: bool = Field(False, description="skip ids already in the index (job)")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     search: Literal["exact", "seismic"] = Field(
         "exact", description="local backend: exact top-k, or approximate with Seismic"
     )
@@ -600,17 +612,6 @@ class ExportConfig(Section):
     apply_pruning: bool = Field(True, description="bake model.top_k / threshold into the model")
     tolerance: float = Field(1e-4, gt=0, description="max |TorchScript - encoder| accepted")
     ml_commons: ExportMLCommonsConfig = Field(default_factory=ExportMLCommonsConfig)
-
-
-class RolloutConfig(Section):
-    """Zero-downtime model rollout on OpenSearch (index/rollout.py, ``jobs/index.py --rollout``)."""
-
-    alias: str | None = Field(
-        None, pattern=r"^[a-z0-9][a-z0-9_\-.]*$", description="read alias; default: index.name"
-    )
-    keep_previous: int = Field(1, ge=0, description="old versioned indices kept for rollback")
-    count_tolerance: int = Field(0, ge=0, description="allowed |indexed - source| documents")
-    hash_length: int = Field(12, ge=6, le=64)
 
 
 class Config(Section):
