@@ -1,6 +1,6 @@
 """Teacher scoring throughput: Ray Data actor pool vs a plain Python loop, same pairs, same run.
 
-    .venv/bin/python bench/prepare.py [--teacher dense|sparse] [--rows 96] [--negatives 7]
+    .venv/bin/python bench/prepare.py [--teacher dense|sparse] [--rows 32] [--negatives 7]
 
 Rows are SciFact train queries with their positive and the next ``--negatives`` corpus documents
 (the teacher's cost does not depend on how the negatives were mined). Both sides use one torch
@@ -91,7 +91,7 @@ def ray_data(table, teacher_cfg: dict, batch_size: int, actors: int) -> tuple[fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", choices=["dense", "sparse"], default="dense")
-    parser.add_argument("--rows", type=int, default=96)
+    parser.add_argument("--rows", type=int, default=32)
     parser.add_argument("--negatives", type=int, default=7)
     parser.add_argument("--batch-size", type=int, default=16, help="rows per batch")
     args = parser.parse_args()
@@ -110,10 +110,13 @@ def main() -> None:
     pairs = table.num_rows * (1 + args.negatives)
     print(f"{args.teacher} teacher, {table.num_rows} rows x {1 + args.negatives} = {pairs} pairs")
 
+    # Ray first, so that its (idle) daemons run during the plain loop too
+    ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.wait_for_min_actors_s = 600  # as prepare does: the pool starts whole
     plain_s = plain_loop(table, teacher_cfg, args.batch_size)
     print(f"plain loop (1 thread):   {plain_s:6.1f}s  {pairs / plain_s:7.1f} pairs/s")
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     results = {}
     for actors in (1, 2):
         seconds, stage = ray_data(table, teacher_cfg, args.batch_size, actors)

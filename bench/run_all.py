@@ -8,7 +8,8 @@ The contract every bench script follows: print one line per comparison::
     RESULT {"name": "encode", "metric": "docs/s", "baseline": 31.2, "candidate": 44.0,
             "ratio": 1.41, "baseline_name": "sentence-transformers", "candidate_name": "spladeray"}
 
-(one line, JSON after ``RESULT ``). Required keys: ``name``, ``ratio``, ``baseline``,
+(one line, JSON after ``RESULT ``). A script that cannot run on this machine (e.g. no GPU)
+prints ``SKIP <reason>`` and exits 0: it is listed as skipped, not as a failure. Required keys: ``name``, ``ratio``, ``baseline``,
 ``candidate``; ``ratio`` is how many times better the candidate is (> 1: candidate wins, so for
 a time or memory the script divides baseline by candidate). Optional: ``metric`` (unit),
 ``baseline_name``, ``candidate_name``, and anything else (kept in the JSON report).
@@ -45,6 +46,12 @@ from spladeray.eval.report import (  # noqa: E402
 
 def _rel(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+
+
+def skip_reason(lines: list[str]) -> str | None:
+    """The reason of the last ``SKIP <reason>`` line (a benchmark that cannot run here), or None."""
+    reasons = [line[5:].strip() for line in lines if line.startswith("SKIP ")]
+    return (reasons[-1] or "no reason given") if reasons else None
 
 
 def discover(bench_dir: Path, only: list[str] | None, skip: list[str]) -> list[Path]:
@@ -105,6 +112,8 @@ def run_script(script: Path, timeout: float, log_dir: Path, python: str) -> dict
         status = "timed out"
     elif proc.returncode != 0:
         status = "failed"
+    elif not results and skip_reason(chunks):
+        status = f"skipped: {skip_reason(chunks)}"
     elif not results:
         status = "no RESULT line"
     elif any("error" in r for r in results):
@@ -157,7 +166,7 @@ def main() -> int:
             print(
                 f"{args.readme}: no <!-- bench:start --> / <!-- bench:end --> markers; not changed"
             )
-    failed = [r["script"] for r in ran if r["status"] != "ok"]
+    failed = [r["script"] for r in ran if r["status"] != "ok" and "skipped" not in r["status"]]
     if failed:
         print(f"not measured: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -233,6 +233,7 @@ def test_run_all_runs_each_script_and_writes_one_report(tmp_path):
     )
     (bench / "crash.py").write_text("raise SystemExit(3)\n")
     (bench / "slow.py").write_text("import time\ntime.sleep(60)\n")
+    (bench / "gpu.py").write_text("print('SKIP no GPU')\n")
     (bench / "_helper.py").write_text("raise SystemExit('helpers are not benchmarks')\n")
     readme = tmp_path / "README.md"
     readme.write_text("<!-- bench:start -->\n<!-- bench:end -->\n")
@@ -258,9 +259,14 @@ def test_run_all_runs_each_script_and_writes_one_report(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr  # two scripts were not measured
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     status = {Path(s["script"]).stem: s["status"] for s in report["scripts"]}
-    assert status == {"crash": "failed", "good": "ok", "slow": "timed out"}
+    assert status == {
+        "crash": "failed",
+        "good": "ok",
+        "slow": "timed out",
+        "gpu": "skipped: no GPU",
+    }
     md = (tmp_path / "out" / "REPORT.md").read_text()
     assert "| good | ops/s | 1 | 2 | 2.00x |" in md
-    assert "timed out" in md and "failed" in md
+    assert "timed out" in md and "failed" in md and "skipped: no GPU" in md
     assert "| good |" in readme.read_text()
     assert (tmp_path / "logs" / "good.log").read_text().startswith("working")

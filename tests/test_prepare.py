@@ -190,6 +190,19 @@ def test_topk_over_doc_chunks_matches_a_full_sort(monkeypatch):
     assert got == np.argsort(-scores, axis=1)[:, :5].tolist()
 
 
+def test_dense_mining_index_and_search_in_process(tmp_path):
+    """CorpusEncoder (the index actor) and DenseRetriever (the miner's search), without Ray."""
+    from spladeray.data.negatives import CorpusEncoder, DenseRetriever
+
+    texts = [doc_text(d) for d in DOCS]
+    encoded = CorpusEncoder("dense", DENSE, 8)({"row": np.arange(len(texts)), "text": texts})
+    np.save(tmp_path / "dense.npy", np.stack(encoded["vector"]).astype(np.float32))
+    hits = DenseRetriever(tmp_path, DENSE, 8).search(["coffee brewing", "rain clouds"], k=2)
+    ids = list(DOCS)
+    assert {ids[i] for i in hits[0]} == {"d10", "d11"}
+    assert ids[hits[1][0]] in {"d8", "d9"}
+
+
 # ---------------------------------------------------------------------------- the full run
 def test_one_row_per_qrels_pair(prepared):
     rows = prepared["rows"]

@@ -456,6 +456,12 @@ class ServeConfig(Section):
     bearer_token_env: str | None = Field(
         None, description="env var holding a token that /index requires (Authorization: Bearer)"
     )
+    alias_cache_s: float = Field(
+        5.0,
+        ge=0,
+        description="OpenSearch: how long the index alias -> (concrete index, model) resolution "
+        "is cached per ingress replica; 0 resolves on every request",
+    )
 
     @model_validator(mode="after")
     def _check_scaling(self) -> ServeConfig:

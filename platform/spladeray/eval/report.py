@@ -188,7 +188,9 @@ def bench_markdown(scripts: Sequence[dict[str, Any]], *, title: str | None = Non
                 f"| {_side(r['candidate'], r.get('candidate_name'))} "
                 f"| {ratio_txt} | `{script['script']}` |"
             )
-        if script.get("status") != "ok":
+        if str(script.get("status", "")).startswith("skipped"):
+            problems.append(f"- `{script['script']}`: {script['status']}")
+        elif script.get("status") != "ok":
             problems.append(
                 f"- `{script['script']}`: {script.get('status')} "
                 f"(exit {script.get('returncode')}, {script.get('seconds', 0):.0f}s)"

@@ -3,7 +3,19 @@
 Errors are JSON ``{"error": message, "detail": ...}`` with a 4xx status: 400 unreadable JSON,
 401 missing/wrong bearer token (``/index``, when ``serve.bearer_token_env`` is set), 404 unknown
 index, 413 too many documents or too many bytes, 422 invalid fields, 503 when the encoder is at
-capacity (back-pressure) or the index backend is unreachable.
+capacity (back-pressure), the index backend is unreachable, or the model of the live index
+cannot be loaded.
+
+**Reading through a rollout alias.** On OpenSearch, when the index name (``index.name`` or a
+request's ``index``) is an alias that :func:`spladeray.index.rollout.rollout` manages (its one
+target records ``_meta.spladeray.model_path``), every encoding for that index uses the model
+that built the target: ``/search`` encodes the query with it and searches the concrete target,
+so a query and the documents it is scored against always come from the same model, before,
+during and after a switch. The model is picked by Serve model multiplexing on the encoder
+(``multiplexed_model_id`` = the model path; the configured model when the alias has no
+``_meta``, the name is a plain index, or the backend is the embedded one). The resolution is
+cached per ingress replica for ``serve.alias_cache_s`` seconds. ``/index`` writes go to the name
+as given (the alias, hence the live index only), encoded with the live index's model.
 
 No ``from __future__ import annotations`` here: Serve's ingress wraps the route methods, and
 FastAPI must see real annotation objects to tell request bodies from query parameters.
@@ -14,7 +26,9 @@ import contextlib
 import hmac
 import logging
 import os
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -91,6 +105,65 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, f"internal error: {type(exc).__name__}")
 
 
+@dataclass(frozen=True)
+class IndexRoute:
+    """Where a request for an index name goes: the index to query and the encoder model."""
+
+    index: str  # the concrete index behind a rollout alias, else the name as given
+    model: str = ""  # multiplexed model id (a model path); "" = the configured model
+    alias: str | None = None  # the alias ``index`` was resolved through
+
+
+class IndexRouter:
+    """Resolves index names through rollout aliases, caching each answer ``ttl_s`` seconds.
+
+    Only an OpenSearch backend has aliases; anything else (and any plain index name, or an alias
+    with several targets) routes to the name itself with the configured model. When OpenSearch
+    cannot be asked, the last answer is reused (however old); without one, the name itself.
+    """
+
+    def __init__(self, backend, default_model: str, ttl_s: float, clock=time.monotonic) -> None:
+        self.client = getattr(backend, "client", None)
+        self.default_model = default_model
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._cache: dict[str, tuple[float, IndexRoute]] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, name: str) -> IndexRoute:
+        """Blocking (an OpenSearch round trip on a cache miss): call it from a worker thread."""
+        if self.client is None:
+            return IndexRoute(name)
+        now = self.clock()
+        with self._lock:
+            cached = self._cache.get(name)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        try:
+            route = self._lookup(name)
+        except Exception as exc:
+            if cached is not None:
+                logger.warning("cannot resolve %r (%s); reusing %s", name, exc, cached[1])
+                return cached[1]
+            logger.warning("cannot resolve %r (%s); using it as a plain index", name, exc)
+            return IndexRoute(name)
+        with self._lock:
+            self._cache[name] = (now + self.ttl_s, route)
+        if cached is not None and cached[1] != route:
+            logger.info("index %r now routes to %s (was %s)", name, route, cached[1])
+        return route
+
+    def _lookup(self, name: str) -> IndexRoute:
+        from spladeray.index import rollout as ro
+
+        try:
+            index, meta = ro.resolve_alias(self.client, name)
+        except ro.RolloutError:  # a plain index (or none), or an alias over several indices
+            return IndexRoute(name)
+        path = str(meta.get("model_path") or "")
+        return IndexRoute(index, "" if path == self.default_model else path, name)
+
+
 def open_backend(index_cfg, tokenizer=None):
     """The configured :class:`SparseIndex`; ``sparse_vector`` gets the tokenizer vocabulary."""
     from spladeray.index import open_index
@@ -132,6 +205,8 @@ class Ingress:
 
             tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         self.index = open_backend(cfg.index, tokenizer)
+        self.default_model = str(cfg.model.path)
+        self.router = IndexRouter(self.index, self.default_model, cfg.serve.alias_cache_s)
 
     def __del__(self) -> None:  # graceful shutdown: release the backend's connections
         close = getattr(getattr(self, "index", None), "close", None)
@@ -140,11 +215,19 @@ class Ingress:
                 close()
 
     # ------------------------------------------------------------------ helpers
-    async def _encode(self, texts: list[str], kind: str) -> list[dict[str, Any]]:
+    async def _route(self, name: str) -> IndexRoute:
+        if self.router.client is None:
+            return IndexRoute(name)
+        return await asyncio.to_thread(self.router.resolve, name)
+
+    async def _encode(self, texts: list[str], kind: str, model: str = "") -> list[dict[str, Any]]:
         from ray.serve.exceptions import BackPressureError
 
         try:
-            response = self.encoder.encode.remote(texts, kind)
+            handle = self.encoder
+            if model:  # Serve model multiplexing: the replica loads / reuses this model
+                handle = handle.options(multiplexed_model_id=model)
+            response = handle.encode.remote(texts, kind)
             infos = await asyncio.wait_for(response, timeout=self.limits.request_timeout_s)
         except BackPressureError:
             raise HTTPException(
@@ -159,6 +242,10 @@ class Ingress:
         except Exception as exc:
             if type(exc).__name__ in ("DeploymentUnavailableError", "RayActorError"):
                 raise HTTPException(503, f"the encoder is unavailable: {exc}") from None
+            if "ModelLoadError" in type(exc).__name__:  # RayTaskError(ModelLoadError)
+                cause = getattr(exc, "cause", None)
+                reason = str(cause) if cause is not None else str(exc).splitlines()[-1]
+                raise HTTPException(503, f"the index's model cannot be served: {reason}") from None
             raise
         self.metrics.record_encoding(kind, infos)
         return infos
@@ -215,12 +302,13 @@ class Ingress:
         self._check_count(len(body.items), "texts")
         texts, cut = truncate_texts(body.items, self.limits.max_text_chars)
         self.metrics.truncated.inc(len(cut))
-        infos = await self._encode(texts, body.kind)
+        route = await self._route(self.cfg.index.name)  # vectors comparable with the live index
+        infos = await self._encode(texts, body.kind, route.model)
         vectors = [i["vector"] for i in infos]
         self._timed("/encode", started, 200)
         if (body.format or self.limits.response_format) == "ml_commons":
             return ml_commons_shape(vectors)
-        return {"vectors": vectors, "truncated": cut}
+        return {"vectors": vectors, "truncated": cut, "model": route.model or self.default_model}
 
     @api.post("/_plugins/_ml/_predict/sparse_encoding", include_in_schema=False)
     @api.post("/_plugins/_ml/_predict/sparse_encoding/{model_id}", responses=ERRORS)
@@ -228,7 +316,8 @@ class Ingress:
         """OpenSearch ML Commons ``_predict/sparse_encoding``, answered in its shape."""
         self._check_count(len(body.text_docs), "texts")
         texts, cut = truncate_texts(body.text_docs, self.limits.max_text_chars)
-        infos = await self._encode(texts, "document")
+        route = await self._route(self.cfg.index.name)
+        infos = await self._encode(texts, "document", route.model)
         return ml_commons_shape([i["vector"] for i in infos])
 
     @api.post("/_plugins/_ml/_predict/sparse_tokenize/{model_id}", responses=ERRORS)
@@ -236,7 +325,8 @@ class Ingress:
         """ML Commons ``sparse_tokenize`` (query side of inference-free models)."""
         self._check_count(len(body.text_docs), "texts")
         texts, _ = truncate_texts(body.text_docs, self.limits.max_text_chars)
-        infos = await self._encode(texts, "query")
+        route = await self._route(self.cfg.index.name)
+        infos = await self._encode(texts, "query", route.model)
         return ml_commons_shape([i["vector"] for i in infos])
 
     @api.post(
@@ -268,7 +358,9 @@ class Ingress:
         if ids:
             texts, cut = truncate_texts(texts, self.limits.max_text_chars)
             self.metrics.truncated.inc(len(cut))
-            infos = await self._encode(texts, "document")
+            # written to the name as given (an alias: its live index), encoded by that index's model
+            route = await self._route(name)
+            infos = await self._encode(texts, "document", route.model)
             vectors = [i["vector"] for i in infos]
             try:
                 result = await asyncio.to_thread(self._write, name, ids, vectors, fields)
@@ -320,9 +412,12 @@ class Ingress:
             raise HTTPException(
                 422, f"size {body.size} is above the limit of {self.limits.max_search_size}"
             )
-        name = body.index or self.cfg.index.name
+        # an alias is resolved to its concrete index and the model that built it, so the query
+        # and the documents always come from the same model (even while the alias moves)
+        route = await self._route(body.index or self.cfg.index.name)
+        name = route.index
         query, _ = truncate_texts([body.query], self.limits.max_text_chars)
-        qvec = (await self._encode(query, "query"))[0]["vector"]
+        qvec = (await self._encode(query, "query", route.model))[0]["vector"]
         hybrid = self.limits.hybrid if body.hybrid is None else body.hybrid
         try:
             hits = await asyncio.to_thread(self._search, name, qvec, query[0], body.size, hybrid)
@@ -353,7 +448,13 @@ class Ingress:
                 )
             )
         self._timed("/search", started, 200)
-        return SearchResponse(hits=out, index=name, query_tokens=qvec if body.explain else None)
+        return SearchResponse(
+            hits=out,
+            index=name,
+            model=route.model or self.default_model,
+            alias=route.alias,
+            query_tokens=qvec if body.explain else None,
+        )
 
     def _search(
         self, name, qvec, text, size, hybrid

@@ -8,6 +8,15 @@ Queries have their own batch queue (short wait: they are latency-bound); a doc-o
 
 The model runs in a worker thread so the replica's event loop keeps accepting requests (and
 filling the next batch) while a batch is on the CPU/GPU.
+
+**Model multiplexing.** Besides the configured model (``model.path``, loaded at start), a
+replica serves other models by path through Serve model multiplexing: a request sent with
+``handle.options(multiplexed_model_id=<model path>)`` is encoded by that model, loaded on first
+use (same ``model:`` settings and the same random-head check as the configured one) and kept in
+an LRU of :data:`MAX_EXTRA_MODELS` per replica. Serve splits batches by model id, so a batch
+never mixes models. The ingress uses this to encode with the model that built the index an
+OpenSearch alias points to (see :mod:`spladeray.serving.api`); an empty id (every request when
+no alias is involved) means the configured model.
 """
 
 from __future__ import annotations
@@ -24,6 +33,9 @@ from spladeray.serving.metrics import ENCODER_RAY_METRICS, RayMetrics
 
 logger = logging.getLogger(__name__)
 
+MAX_EXTRA_MODELS = 2
+"""Models besides the configured one kept per replica (old + new during a switch)."""
+
 BATCH_KEYS = (
     "max_batch_size",
     "batch_wait_timeout_s",
@@ -37,11 +49,17 @@ def batch_user_config(serve_cfg) -> dict[str, Any]:
     return {key: getattr(serve_cfg, key) for key in BATCH_KEYS}
 
 
-def load_servable_encoder(cfg):
-    """Load the configured model; refuse a random projection head unless allowed."""
+class ModelLoadError(RuntimeError):
+    """A multiplexed model (named by an index's ``_meta``) could not be loaded or is refused."""
+
+
+def load_servable_encoder(cfg, path: str | None = None):
+    """Load the configured model (or the model at ``path`` with the same ``model:`` settings);
+    refuse a random projection head unless ``model.allow_random_head``."""
     from spladeray.model import load_encoder_from_config
 
-    encoder = load_encoder_from_config(cfg.model)
+    model_cfg = cfg.model if path is None else cfg.model.model_copy(update={"path": str(path)})
+    encoder = load_encoder_from_config(model_cfg)
     encoder.check_servable(cfg.model.allow_random_head)
     return encoder
 
@@ -60,6 +78,7 @@ class EncoderDeployment:
         if load_delay_s:  # drills and tests: a model that takes a while to load
             time.sleep(load_delay_s)
         self.encoder = load_servable_encoder(cfg)
+        self.default_model = str(cfg.model.path)
         self.metrics = RayMetrics(ENCODER_RAY_METRICS)
         self.batching: dict[str, Any] = {}
         self.reconfigure(batch_user_config(cfg.serve))
@@ -89,6 +108,26 @@ class EncoderDeployment:
         if self.encoder is None:
             raise RuntimeError("model not loaded")
 
+    # ------------------------------------------------------------------ models
+    @serve.multiplexed(max_num_models_per_replica=MAX_EXTRA_MODELS)
+    async def _load_model(self, model_id: str):
+        """Load the model at path ``model_id`` (Serve keeps an LRU of them per replica)."""
+        logger.info("encoder replica %d loading multiplexed model %s", os.getpid(), model_id)
+        try:
+            return await asyncio.to_thread(load_servable_encoder, self.cfg, model_id)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot serve model {model_id!r}: {type(exc).__name__}: {exc}"
+            ) from None
+
+    async def _model(self):
+        """The encoder for the current request (or batch): its multiplexed model id, else the
+        configured model."""
+        model_id = serve.get_multiplexed_model_id()
+        if not model_id or model_id == self.default_model:
+            return self.encoder
+        return await self._load_model(model_id)
+
     # ------------------------------------------------------------------ API
     async def ready(self) -> dict[str, Any]:
         """Model facts for ``/healthz`` (answered only once the model is loaded)."""
@@ -108,22 +147,25 @@ class EncoderDeployment:
         """``[{"vector", "tokens", "batch", "first"}]`` in input order."""
         if kind not in ("document", "query"):
             raise ValueError(f"kind must be 'document' or 'query', got {kind!r}")
-        if kind == "query" and self.encoder.doc_only:  # inference-free: no transformer
-            return self._encode_now(list(texts), "query")
+        enc = await self._model()  # loads a multiplexed model before its texts join a batch
+        if kind == "query" and enc.doc_only:  # inference-free: no transformer
+            return self._encode_now(list(texts), "query", enc)
         method = self._query_batch if kind == "query" else self._document_batch
         return list(await asyncio.gather(*(method(t) for t in texts)))
 
     # ------------------------------------------------------------------ batching
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _document_batch(self, texts: list[str]) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self._encode_now, texts, "document")
+        enc = await self._model()  # batches are split by multiplexed model id
+        return await asyncio.to_thread(self._encode_now, texts, "document", enc)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _query_batch(self, texts: list[str]) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self._encode_now, texts, "query")
+        enc = await self._model()
+        return await asyncio.to_thread(self._encode_now, texts, "query", enc)
 
-    def _encode_now(self, texts: list[str], kind: str) -> list[dict[str, Any]]:
-        enc = self.encoder
+    def _encode_now(self, texts: list[str], kind: str, enc=None) -> list[dict[str, Any]]:
+        enc = enc if enc is not None else self.encoder
         matrix = enc.encode_csr(texts, kind, batch_size=max(len(texts), 1))
         vectors = enc.to_dicts(matrix)
         max_length = enc.max_query_length if kind == "query" else enc.max_document_length

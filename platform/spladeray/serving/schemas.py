@@ -54,6 +54,9 @@ class EncodeResponse(BaseModel):
     truncated: list[int] = Field(
         default_factory=list, description="indices of texts cut to serve.max_text_chars"
     )
+    model: str | None = Field(
+        None, description="the model that encoded (the live index's model behind a rollout alias)"
+    )
 
 
 class IndexDocument(BaseModel):
@@ -108,7 +111,9 @@ class SearchHit(BaseModel):
 
 class SearchResponse(BaseModel):
     hits: list[SearchHit]
-    index: str
+    index: str = Field(description="the index searched (the concrete index behind an alias)")
+    model: str | None = Field(None, description="the model that encoded the query")
+    alias: str | None = Field(None, description="the rollout alias the index was resolved through")
     query_tokens: dict[str, float] | None = None
 
 

@@ -104,8 +104,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     encoder = load_encoder(
         cfg.model.path,
         pooling=cfg.model.pooling,
-        max_query_length=tc.max_query_length or cfg.model.max_query_length,
-        max_document_length=tc.max_document_length or cfg.model.max_document_length,
+        max_query_length=cfg.model.max_query_length,
+        max_document_length=cfg.model.max_document_length,
         doc_only=cfg.model.doc_only,
         idf_path=cfg.model.idf_path,
     )
@@ -176,8 +176,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     collator = Collator(
         tokenizer=encoder.tokenizer,
         num_negatives=tc.num_negatives,
-        max_query_length=encoder.max_query_length,
-        max_document_length=encoder.max_document_length,
+        # train.max_*_length truncate training inputs only; evaluation keeps the model's
+        max_query_length=tc.max_query_length or encoder.max_query_length,
+        max_document_length=tc.max_document_length or encoder.max_document_length,
         teachers=teachers,
         doc_only=encoder.doc_only,
     )
