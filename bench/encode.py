@@ -72,6 +72,15 @@ def main() -> None:
         _peak_memory_worker(args.memory_worker, 200, args.batch_size)
         return
 
+    # Peak memory first, while this process is still small: Linux carries a parent's peak RSS
+    # over fork + exec into the child's ru_maxrss, so measuring later would report ours.
+    peak = {}
+    for side in ("sentence-transformers", "spladeray"):
+        cmd = [sys.executable, __file__, "--memory-worker", side]
+        cmd += ["--batch-size", str(args.batch_size)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        peak[side] = float(out.strip().splitlines()[-1])
+
     import numpy as np
     import scipy.sparse as sp
 
@@ -94,12 +103,6 @@ def main() -> None:
     theirs_m = sp.vstack(outputs["sentence-transformers"]).toarray()
     diff = float(np.abs(ours_m - theirs_m).max())
     active = float((ours_m > 0).sum(axis=1).mean())
-    peak = {}
-    for side in sides:
-        cmd = [sys.executable, __file__, "--memory-worker", side]
-        cmd += ["--batch-size", str(args.batch_size)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        peak[side] = float(out.strip().splitlines()[-1])
     rate = {s: len(texts) / seconds[s] for s in sides}
     ratio = rate["spladeray"] / rate["sentence-transformers"]
     print(

@@ -16,7 +16,8 @@ def main() -> None:
     result = run_training(cfg)
     m = result.metrics
     print(
-        f"[train] done: step {m.get('step')} in {result.seconds:.1f}s; "
+        f"[train] done: step {m.get('step')} in {result.seconds:.1f}s "
+        f"(training {m.get('train_seconds', 0.0):.1f}s, evaluation excluded); "
         f"checkpoint {result.checkpoint_path}; model {result.model_dir}"
     )
     from spladeray.train.evaluation import comparison_table

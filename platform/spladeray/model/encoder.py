@@ -70,7 +70,7 @@ class SpladeEncoder(nn.Module):
         idf: dict[str, float] | None = None,
         doc_only: bool = False,
         batch_size: int = 32,
-        chunk_tokens: int = 256,
+        chunk_tokens: int = 512,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
