@@ -43,7 +43,7 @@ format: install-test
 	$(PY) -m ruff format .
 
 bench: install-test
-	$(PY) bench/encode.py
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

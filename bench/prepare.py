@@ -16,6 +16,7 @@ and the speed-up of 2 actors over 1 (scaling; bounded by free cores on this mach
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -131,6 +132,17 @@ def main() -> None:
     ratio = plain_s / results[1]
     print(f"ratio ray/plain (1 actor, model load included): {ratio:.2f}  (target >= 0.85)")
     print(f"scaling 2 actors / 1 actor: {results[1] / results[2]:.2f}x on {os.cpu_count()} cores")
+    result = {
+        "name": "prepare",
+        "metric": "pairs/s",
+        "baseline": round(pairs / plain_s, 2),
+        "candidate": round(pairs / results[1], 2),
+        "ratio": round(ratio, 3),
+        "baseline_name": "teacher scoring in a plain Python loop",
+        "candidate_name": "teacher scoring through Ray Data (1 actor)",
+        "scaling_2_vs_1_actors": round(results[1] / results[2], 3),
+    }
+    print("RESULT " + json.dumps(result))
 
 
 if __name__ == "__main__":

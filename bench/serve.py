@@ -178,8 +178,15 @@ def main() -> None:
             f"p50 {pct(idx_lat, 0.5):.0f} ms p99 {pct(idx_lat, 0.99):.0f} ms per request"
         )
         print(
-            json.dumps(
+            "RESULT "
+            + json.dumps(
                 {
+                    "name": "serve",
+                    "metric": "docs/s",
+                    "baseline": round(direct, 2),
+                    "candidate": round(http, 2),
+                    "baseline_name": "SpladeEncoder.encode_documents in one process",
+                    "candidate_name": "HTTP /encode through Ray Serve, concurrency 16",
                     "direct_docs_s": round(direct, 1),
                     "http_docs_s": round(http, 1),
                     "ratio": round(http / direct, 3),

@@ -50,7 +50,7 @@ def main() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        print("bench/train_gpu.py: no CUDA device here; not run (needs 1 GPU)")
+        print("SKIP no CUDA device here; bench/train_gpu.py needs 1 GPU")
         return
     import ray
     from train import write_data  # bench/train.py

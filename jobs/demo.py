@@ -1,13 +1,27 @@
-"""The main job on the embedded default: ``python jobs/demo.py --config configs/demo.yaml``."""
+"""The main job on the embedded default: ``python jobs/demo.py --config configs/demo.yaml``.
+
+With ``prepare`` and ``train`` sections it runs the whole path (prepare -> train -> export ->
+serve -> index -> search -> evaluate); ``--search-only`` just indexes with the configured model
+and prints searches.
+"""
 
 from _common import load, parse_args
 
 
 def main() -> None:
-    cfg = load(parse_args(__doc__))
-    from spladeray.demo import run_search_demo
+    args = parse_args(
+        __doc__,
+        lambda p: p.add_argument(
+            "--search-only", action="store_true", help="index + search with the configured model"
+        ),
+    )
+    cfg = load(args)
+    from spladeray.demo import run_full_demo, run_search_demo
 
-    run_search_demo(cfg)
+    if args.search_only or cfg.prepare is None or cfg.train is None:
+        run_search_demo(cfg)
+    else:
+        run_full_demo(cfg)
 
 
 if __name__ == "__main__":

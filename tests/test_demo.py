@@ -16,6 +16,7 @@ def test_search_demo_prints_ranked_results(tmp_path):
             str(ROOT / "jobs" / "demo.py"),
             "--config",
             str(ROOT / "configs" / "demo.yaml"),
+            "--search-only",
             "--set",
             "data.corpus_limit=60",
             "--set",
@@ -44,3 +45,45 @@ def test_bad_config_exits_with_message(tmp_path):
     )
     assert out.returncode != 0
     assert "model.pooling" in out.stderr and str(bad) in out.stderr
+
+
+def test_full_demo_path_small(tmp_path):
+    """prepare -> train -> export -> serve -> index -> search -> evaluate on a small slice."""
+    import os
+
+    env = dict(os.environ, SPLADERAY_RUNS=str(tmp_path / "runs"))
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "demo.py"),
+            "--config",
+            str(ROOT / "configs" / "demo.yaml"),
+            "--set",
+            "data.corpus_limit=200",
+            "--set",
+            "prepare.source.max_queries=6",
+            "--set",
+            "prepare.negatives.num_negatives=3",
+            "--set",
+            "train.max_steps=3",
+            "--set",
+            "train.checkpoint.every_steps=2",
+            "--set",
+            "demo.num_queries=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for stage in ("1/5 prepare", "2/5 train", "3/5 export", "4/5 serve", "5/5 evaluate"):
+        assert stage in out.stdout
+    assert "POST /search" in out.stdout and "matched:" in out.stdout
+    assert "| splade-tiny (fine-tuned) | sparse |" in out.stdout
+    runs = tmp_path / "runs" / "demo"
+    assert (runs / "prepared" / "_SUCCESS").is_file()
+    assert (runs / "train" / "demo" / "model" / "spladeray.json").is_file()
+    assert list((runs / "export").glob("*.zip"))
+    png = (runs / "eval" / "quality_vs_dims.png").read_bytes()
+    assert png.startswith(b"\x89PNG")

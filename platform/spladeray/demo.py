@@ -1,6 +1,7 @@
-"""The ``make demo`` path on the embedded default: index SciFact, search, show why.
+"""The ``make demo`` path on the embedded default.
 
-Each later stage (prepare, train, serve, evaluate) plugs in here when its config section is set.
+:func:`run_full_demo` chains prepare -> train -> export -> serve -> index -> search -> evaluate;
+:func:`run_search_demo` is the quick path (index with the configured model, search, show why).
 """
 
 from __future__ import annotations
@@ -67,3 +68,153 @@ def run_search_demo(cfg: Config, model_path: str | None = None) -> dict:
             print("        matched: " + ", ".join(f"{t} {c:.2f}" for t, c in shared))
     print("\n(* = relevant in qrels)")
     return {"indexed": result.indexed, "failed": len(result.failed), "seconds": seconds}
+
+
+def _banner(title: str) -> None:
+    print(f"\n=== {title} " + "=" * max(0, 72 - len(title)), flush=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_index_and_search(cfg: Config, model_path: str, *, batch: int = 64) -> dict:
+    """Start the Serve app on ``model_path``, index the corpus through ``POST /index``, and
+    print ``POST /search`` answers (with ``explain``) for a few dev queries, all over HTTP."""
+    import httpx
+    from ray import serve
+
+    from spladeray.serving.app import build_app
+
+    serve_cfg = cfg.model_copy(
+        update={
+            "model": cfg.model.model_copy(update={"path": model_path}),
+            "index": cfg.index.model_copy(update={"name": f"{cfg.index.name}-finetuned"}),
+        }
+    )
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}"
+    serve.run(build_app(serve_cfg), name="spladeray-demo", route_prefix="/")
+    try:
+        with httpx.Client(base_url=url, timeout=300) as http:
+            deadline = time.monotonic() + 300
+            while http.get("/healthz").status_code != 200:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the Serve app never became healthy")
+                time.sleep(0.5)
+            docs = [
+                {"id": d["_id"], "title": d.get("title") or None, "text": d.get("text") or ""}
+                for d in iter_corpus(cfg.data.beir_dir, cfg.data.corpus_limit)
+            ]
+            start = time.perf_counter()
+            indexed, failed = 0, []
+            from tqdm.auto import tqdm
+
+            for lo in tqdm(range(0, len(docs), batch), desc="POST /index", unit="batch"):
+                body = {"documents": docs[lo : lo + batch]}
+                answer = http.post("/index", json=body)
+                answer.raise_for_status()
+                indexed += answer.json()["indexed"]
+                failed += answer.json()["failed"]
+            seconds = time.perf_counter() - start
+            print(
+                f"{url}/index: {indexed} documents indexed, {len(failed)} failed, "
+                f"{indexed / max(seconds, 1e-9):.0f} docs/s over HTTP"
+            )
+            queries = load_queries(cfg.data.beir_dir)
+            qrels = load_qrels(cfg.data.beir_dir, cfg.data.split)
+            kept = {d["id"] for d in docs}
+            shown = [q for q in qrels if q in queries and set(qrels[q]) & kept]
+            for qid in shown[: cfg.demo.num_queries]:
+                answer = http.post(
+                    "/search",
+                    json={"query": queries[qid], "size": cfg.demo.top_hits, "explain": True},
+                )
+                answer.raise_for_status()
+                print(f"\nPOST /search  {queries[qid]}")
+                for rank, hit in enumerate(answer.json()["hits"], 1):
+                    mark = "*" if hit["id"] in qrels[qid] else " "
+                    title = (hit.get("fields", {}).get("title") or "")[:80]
+                    print(f"  {rank}.{mark} {hit['id']:>10}  {hit['score']:7.2f}  {title}")
+                    explain = hit.get("explanation") or []
+                    parts = [
+                        f"{c['token']} {c['contribution']:.2f}"
+                        for c in explain[: cfg.demo.top_tokens]
+                    ]
+                    print("        matched: " + ", ".join(parts))
+            print("\n(* = relevant in qrels)")
+    finally:
+        serve.delete("spladeray-demo")
+    return {"indexed": indexed, "failed": len(failed), "seconds": seconds}
+
+
+def run_full_demo(cfg: Config) -> dict:
+    """prepare -> train -> export -> serve -> index -> search -> evaluate, on the embedded index.
+
+    Every stage is the library call its ``jobs/*.py`` entry point makes; the demo only chains
+    them and prints a before/after table at the end.
+    """
+    from spladeray.config import ExportConfig
+
+    if cfg.prepare is None or cfg.train is None or cfg.data is None:
+        raise ValueError(f"{cfg.source}: the full demo needs data, prepare and train sections")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    _banner("1/5 prepare: SciFact train -> BM25 negatives -> teacher scores (Ray Data)")
+    from spladeray.data.pipeline import prepare
+
+    t = time.perf_counter()
+    prepare(cfg.prepare, ray_config=cfg.ray)
+    timings["prepare"] = time.perf_counter() - t
+
+    _banner("2/5 train: Ray Train TorchTrainer, DDP over CPU workers (gloo)")
+    from spladeray.train import run_training
+
+    t = time.perf_counter()
+    trained = run_training(cfg)
+    timings["train"] = time.perf_counter() - t
+    if trained.model_dir is None:
+        raise RuntimeError("training finished without an exported model")
+    model_dir = str(trained.model_dir)
+    print(f"trained model: {model_dir}")
+
+    _banner("3/5 export: OpenSearch ML Commons zip (TorchScript + tokenizer.json)")
+    from spladeray.model.export import export_from_config
+
+    t = time.perf_counter()
+    export_cfg = cfg.export or ExportConfig(output_dir=cfg.train.output_dir.parent / "export")
+    exported = export_from_config(
+        cfg.model_copy(
+            update={"model": cfg.model.model_copy(update={"path": model_dir}), "export": export_cfg}
+        )
+    )
+    timings["export"] = time.perf_counter() - t
+    summary = exported.summary()
+    print(f"export: {summary}")
+
+    _banner("4/5 serve: Ray Serve app; POST /index the corpus; POST /search")
+    t = time.perf_counter()
+    serve_index_and_search(cfg, model_dir)
+    timings["serve+index+search"] = time.perf_counter() - t
+
+    _banner(f"5/5 evaluate on {cfg.data.beir_dir.name} {cfg.data.split}: before vs after")
+    from spladeray.eval import run_evaluation
+
+    t = time.perf_counter()
+    after = cfg.model.model_copy(update={"path": model_dir}).model_dump(mode="json")
+    systems = [
+        {"name": "bm25", "kind": "bm25"},
+        {"name": "splade-tiny (shipped)", "kind": "sparse"},
+        {"name": "splade-tiny (fine-tuned)", "kind": "sparse", "model": after},
+    ]
+    results = run_evaluation(cfg, systems=systems)
+    timings["evaluate"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    print("\nstage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    return {"timings": timings, "paths": results.paths}

@@ -52,4 +52,9 @@ class SeismicSearcher:
         comps = [np.array(list(q), dtype=self._str) for q in queries]
         vals = [np.fromiter(q.values(), np.float32, count=len(q)) for q in queries]
         results = self._index.batch_search(ids, comps, vals, size, **self.search_params)
-        return [[(doc, float(score)) for _, score, doc in hits] for hits in results]
+        # Results are tagged with the query id; do not rely on their order (threads).
+        by_query = {hits[0][0]: hits for hits in results if hits}
+        return [
+            [(doc, float(score)) for _, score, doc in by_query.get(f"q{i}", [])]
+            for i in range(len(queries))
+        ]
