@@ -7,6 +7,7 @@ buffer, and :class:`Collator` tokenises in the batch iterator's prefetch thread,
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
+
+logger = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ["query", "positive", "negatives"]
 
@@ -25,7 +28,8 @@ def teacher_column(name: str) -> str:
 def open_prepared(data_dir: str | Path, teachers: list[str]):
     """The prepared rows as a Ray Dataset with only the columns training needs.
 
-    Rows without a hard negative are dropped (every row must have the same number of candidates).
+    Rows without a hard negative are skipped (every row must have the same number of
+    candidates); how many is logged as a warning.
     """
     import pyarrow.parquet as pq
     import ray.data
@@ -47,6 +51,19 @@ def open_prepared(data_dir: str | Path, teachers: list[str]):
         raise ValueError(
             f"{shards}: prepared data lacks column(s) {missing}; enable that teacher in prepare "
             "or change train.losses[].teacher"
+        )
+    import pyarrow.compute as pc
+
+    without = sum(
+        int(pc.sum(pc.equal(pc.list_value_length(t.column("negatives")), 0)).as_py() or 0)
+        for t in (pq.read_table(f, columns=["negatives"]) for f in files)
+    )
+    if without:  # counted and said, never dropped silently
+        logger.warning(
+            "%d prepared rows have no hard negative and are skipped by training "
+            "(prepare found nothing to mine for them; see %s/rejects.jsonl and manifest.json)",
+            without,
+            root,
         )
     ds = ray.data.read_parquet([str(f) for f in files], columns=columns)
     return ds.filter(lambda row: len(row["negatives"]) > 0)
