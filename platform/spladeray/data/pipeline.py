@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from spladeray.config import PrepareConfig
 from spladeray.data.docstore import DocStore, DocStoreWriter
 from spladeray.data.readers import beir_corpus_dataset, iter_qrels, iter_queries, pairs_dataset
+from spladeray.raycluster import ensure_ray
 
 logger = logging.getLogger(__name__)
 
@@ -349,23 +350,6 @@ def _shard_rows(shards: Path) -> tuple[list[str], int]:
     return [f.name for f in files], sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
-def init_ray(ray_cfg=None) -> None:
-    """Join the running Ray (``ray job submit``, tests) or start one as ``ray_cfg`` says."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if ray_cfg is None:
-        ray.init()
-        return
-    ray.init(
-        address=ray_cfg.address,
-        num_cpus=ray_cfg.num_cpus,
-        num_gpus=ray_cfg.num_gpus,
-        include_dashboard=ray_cfg.include_dashboard,
-    )
-
-
 def prepare(cfg: PrepareConfig, *, force: bool = False, ray_config=None, echo=print) -> dict:
     """Run (or reuse) the prepare job; returns the manifest (``skipped: true`` when reused).
 
@@ -384,7 +368,7 @@ def prepare(cfg: PrepareConfig, *, force: bool = False, ray_config=None, echo=pr
         return manifest
     if load_manifest(out) is not None:
         logger.info("rebuilding %s (forced or config changed)", out)
-    init_ray(ray_config)
+    ensure_ray(ray_config)
     _clear(out)
     work = out / "_work"
     work.mkdir(parents=True)

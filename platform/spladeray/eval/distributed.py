@@ -19,26 +19,6 @@ import scipy.sparse as sp
 logger = logging.getLogger(__name__)
 
 
-def ensure_ray(ray_cfg=None) -> None:
-    """Connect to (or start) the Ray cluster a :class:`spladeray.config.RayConfig` names."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-    if ray_cfg is not None:
-        kwargs.update(
-            address=ray_cfg.address,
-            num_cpus=ray_cfg.num_cpus,
-            num_gpus=ray_cfg.num_gpus,
-            include_dashboard=ray_cfg.include_dashboard,
-        )
-        if ray_cfg.address not in (None, "local"):  # joining a cluster: no resource overrides
-            kwargs.pop("num_cpus")
-            kwargs.pop("num_gpus")
-    ray.init(**{k: v for k, v in kwargs.items() if v is not None or k == "address"})
-
-
 class SparseFactory:
     """Builds a :class:`SpladeEncoder` from a ``ModelConfig`` (or returns a given encoder)."""
 

@@ -42,6 +42,7 @@ from spladeray.eval.fusion import fuse
 from spladeray.eval.metrics import DEFAULT_MEASURES, evaluate_run, write_trec_run
 from spladeray.eval.retrieval import Retriever, restrict_qrels
 from spladeray.eval.sparsity import sparsity_stats
+from spladeray.raycluster import ensure_ray
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def build_retriever(
 
     use_ray = distributed is not None and distributed.distributed
     if use_ray:
-        dist.ensure_ray(ray_cfg)
+        ensure_ray(ray_cfg, log_to_driver=False)
     if system.kind == "bm25":
         from spladeray.eval.bm25 import BM25Retriever
 

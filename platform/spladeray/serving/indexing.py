@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from spladeray.raycluster import ensure_ray
+
 logger = logging.getLogger(__name__)
 
 MAX_REPORTED = 20
@@ -111,13 +113,7 @@ def run_index_job(
     corpus = cfg.data.beir_dir / "corpus.jsonl"
     if not corpus.is_file():
         raise FileNotFoundError(f"{corpus} not found")
-    if not ray.is_initialized():
-        ray.init(
-            address=cfg.ray.address,
-            num_cpus=cfg.ray.num_cpus,
-            num_gpus=cfg.ray.num_gpus,
-            include_dashboard=cfg.ray.include_dashboard,
-        )
+    ensure_ray(cfg.ray)
     name = cfg.index.name
     tokenizer = None
     if cfg.index.backend == "opensearch" and cfg.index.opensearch.field_type == "sparse_vector":

@@ -9,12 +9,13 @@ from ``cfg.train`` and fits it. Ray Train V2 resumes by run identity: re-running
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from spladeray.raycluster import ensure_ray
 
 logger = logging.getLogger(__name__)
 
@@ -87,27 +88,9 @@ class TrainResult:
     ray_result: Any
 
 
-def ensure_ray(cfg) -> None:
-    """Connect to (``ray.address``) or start a local Ray cluster unless one is up."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    # Under ``ray job submit`` RAY_ADDRESS names the cluster: join it, declare no resources.
-    joining = cfg.ray.address not in (None, "local") or (
-        cfg.ray.address is None and bool(os.environ.get("RAY_ADDRESS"))
-    )
-    ray.init(
-        address=cfg.ray.address,
-        num_cpus=None if joining else cfg.ray.num_cpus,
-        num_gpus=None if joining else cfg.ray.num_gpus,
-        include_dashboard=None if joining else cfg.ray.include_dashboard,
-    )
-
-
 def run_training(cfg, *, callbacks: list | None = None, export: bool = True) -> TrainResult:
     """Fit, then copy the final checkpoint's exported model to ``<output_dir>/<name>/model``."""
-    ensure_ray(cfg)
+    ensure_ray(cfg.ray)
     t0 = time.perf_counter()
     trainer = build_trainer(cfg, callbacks=callbacks)
     result = trainer.fit()
