@@ -10,6 +10,14 @@ activation per chunk and sums.
 
 Gradients are the same as the naive form: max pooling routes the gradient to the arg-max token
 either way, and the activation's derivative is evaluated at the same value.
+
+Training (max pooling, linear decoder) goes through :class:`MaxPooledProjection`, which keeps
+only the arg-max token of each (text, vocabulary) pair instead of every chunk's ``[chunk,
+vocab]`` logits, and computes the backward pass sparsely: the activation's derivative is zero
+wherever the pooled weight is zero, so only the active dimensions of each vector (a few hundred
+of 30k) carry a gradient, and the two dense ``[tokens, vocab]`` backward matmuls become
+``index_add`` over those entries. torch's autograd cannot know that sparsity, hence the custom
+function (measured in bench/train.py's note and docs/train.md).
 """
 
 from __future__ import annotations
@@ -81,10 +89,10 @@ def pool_logits(
         def project(x: torch.Tensor) -> torch.Tensor:
             return torch.mm(x, weight_t.to(x.dtype), out=buffer[: x.shape[0]])
     elif pooling == "max" and isinstance(linear, nn.Linear):
-        weight_t, deferred_bias = linear.weight.t(), linear.bias
-
-        def project(x: torch.Tensor) -> torch.Tensor:
-            return torch.mm(x, weight_t.to(x.dtype))
+        pooled = MaxPooledProjection.apply(tokens, linear.weight, lengths, chunk_tokens)
+        if linear.bias is not None:
+            pooled = pooled + linear.bias.to(pooled.dtype)
+        return splade_activation(pooled, activation)
     else:
         project = decoder
     rows: list[torch.Tensor] = []
@@ -122,3 +130,61 @@ def pool_full_logits(
     """
     weights = splade_activation(logits, activation) * attention_mask.unsqueeze(-1).to(logits.dtype)
     return weights.amax(dim=1) if pooling == "max" else weights.sum(dim=1)
+
+
+class MaxPooledProjection(torch.autograd.Function):
+    """``out[b, v] = max_{t in text b} tokens[t] . weight[v]`` (0 for an empty text), with a
+    sparse backward.
+
+    Forward projects ``chunk_tokens`` tokens at a time without recording the graph and keeps the
+    arg-max token index of every ``(b, v)``. Backward, for the ``K`` nonzero entries ``g[b, v]``
+    of the incoming gradient (the active dimensions, since the SPLADE activation's derivative
+    vanishes elsewhere), with ``t = argmax[b, v]``::
+
+        d tokens[t] += g[b, v] * weight[v]        d weight[v] += g[b, v] * tokens[t]
+
+    which is the gradient of the naive ``amax`` over ``[tokens, vocab]`` logits (the arg-max
+    token takes all of it), in ``O(K * hidden)`` instead of ``O(tokens * vocab * hidden)``.
+    """
+
+    @staticmethod
+    def forward(ctx, tokens, weight, lengths, chunk_tokens):  # noqa: D102
+        offsets = [0]
+        for n in lengths:
+            offsets.append(offsets[-1] + n)
+        vocab = weight.shape[0]
+        pooled = tokens.new_zeros((len(lengths), vocab))
+        argmax = torch.zeros((len(lengths), vocab), dtype=torch.long, device=tokens.device)
+        weight_t = weight.t().to(tokens.dtype)
+        for first, end in _segments(lengths, chunk_tokens):
+            base = offsets[first]
+            logits = torch.mm(tokens[base : offsets[end]], weight_t)
+            for i in range(first, end):
+                if lengths[i] == 0:
+                    continue
+                values, index = logits[offsets[i] - base : offsets[i + 1] - base].max(dim=0)
+                pooled[i] = values
+                argmax[i] = index + offsets[i]
+        ctx.save_for_backward(tokens, weight, argmax)
+        ctx.empty = [i for i, n in enumerate(lengths) if n == 0]
+        return pooled
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        tokens, weight, argmax = ctx.saved_tensors
+        if ctx.empty:
+            grad = grad.clone()
+            grad[ctx.empty] = 0
+        rows, cols = grad.nonzero(as_tuple=True)
+        g = grad[rows, cols].unsqueeze(1)
+        token_rows = argmax[rows, cols]
+        grad_tokens = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_tokens = torch.zeros_like(tokens).index_add_(
+                0, token_rows, (g * weight[cols].to(g.dtype)).to(tokens.dtype)
+            )
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.zeros_like(weight).index_add_(
+                0, cols, (g * tokens[token_rows].to(g.dtype)).to(weight.dtype)
+            )
+        return grad_tokens, grad_weight, None, None

@@ -11,6 +11,7 @@ model or loss it trains: both come from the config.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -34,6 +35,8 @@ from spladeray.train.metrics import MetricsWriter, active_dims
 from spladeray.train.schedules import lr_multiplier, quadratic_warmup
 
 logger = logging.getLogger(__name__)
+
+BASELINES_FILE = "baselines.json"  # BM25 and start-of-run evaluation, for resumed runs
 
 
 class InjectedFailure(RuntimeError):
@@ -282,6 +285,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         t_last = time.perf_counter()
 
     # ---------------------------------------------------------------- baselines
+    # Measured once at step 0 and kept beside the checkpoints, so a resumed run's final
+    # report (and the comparison table jobs/train.py prints) still has the BM25 and start rows.
+    baselines_file = tc.output_dir / run_name / BASELINES_FILE
+    if state.step > 0 and baselines_file.is_file():
+        last_eval.update(json.loads(baselines_file.read_text()))
     if tc.eval is not None and state.step == 0 and (tc.eval.at_start or tc.eval.bm25):
         start: dict[str, Any] = {"step": 0}
         if rank == 0:
@@ -294,6 +302,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if tc.eval.at_start:
                 start.update(run_eval("eval_start"))
             writer.write(start, 0)
+            baselines_file.parent.mkdir(parents=True, exist_ok=True)
+            baselines_file.write_text(
+                json.dumps({k: v for k, v in start.items() if k != "step"}, indent=2)
+            )
         last_eval.update({k: v for k, v in start.items() if k != "step"})
         ray.train.report(start)  # a barrier: the other ranks wait here, not inside DDP
         t_last = time.perf_counter()
