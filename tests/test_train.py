@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -57,28 +58,44 @@ def _checkpoints(cfg) -> list[Path]:
     )
 
 
-def test_resume_same_name_continues_at_checkpoint_step(ray_cluster, tmp_path, tiny_model, prepared):
+def test_resume_same_name_continues_at_checkpoint_step(
+    ray_cluster, tmp_path, tiny_model, prepared, scifact
+):
     """A run dies after its step-2 checkpoint; re-running the same name restores step 2 with the
-    checkpoint's parameters and ends at max_steps, with every step applied exactly once."""
+    checkpoint's parameters and ends at max_steps, with every step applied exactly once. The BM25
+    baseline measured at step 0 of the first attempt is still in the resumed run's final report."""
     from spladeray.train import run_training
 
     dump = tmp_path / "dump"
+    evaluation = {"beir_dir": str(scifact), "split": "dev", "corpus_limit": 40, "bm25": True}
     crash = make_cfg(
         tmp_path,
         tiny_model,
         prepared,
         num_workers=1,
         max_steps=4,
+        eval=evaluation,
         debug={"fail_at_step": 3, "marker_dir": str(tmp_path / "markers")},
     )
     with pytest.raises(Exception, match="injected failure"):
         run_training(crash)
     assert [p.name for p in _checkpoints(crash)] == ["checkpoint_0000002"]
 
+    baselines = json.loads((tmp_path / "out" / "t" / "baselines.json").read_text())
+    assert 0.0 <= baselines["bm25/nDCG@10"] <= 1.0
+
     again = make_cfg(
-        tmp_path, tiny_model, prepared, num_workers=1, max_steps=4, debug={"dump_dir": str(dump)}
+        tmp_path,
+        tiny_model,
+        prepared,
+        num_workers=1,
+        max_steps=4,
+        eval=evaluation,
+        debug={"dump_dir": str(dump)},
     )
     result = run_training(again)
+    assert result.metrics["bm25/nDCG@10"] == baselines["bm25/nDCG@10"]
+    assert "eval/nDCG@10" in result.metrics
     restored = torch.load(dump / "resume_step2_rank0.pt", weights_only=False)
     saved = torch.load(_checkpoints(again)[0] / "train_state.pt", weights_only=False)
     assert restored["step"] == 2 and saved["state"]["step"] == 2
