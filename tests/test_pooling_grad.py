@@ -96,3 +96,22 @@ def test_inference_path_unchanged_without_grad():
         infer = pool_logits(hidden, mask, torch.nn.Identity(), decoder)
     train = pool_logits(hidden, mask, torch.nn.Identity(), decoder)
     assert train.requires_grad and torch.allclose(infer, train.detach(), atol=1e-6)
+
+
+def test_bf16_inputs_give_bf16_gradients_close_to_fp32():
+    """Under BF16 autocast the projection sees bf16 tokens; gradients accumulate in fp32."""
+    torch.manual_seed(3)
+    lengths = [6, 4]
+    tokens = torch.randn(10, 8, requires_grad=True)
+    weight = torch.randn(30, 8, requires_grad=True)
+    upstream = torch.randn(2, 30)
+    MaxPooledProjection.apply(tokens, weight, lengths, 512).mul(upstream).sum().backward()
+    ref_tokens, ref_weight = tokens.grad.clone(), weight.grad.clone()
+    tokens.grad = weight.grad = None
+    low = tokens.detach().bfloat16().requires_grad_(True)
+    out = MaxPooledProjection.apply(low, weight, lengths, 512)
+    assert out.dtype == torch.bfloat16
+    out.float().mul(upstream).sum().backward()
+    assert low.grad.dtype == torch.bfloat16 and weight.grad.dtype == torch.float32
+    assert torch.allclose(low.grad.float(), ref_tokens, atol=0.1, rtol=0.05)
+    assert torch.allclose(weight.grad, ref_weight, atol=0.1, rtol=0.05)

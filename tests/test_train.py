@@ -68,15 +68,13 @@ def test_resume_same_name_continues_at_checkpoint_step(
 
     dump = tmp_path / "dump"
     evaluation = {"beir_dir": str(scifact), "split": "dev", "corpus_limit": 40, "bm25": True}
-    crash = make_cfg(
-        tmp_path,
-        tiny_model,
-        prepared,
-        num_workers=1,
-        max_steps=4,
-        eval=evaluation,
-        debug={"fail_at_step": 3, "marker_dir": str(tmp_path / "markers")},
-    )
+
+    def cfg(**debug):
+        return make_cfg(
+            tmp_path, tiny_model, prepared, num_workers=1, max_steps=4, eval=evaluation, debug=debug
+        )
+
+    crash = cfg(fail_at_step=3, marker_dir=str(tmp_path / "markers"))
     with pytest.raises(Exception, match="injected failure"):
         run_training(crash)
     assert [p.name for p in _checkpoints(crash)] == ["checkpoint_0000002"]
@@ -84,15 +82,7 @@ def test_resume_same_name_continues_at_checkpoint_step(
     baselines = json.loads((tmp_path / "out" / "t" / "baselines.json").read_text())
     assert 0.0 <= baselines["bm25/nDCG@10"] <= 1.0
 
-    again = make_cfg(
-        tmp_path,
-        tiny_model,
-        prepared,
-        num_workers=1,
-        max_steps=4,
-        eval=evaluation,
-        debug={"dump_dir": str(dump)},
-    )
+    again = cfg(dump_dir=str(dump))
     result = run_training(again)
     assert result.metrics["bm25/nDCG@10"] == baselines["bm25/nDCG@10"]
     assert "eval/nDCG@10" in result.metrics
