@@ -14,10 +14,37 @@ def tiny_tokenizer(splade_tiny: Path):
     return AutoTokenizer.from_pretrained(splade_tiny)
 
 
+# The shape of every tiny BERT-family model the tests build: fast, and still a real transformer.
+TINY_BERT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+
+
+def tiny_bert_config(vocab_size: int, **extra):
+    """A ``BertConfig`` of the :data:`TINY_BERT` shape (``extra`` e.g. ``num_labels=1``)."""
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=vocab_size, **TINY_BERT, **extra)
+
+
+def build_tiny_base(tokenizer, out: Path, seed: int = 0):
+    """A tiny BERT encoder saved *without* a masked-LM head (loading it gives a random head);
+    returns the model in eval mode."""
+    from transformers import BertModel
+
+    torch.manual_seed(seed)
+    base = BertModel(tiny_bert_config(len(tokenizer)))
+    base.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return base.eval()
+
+
 def build_tiny_mlm(arch: str, tokenizer, out: Path, seed: int = 0) -> Path:
     """A randomly initialised but complete masked-LM of the given family, saved to ``out``."""
     from transformers import (
-        BertConfig,
         BertForMaskedLM,
         DistilBertConfig,
         DistilBertForMaskedLM,
@@ -28,15 +55,7 @@ def build_tiny_mlm(arch: str, tokenizer, out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     v = len(tokenizer)
     if arch == "bert":
-        model = BertForMaskedLM(
-            BertConfig(
-                vocab_size=v,
-                hidden_size=32,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                intermediate_size=64,
-            )
-        )
+        model = BertForMaskedLM(tiny_bert_config(v))
     elif arch == "distilbert":
         model = DistilBertForMaskedLM(
             DistilBertConfig(vocab_size=v, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
@@ -45,10 +64,7 @@ def build_tiny_mlm(arch: str, tokenizer, out: Path, seed: int = 0) -> Path:
         model = RobertaForMaskedLM(
             RobertaConfig(
                 vocab_size=v,
-                hidden_size=32,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                intermediate_size=64,
+                **TINY_BERT,
                 pad_token_id=tokenizer.pad_token_id,
                 max_position_embeddings=600,
             )

@@ -9,24 +9,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_demo(
+    *sets: str, args: tuple[str, ...] = (), config: Path | None = None, timeout=300, env=None
+) -> subprocess.CompletedProcess:
+    """``jobs/demo.py --config <config> <args> --set <each of sets>``, output captured."""
+    overrides = [part for item in sets for part in ("--set", item)]
+    command = [sys.executable, str(ROOT / "jobs" / "demo.py")]
+    command += ["--config", str(config or ROOT / "configs" / "demo.yaml"), *args, *overrides]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
 def test_search_demo_prints_ranked_results(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "jobs" / "demo.py"),
-            "--config",
-            str(ROOT / "configs" / "demo.yaml"),
-            "--search-only",
-            "--set",
-            "data.corpus_limit=60",
-            "--set",
-            f"index.path={tmp_path / 'index'}",
-            "--set",
-            "demo.num_queries=2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = run_demo(
+        "data.corpus_limit=60",
+        f"index.path={tmp_path / 'index'}",
+        "demo.num_queries=2",
+        args=("--search-only",),
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "indexed 60 documents" in out.stdout
@@ -37,12 +35,7 @@ def test_search_demo_prints_ranked_results(tmp_path):
 def test_bad_config_exits_with_message(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  path: x\n  pooling: mean\n")
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "demo.py"), "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_demo(config=bad, timeout=120)
     assert out.returncode != 0
     assert "model.pooling" in out.stderr and str(bad) in out.stderr
 
@@ -52,29 +45,14 @@ def test_full_demo_path_small(tmp_path):
     import os
 
     env = dict(os.environ, SPLADERAY_RUNS=str(tmp_path / "runs"))
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "jobs" / "demo.py"),
-            "--config",
-            str(ROOT / "configs" / "demo.yaml"),
-            "--set",
-            "data.corpus_limit=200",
-            "--set",
-            "prepare.source.max_queries=8",
-            "--set",
-            "prepare.negatives.num_negatives=3",
-            "--set",
-            "train.max_steps=3",
-            "--set",
-            "train.batch_size=2",
-            "--set",
-            "train.checkpoint.every_steps=2",
-            "--set",
-            "demo.num_queries=2",
-        ],
-        capture_output=True,
-        text=True,
+    out = run_demo(
+        "data.corpus_limit=200",
+        "prepare.source.max_queries=8",
+        "prepare.negatives.num_negatives=3",
+        "train.max_steps=3",
+        "train.batch_size=2",
+        "train.checkpoint.every_steps=2",
+        "demo.num_queries=2",
         timeout=1200,
         env=env,
     )

