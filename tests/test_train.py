@@ -164,3 +164,18 @@ def test_two_worker_ddp_survives_a_worker_failure_and_exports(
     st = SparseEncoder(str(result.model_dir), device="cpu")
     emb = st.encode_document(["cell protein gene"], convert_to_tensor=True)
     assert emb.shape[-1] == enc.vocab_size
+
+
+def test_resume_without_baselines_file_warns(tmp_path, caplog):
+    """A resumed run that cannot find baselines.json says so (its table will lack those rows)."""
+    from spladeray.train.loop import load_baselines
+
+    path = tmp_path / "baselines.json"
+    with caplog.at_level("WARNING", logger="spladeray.train.loop"):
+        assert load_baselines(path, 7) == {}
+    assert "resumed at step 7" in caplog.text and str(path) in caplog.text
+
+    path.write_text(json.dumps({"bm25/nDCG@10": 0.5}))
+    caplog.clear()
+    assert load_baselines(path, 7) == {"bm25/nDCG@10": 0.5}
+    assert caplog.text == ""

@@ -86,6 +86,24 @@ def _maybe_fail(debug, step: int, rank: int, marker_root: Path) -> None:
     raise InjectedFailure(f"injected failure at step {step} on rank {rank} (train.debug)")
 
 
+def load_baselines(path: Path, step: int, *, warn: bool = True) -> dict[str, float]:
+    """The BM25 / start-of-run metrics a resumed run (now at ``step``) carries into its reports.
+
+    Missing file: a warning and ``{}``, e.g. a multi-node resume whose rank 0 landed on a node
+    without the first attempt's ``output_dir``; training goes on, the final table lacks those rows.
+    """
+    if path.is_file():
+        return json.loads(path.read_text())
+    if warn:
+        logger.warning(
+            "resumed at step %d but %s is missing: the final report will not have the BM25 / "
+            "start-of-run rows (put train.output_dir on shared storage to keep them)",
+            step,
+            path,
+        )
+    return {}
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point run by every Ray Train worker; ``loop_config["config"]`` is the whole Config."""
     import ray.train
@@ -288,9 +306,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # Measured once at step 0 and kept beside the checkpoints, so a resumed run's final
     # report (and the comparison table jobs/train.py prints) still has the BM25 and start rows.
     baselines_file = tc.output_dir / run_name / BASELINES_FILE
-    if state.step > 0 and baselines_file.is_file():
-        last_eval.update(json.loads(baselines_file.read_text()))
-    if tc.eval is not None and state.step == 0 and (tc.eval.at_start or tc.eval.bm25):
+    wants_baselines = tc.eval is not None and (tc.eval.at_start or tc.eval.bm25)
+    if state.step > 0 and wants_baselines:
+        last_eval.update(load_baselines(baselines_file, state.step, warn=rank == 0))
+    if wants_baselines and state.step == 0:
         start: dict[str, Any] = {"step": 0}
         if rank == 0:
             if tc.eval.bm25:
