@@ -65,6 +65,7 @@ def test_resume_same_name_continues_at_checkpoint_step(
     checkpoint's parameters and ends at max_steps, with every step applied exactly once. The BM25
     baseline measured at step 0 of the first attempt is still in the resumed run's final report."""
     from spladeray.train import run_training
+    from spladeray.train.loop import BASELINES_FILE
 
     dump = tmp_path / "dump"
     evaluation = {"beir_dir": str(scifact), "split": "dev", "corpus_limit": 40, "bm25": True}
@@ -79,7 +80,7 @@ def test_resume_same_name_continues_at_checkpoint_step(
         run_training(crash)
     assert [p.name for p in _checkpoints(crash)] == ["checkpoint_0000002"]
 
-    baselines = json.loads((tmp_path / "out" / "t" / "baselines.json").read_text())
+    baselines = json.loads((crash.train.output_dir / "t" / BASELINES_FILE).read_text())
     assert 0.0 <= baselines["bm25/nDCG@10"] <= 1.0
 
     again = cfg(dump_dir=str(dump))

@@ -132,6 +132,12 @@ def pool_full_logits(
     return weights.amax(dim=1) if pooling == "max" else weights.sum(dim=1)
 
 
+def _index_add_fp32(like: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``zeros_like(like).index_add_(0, index, values)`` summed in fp32, returned in ``like``'s dtype."""
+    out = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
+    return out.index_add_(0, index, values).to(like.dtype)
+
+
 class MaxPooledProjection(torch.autograd.Function):
     """``out[b, v] = max_{t in text b} tokens[t] . weight[v]`` (0 for an empty text), with a
     sparse backward.
@@ -176,20 +182,12 @@ class MaxPooledProjection(torch.autograd.Function):
             grad = grad.clone()
             grad[ctx.empty] = 0
         rows, cols = grad.nonzero(as_tuple=True)
-        g = grad[rows, cols].unsqueeze(1)
+        # accumulate in fp32 (under BF16 autocast the inputs are bf16)
+        g = grad[rows, cols].unsqueeze(1).float()
         token_rows = argmax[rows, cols]
         grad_tokens = grad_weight = None
-        g = g.float()  # accumulate in fp32 (under BF16 autocast the inputs are bf16)
         if ctx.needs_input_grad[0]:
-            grad_tokens = (
-                torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
-                .index_add_(0, token_rows, g * weight[cols].float())
-                .to(tokens.dtype)
-            )
+            grad_tokens = _index_add_fp32(tokens, token_rows, g * weight[cols].float())
         if ctx.needs_input_grad[1]:
-            grad_weight = (
-                torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-                .index_add_(0, cols, g * tokens[token_rows].float())
-                .to(weight.dtype)
-            )
+            grad_weight = _index_add_fp32(weight, cols, g * tokens[token_rows].float())
         return grad_tokens, grad_weight, None, None

@@ -307,9 +307,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # report (and the comparison table jobs/train.py prints) still has the BM25 and start rows.
     baselines_file = tc.output_dir / run_name / BASELINES_FILE
     wants_baselines = tc.eval is not None and (tc.eval.at_start or tc.eval.bm25)
-    if state.step > 0 and wants_baselines:
+    if wants_baselines and state.step > 0:
         last_eval.update(load_baselines(baselines_file, state.step, warn=rank == 0))
-    if wants_baselines and state.step == 0:
+    elif wants_baselines:
         start: dict[str, Any] = {"step": 0}
         if rank == 0:
             if tc.eval.bm25:
