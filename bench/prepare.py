@@ -126,11 +126,11 @@ def main() -> None:
     for actors in (1, 2):
         seconds, stage = ray_data(table, teacher_cfg, args.batch_size, actors)
         results[actors] = seconds
-        busy = pairs / stage["actor_s"] * stage["actors"]
+        busy = pairs / stage["actor_s"] * stage["actors_used"]
         in_actor[actors] = busy
         print(
             f"ray data, {actors} actor(s):  {seconds:6.1f}s  {pairs / seconds:7.1f} pairs/s "
-            f"(in-actor {pairs / stage['actor_s']:.1f} pairs/actor-s, x{stage['actors']} "
+            f"(in-actor {pairs / stage['actor_s']:.1f} pairs/actor-s, x{stage['actors_used']} "
             f"= {busy:.1f} pairs/s excluding start-up)"
         )
     ray.shutdown()

@@ -113,8 +113,8 @@ def serve_config(model_path, index_root, **serve_overrides):
     )
 
 
-def wait_healthy(url: str, timeout: float = 180.0) -> list:
-    """Poll ``/healthz`` until 200; returns every (status, json-or-None) seen on the way."""
+def wait_until(url: str, done, timeout: float = 180.0) -> list:
+    """Poll ``/healthz`` until ``done(status, json-or-None)``; returns every answer seen."""
     import time
 
     import httpx
@@ -129,9 +129,14 @@ def wait_healthy(url: str, timeout: float = 180.0) -> list:
             except ValueError:
                 body = None
             seen.append((r.status_code, body))
-            if r.status_code == 200:
+            if done(r.status_code, body):
                 return seen
         except httpx.HTTPError as exc:
             seen.append((None, type(exc).__name__))
         time.sleep(0.25)
-    raise TimeoutError(f"/healthz never became ready: {seen[-5:]}")
+    raise TimeoutError(f"/healthz never reached the expected state: {seen[-5:]}")
+
+
+def wait_healthy(url: str, timeout: float = 180.0) -> list:
+    """Poll ``/healthz`` until 200; returns every (status, json-or-None) seen on the way."""
+    return wait_until(url, lambda status, body: status == 200, timeout)

@@ -8,21 +8,27 @@ import re
 
 import httpx
 import pytest
-from fixtures_osmem import serve_config, wait_healthy
+from fixtures_osmem import serve_config, wait_healthy, wait_until
 
 APP = "spladeray-test"
 
 
 @pytest.fixture(scope="module")
 def app(ray_cluster, serve_url, splade_tiny, tmp_path_factory):
-    """One app for the module; the encoder takes 4 s to load so /healthz is seen not ready."""
+    """One app for the module. The encoder is held in "loading" by a gate file until /healthz has
+    answered 503 at least once, so the not-ready state is seen however loaded the machine is."""
     from ray import serve
 
     from spladeray.serving.app import build_app
 
     cfg = serve_config(splade_tiny, tmp_path_factory.mktemp("index"))
-    serve._run(build_app(cfg, load_delay_s=4.0), _blocking=False, name=APP, route_prefix="/")
-    seen = wait_healthy(serve_url)
+    gate = tmp_path_factory.mktemp("gate") / "load"
+    serve._run(build_app(cfg, load_gate=str(gate)), _blocking=False, name=APP, route_prefix="/")
+    seen = wait_until(
+        serve_url, lambda status, body: status == 503 and (body or {}).get("status") == "loading"
+    )
+    gate.touch()
+    seen += wait_healthy(serve_url)
     yield {"url": serve_url, "cfg": cfg, "health": seen}
     serve.delete(APP)
 

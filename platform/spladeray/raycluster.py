@@ -28,3 +28,65 @@ def ensure_ray(ray_cfg=None, *, log_to_driver: bool = True) -> None:
             include_dashboard=ray_cfg.include_dashboard,
         )
     ray.init(**kwargs)
+
+
+def cluster_gpus() -> float:
+    """GPUs the running Ray cluster has in total (0 when Ray is not initialised)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 0.0
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def held_gpu_ids() -> list:
+    """GPU ids the current Ray worker (actor, task or Train worker) holds; [] outside Ray.
+
+    Ray 2.60 no longer hides GPUs (``CUDA_VISIBLE_DEVICES``) from actors that reserve none, so
+    ``torch.cuda.is_available()`` is true in a CPU-only actor on a GPU node. Only what Ray
+    assigned to this worker says whether it may use a GPU.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    try:
+        return list(ray.get_gpu_ids())
+    except Exception:  # the driver of a job: no worker context
+        return []
+
+
+def resolve_device(requested: str = "auto"):
+    """``auto`` -> ``cuda`` only when this process may use a GPU, else ``cpu``; others as given.
+
+    Inside a Ray worker that means the worker holds a GPU (:func:`held_gpu_ids`); in a plain
+    process (a notebook, the driver), that CUDA is available. An explicit ``cuda`` is honoured.
+    """
+    import torch
+
+    if requested != "auto":
+        return torch.device(requested)
+    import ray
+
+    in_worker = ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+    if in_worker:
+        return torch.device("cuda" if held_gpu_ids() and torch.cuda.is_available() else "cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_capacity(what: str, *, cpus: float = 0.0, gpus: float = 0.0, hint: str = "") -> None:
+    """Fail fast, with the numbers, when Ray cannot place ``cpus`` / ``gpus`` for ``what``.
+
+    Ray Data and Ray Train wait forever for resources that never come; a clear error now is
+    better. Checks the cluster's totals (not what is free right now: others may be finishing).
+    """
+    import ray
+
+    res = ray.cluster_resources()
+    short = []
+    if cpus > res.get("CPU", 0.0) + 1e-9:
+        short.append(f"{cpus:g} CPUs but the cluster has {res.get('CPU', 0.0):g}")
+    if gpus > res.get("GPU", 0.0) + 1e-9:
+        short.append(f"{gpus:g} GPUs but the cluster has {res.get('GPU', 0.0):g}")
+    if short:
+        raise RuntimeError(f"{what} needs " + " and ".join(short) + (f"; {hint}" if hint else ""))

@@ -338,6 +338,17 @@ def _data_context(cfg: PrepareConfig):
             setattr(ctx, k, v)
 
 
+def pool_sizes(cfg: PrepareConfig) -> dict[str, int | list[int]]:
+    """The actor pool each stage asked for: ``n``, or ``[min, max]`` when it autoscales."""
+    pools: dict[str, int | list[int]] = {}
+    if cfg.negatives.method != "none":
+        pools["mine"] = cfg.negatives.actors
+    for name, t in cfg.teachers.items():
+        if t.enabled:
+            pools[f"score_{name}"] = [t.actors, t.max_actors] if t.max_actors else t.actors
+    return pools
+
+
 @contextmanager
 def _timed(timings: dict, name: str):
     start = time.perf_counter()
@@ -386,6 +397,8 @@ def prepare(cfg: PrepareConfig, *, force: bool = False, ray_config=None, echo=pr
             with _timed(timings, "pipeline"):
                 run_pipeline(cfg, source.pairs, work, stats)
         stages = ray.get(stats.summary.remote())
+        for stage, pool in pool_sizes(cfg).items():
+            stages.setdefault(stage, {})["pool"] = pool
     finally:
         rejects.close()
         ray.kill(stats)
@@ -435,5 +448,7 @@ def summary_line(m: dict) -> str:
         f"pipeline {t['pipeline']:.1f}s ({m['rows'] / max(t['pipeline'], 1e-9):.1f} rows/s)",
     ]
     for stage, s in m.get("stages", {}).items():
-        parts.append(f"{stage} {s['rows_per_actor_s']:.1f} rows/actor-s x{s['actors']}")
+        if "rows_per_actor_s" in s:
+            used = f"{s['actors_used']} of {s['pool']}" if "pool" in s else s["actors_used"]
+            parts.append(f"{stage} {s['rows_per_actor_s']:.1f} rows/actor-s x{used}")
     return " | ".join(parts) + f" -> {m['output_dir']}"

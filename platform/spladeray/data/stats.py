@@ -2,7 +2,9 @@
 
 Stages of a Ray Data pipeline overlap in time, so each stage is measured by its busy time: the
 seconds its actors spent inside the batch function, summed over actors (``actor_s``), plus the
-number of distinct actors that did work.
+number of distinct actors that did work (``actors_used``). How many actors that is depends on
+scheduling (a pool of 2 may hand every batch to one of them); the pool size the job asked for is
+added by the pipeline as ``pool``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class StageStats:
     def summary(self) -> dict[str, dict]:
         out = {}
         for stage, entry in self.stages.items():
-            item = {**entry, "actors": len(entry["actors"]), "actor_s": round(entry["actor_s"], 3)}
+            item = {k: v for k, v in entry.items() if k != "actors"}
+            item.update(actors_used=len(entry["actors"]), actor_s=round(entry["actor_s"], 3))
             item["rows_per_actor_s"] = round(entry["rows"] / max(entry["actor_s"], 1e-9), 2)
             out[stage] = item
         return out

@@ -42,11 +42,12 @@ def _num_gpus(serve_cfg) -> float:
     return 1.0 if torch.cuda.is_available() else 0.0
 
 
-def build_app(cfg: Config, *, check_model: bool = True, load_delay_s: float = 0.0):
+def build_app(cfg: Config, *, check_model: bool = True, load_gate: str | None = None):
     """The bound application for ``serve.run``.
 
     With ``check_model`` the model is loaded once here, so a random-head model (or a missing
     one) fails the deployment at once with a clear message instead of in replica restarts.
+    ``load_gate`` (drills and tests): encoder replicas load the model only once that file exists.
     """
     from spladeray.serving.api import Ingress
     from spladeray.serving.encoder import (
@@ -74,7 +75,7 @@ def build_app(cfg: Config, *, check_model: bool = True, load_delay_s: float = 0.
         ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": _num_gpus(s)},
         graceful_shutdown_timeout_s=s.graceful_shutdown_timeout_s,
         health_check_period_s=10.0,
-    ).bind(cfg, load_delay_s)
+    ).bind(cfg, load_gate)
     return Ingress.options(
         num_replicas=s.ingress_replicas,
         max_ongoing_requests=s.ingress_max_ongoing_requests,

@@ -64,19 +64,27 @@ def load_servable_encoder(cfg, path: str | None = None):
     return encoder
 
 
+def _wait_for_file(path: str, poll_s: float = 0.1) -> None:
+    """Block until ``path`` exists: a test holds a replica in "loading" for as long as it likes
+    (a fixed sleep would make what the test sees depend on how loaded the machine is)."""
+    logger.info("encoder replica waits for load gate %s", path)
+    while not os.path.exists(path):
+        time.sleep(poll_s)
+
+
 @serve.deployment(name="Encoder")
 class EncoderDeployment:
     """Batched SPLADE encoding; returns, per text, the vector and accounting for metrics."""
 
-    def __init__(self, cfg, load_delay_s: float = 0.0) -> None:
+    def __init__(self, cfg, load_gate: str | None = None) -> None:
         import torch
 
         self.cfg = cfg
         self.encoder = None
         if cfg.serve.torch_threads:
             torch.set_num_threads(cfg.serve.torch_threads)
-        if load_delay_s:  # drills and tests: a model that takes a while to load
-            time.sleep(load_delay_s)
+        if load_gate:  # drills and tests: the model loads only once this file exists
+            _wait_for_file(load_gate)
         self.encoder = load_servable_encoder(cfg)
         self.default_model = str(cfg.model.path)
         self.metrics = RayMetrics(ENCODER_RAY_METRICS)
