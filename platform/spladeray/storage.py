@@ -72,7 +72,7 @@ def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """
     text = str(uri)
     parsed = urlparse(text)
-    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
+    if parsed.scheme in ("", "file"):
         local = parsed.path if parsed.scheme == "file" else text
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(local))
     if parsed.scheme not in REMOTE_SCHEMES:
