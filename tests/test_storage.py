@@ -1,8 +1,7 @@
 """spladeray.storage on a local directory and on a real S3 API (moto on 127.0.0.1)."""
 
-# The S3 fixtures are imported (conftest.py registers only its own plugins), so a test argument
-# named like a fixture redefines the import: that is how pytest injects it.
-# ruff: noqa: F811
+# The S3 fixtures (s3, s3_bucket, s3_read_only) come from tests/fixtures_s3.py, registered in
+# conftest.py's pytest_plugins.
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
-from fixtures_s3 import s3, s3_bucket, s3_read_only  # noqa: F401
 
 from spladeray import storage
 from spladeray.storage import StorageError
