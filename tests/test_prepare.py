@@ -356,6 +356,21 @@ def test_dense_teacher_ran_on_an_actor_pool_of_two(prepared):
     assert stages["mine"]["pool"] == 1 and stages["mine"]["actors_used"] == 1
 
 
+def test_auto_device_stays_on_cpu_in_an_actor_without_a_gpu(ray_cluster):
+    """On a GPU node Ray 2.60 shows CUDA to CPU-only actors; a teacher there must not take it."""
+
+    @ray_cluster.remote(num_cpus=0.1, num_gpus=0, max_calls=1)  # the patched worker exits after
+    def resolve_auto_on_a_gpu_node() -> str:
+        import torch
+
+        from spladeray.data.teachers import _device
+
+        torch.cuda.is_available = lambda: True  # what a CPU-only actor sees on a GPU node
+        return _device("auto")
+
+    assert ray_cluster.get(resolve_auto_on_a_gpu_node.remote()) == "cpu"
+
+
 @pytest.mark.parametrize(
     ("teacher", "negatives", "message"),
     [
