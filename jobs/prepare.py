@@ -17,9 +17,9 @@ def main() -> None:
     cfg = load(args)
     if cfg.prepare is None:
         sys.exit(f"error: {args.config}: no prepare section")
-    from spladeray.data.pipeline import prepare
+    from spladeray.data.pipeline import run_prepare
 
-    prepare(cfg.prepare, force=args.force, ray_config=cfg.ray)
+    run_prepare(cfg.prepare, force=args.force, ray_config=cfg.ray)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from spladeray.config import PrepareConfig, parse_config
+from spladeray.config import PrepareConfig, TeacherConfig, parse_config
+from spladeray.data import schema as data_schema
 from spladeray.data.negatives import select_negatives
 from spladeray.data.teachers import TeacherLoadError, ensemble, load_teacher, min_max
 
@@ -127,7 +128,7 @@ def prepare_config(out: Path, beir: Path, teachers: dict, **extra) -> PrepareCon
 
 @pytest.fixture(scope="module")
 def prepared(ray_cluster, tmp_path_factory, splade_tiny, tiny_cross):
-    from spladeray.data.pipeline import prepare
+    from spladeray.data.pipeline import run_prepare
 
     root = tmp_path_factory.mktemp("prepare")
     beir = tiny_beir(root / "beir")
@@ -137,9 +138,10 @@ def prepared(ray_cluster, tmp_path_factory, splade_tiny, tiny_cross):
         "off": {"kind": "cross", "path": str(tiny_cross), "enabled": False},
     }
     cfg = prepare_config(root / "out", beir, teachers, ensemble={"scale": 3.0})
-    manifest = prepare(cfg)
+    result = run_prepare(cfg)
     table = pq.read_table(root / "out" / "shards")
-    return {"cfg": cfg, "manifest": manifest, "rows": table.to_pylist(), "table": table}
+    return {"cfg": cfg, "result": result, "manifest": result.manifest, "rows": table.to_pylist(),
+            "table": table}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- pure functions
@@ -165,7 +167,44 @@ def test_select_negatives_excludes_positives_and_skips_top():
 
 def test_teacher_load_error_names_the_teacher(tmp_path):
     with pytest.raises(TeacherLoadError, match="teacher 'my_cross'"):
-        load_teacher("my_cross", {"kind": "cross", "path": str(tmp_path)})
+        load_teacher("my_cross", TeacherConfig(kind="cross", path=str(tmp_path)))
+
+
+def test_schema_module_matches_the_docs():
+    """Every column and file spladeray.data.schema declares is documented, and nothing else."""
+    import re
+
+    docs = (ROOT / "docs" / "prepared-data.md").read_text()
+    documented = dict(re.findall(r"^\| `([^`]+)` \| ([^|]+?) \|", docs, re.MULTILINE))
+    words = {
+        data_schema.STRING: "string",
+        data_schema.STRING_LIST: "list<string>",
+        data_schema.FLOAT_LIST: "list<float32>",
+    }
+    declared = {name: words[t] for name, t in data_schema.PAIR_COLUMNS.items()}
+    for name in ("<teacher>", data_schema.ENSEMBLE):
+        declared[data_schema.score_column(name)] = words[data_schema.SCORE_TYPE]
+    assert documented == declared
+    for name in (
+        f"{data_schema.SHARDS_DIR}/*.parquet",
+        data_schema.MANIFEST_FILE,
+        data_schema.REJECTS_FILE,
+        data_schema.SUCCESS_FILE,
+    ):
+        assert f"`<output_dir>/{name}`" in docs, name
+    assert f'`"schema_version": {data_schema.SCHEMA_VERSION}`' in docs
+
+
+def test_teacher_gpus_follow_the_device():
+    from spladeray.data.pipeline import teacher_gpus
+
+    def gpus(device: str, cluster_has_gpus: bool) -> float:
+        cfg = TeacherConfig(kind="dense", path=DENSE, device=device, num_gpus=0.5)
+        return teacher_gpus(cfg, cluster_has_gpus)
+
+    assert gpus("auto", True) == 0.5 and gpus("auto", False) == 0.0
+    assert gpus("cpu", True) == 0.0
+    assert gpus("cuda", False) == 0.5 and gpus("cuda:1", True) == 0.5
 
 
 def test_config_rejects_reserved_teacher_name():
@@ -200,6 +239,9 @@ def test_one_row_per_qrels_pair(prepared):
     rows = prepared["rows"]
     assert {(r["query_id"], r["positive_id"]) for r in rows} == GOOD_PAIRS
     assert len(rows) == len(GOOD_PAIRS) == prepared["manifest"]["rows"]
+    result = prepared["result"]
+    assert result.rows == len(GOOD_PAIRS) and not result.skipped
+    assert result.output_dir == Path(prepared["cfg"].output_dir)
     for r in rows:
         assert r["query"] == QUERIES[r["query_id"]]
         assert r["positive"] == doc_text(r["positive_id"])
@@ -248,7 +290,8 @@ def test_cross_encoder_teacher_scores_equal_the_model(prepared, tiny_cross):
 
     from spladeray.data.teachers import TeacherScorer
 
-    scorer = TeacherScorer("cross", {"kind": "cross", "path": str(tiny_cross), "batch_size": 4})
+    cfg = TeacherConfig(kind="cross", path=str(tiny_cross), batch_size=4)
+    scorer = TeacherScorer("cross", cfg)
     scored = scorer(prepared["table"]).column("score_cross").to_pylist()
     cross = CrossEncoder(str(tiny_cross), device="cpu")
     for r, got in zip(prepared["rows"], scored, strict=True):
@@ -285,6 +328,7 @@ def test_output_schema_matches_the_docs(prepared):
         "score_ensemble": floats,
     }
     assert {f.name: f.type for f in schema} == expected
+    assert schema == data_schema.arrow_schema(["dense", "sparse"], ensemble=True)
     out = Path(prepared["cfg"].output_dir)
     assert (out / "_SUCCESS").is_file() and not (out / "_work").exists()
     docs = (ROOT / "docs" / "prepared-data.md").read_text()
@@ -312,9 +356,48 @@ def test_dense_teacher_ran_on_an_actor_pool_of_two(prepared):
     assert stages["mine"]["pool"] == 1 and stages["mine"]["actors_used"] == 1
 
 
+def test_auto_device_stays_on_cpu_in_an_actor_without_a_gpu(ray_cluster):
+    """On a GPU node Ray 2.60 shows CUDA to CPU-only actors; a teacher there must not take it."""
+
+    @ray_cluster.remote(num_cpus=0.1, num_gpus=0, max_calls=1)  # the patched worker exits after
+    def resolve_auto_on_a_gpu_node() -> str:
+        import torch
+
+        from spladeray.data.teachers import _device
+
+        torch.cuda.is_available = lambda: True  # what a CPU-only actor sees on a GPU node
+        return _device("auto")
+
+    assert ray_cluster.get(resolve_auto_on_a_gpu_node.remote()) == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("teacher", "negatives", "message"),
+    [
+        ({"device": "cuda", "num_gpus": 1}, {}, r"\d+ GPUs but the cluster has \d"),
+        ({"device": "cpu"}, {"actors": 1000}, r"[\d.]+ CPUs but the cluster has \d"),
+    ],
+    ids=["gpu", "cpu"],
+)
+def test_pools_that_cannot_be_placed_fail_before_any_work(
+    ray_cluster, tmp_path, teacher, negatives, message
+):
+    """More GPU (or CPU) actors than the cluster has: a clear error, not a wait forever."""
+    from spladeray.data.pipeline import run_prepare
+    from spladeray.raycluster import cluster_gpus
+
+    actors = int(cluster_gpus()) + 1  # one GPU actor more than there are GPUs
+    teachers = {"dense": {"kind": "dense", "path": DENSE, "actors": actors, **teacher}}
+    cfg = prepare_config(tmp_path / "out", tiny_beir(tmp_path / "beir"), teachers)
+    cfg.negatives = cfg.negatives.model_copy(update=negatives)
+    with pytest.raises(RuntimeError, match=rf"prepare \(.*\) needs {message}"):
+        run_prepare(cfg, echo=lambda line: None)
+    assert not (tmp_path / "out").exists()  # nothing read, cleared or written
+
+
 # ---------------------------------------------------------------------------- other sources
 def test_pairs_jsonl_with_given_negatives_and_sparse_mining(ray_cluster, tmp_path, splade_tiny):
-    from spladeray.data.pipeline import prepare
+    from spladeray.data.pipeline import run_prepare
 
     rows = [
         {"query": "furry cats", "positive": doc_text("d0"), "negatives": [doc_text("d2")]},
@@ -334,7 +417,7 @@ def test_pairs_jsonl_with_given_negatives_and_sparse_mining(ray_cluster, tmp_pat
         "batch_size": 2,
         "progress": False,
     }
-    manifest = prepare(PrepareConfig.model_validate(data, context={"base_dir": ROOT}))
+    manifest = run_prepare(PrepareConfig.model_validate(data, context={"base_dir": ROOT})).manifest
     out = {
         (r["query"], r["positive"]): r for r in pq.read_table(tmp_path / "out/shards").to_pylist()
     }

@@ -50,6 +50,8 @@ def write_prepared(
     seed: int = 0,
 ) -> Path:
     """A prepared-data folder in the schema of docs/prepared-data.md (synthetic texts)."""
+    from spladeray.data import schema
+
     rng = random.Random(seed)
     rows = []
     for i in range(n_rows):
@@ -62,28 +64,22 @@ def write_prepared(
             "positive": " ".join(topic + rng.sample(WORDS, 4)),
             "negative_ids": [f"n{i}_{j}" for j in range(n_neg)],
             "negatives": negs,
+            "query_positive_ids": [f"d{i}"],
         }
         for t in teachers:
-            row[f"score_{t}"] = [10.0] + [float(rng.uniform(0, 8)) for _ in range(n_neg)]
+            row[schema.score_column(t)] = [10.0] + [float(rng.uniform(0, 8)) for _ in range(n_neg)]
         rows.append(row)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
+    (out / schema.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    table_schema = schema.arrow_schema(teachers)
     per = (n_rows + shards - 1) // shards
     for s in range(shards):
         part = rows[s * per : (s + 1) * per]
-        schema = {
-            "query_id": pa.string(),
-            "query": pa.string(),
-            "positive_id": pa.string(),
-            "positive": pa.string(),
-            "negative_ids": pa.list_(pa.string()),
-            "negatives": pa.list_(pa.string()),
-            **{f"score_{t}": pa.list_(pa.float32()) for t in teachers},
-        }
-        table = pa.table({k: [r[k] for r in part] for k in schema}, schema=pa.schema(schema))
-        pq.write_table(table, out / "shards" / f"part-{s:05d}.parquet")
-    (out / "manifest.json").write_text(json.dumps({"rows": n_rows, "teachers": list(teachers)}))
-    (out / "rejects.jsonl").write_text("")
-    (out / "_SUCCESS").write_text("")
+        table = pa.table({k: [r[k] for r in part] for k in table_schema.names}, schema=table_schema)
+        pq.write_table(table, out / schema.SHARDS_DIR / f"part-{s:05d}.parquet")
+    manifest = {"schema_version": schema.SCHEMA_VERSION, "rows": n_rows, "teachers": list(teachers)}
+    (out / schema.MANIFEST_FILE).write_text(json.dumps(manifest))
+    (out / schema.REJECTS_FILE).write_text("")
+    (out / schema.SUCCESS_FILE).write_text("")
     return out
 
 

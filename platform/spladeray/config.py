@@ -242,8 +242,12 @@ class TeacherConfig(Section):
     actors: int = Field(1, gt=0, description="actor pool size (fixed, or the minimum)")
     max_actors: int | None = Field(None, gt=0, description="autoscale up to this many actors")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per actor")
-    num_gpus: float = Field(1.0, ge=0, description="GPUs per actor when the cluster has GPUs")
-    device: str = Field("auto", description="auto | cpu | cuda")
+    num_gpus: float = Field(
+        1.0, ge=0, description="GPUs per actor (device auto: only if the cluster has GPUs)"
+    )
+    device: str = Field(
+        "auto", description="auto (CUDA only in an actor that holds a GPU) | cpu | cuda"
+    )
 
 
 class EnsembleConfig(Section):

@@ -10,8 +10,10 @@ Steps, each timed:
 3. **pipeline** (Ray Data, streaming): pairs -> ``NegativeMiner`` actors -> one ``TeacherScorer``
    actor pool per enabled teacher -> ensemble task -> ``write_parquet``.
 
-The output folder gets ``manifest.json`` and then ``_SUCCESS``; a second run with the same config
-hash (config + input file sizes/mtimes) returns at once unless forced.
+The output folder (its layout and columns: :mod:`spladeray.data.schema`) gets ``manifest.json``
+and then ``_SUCCESS``; a second run with the same config hash (config + input file sizes/mtimes)
+returns at once unless forced. :func:`run_prepare` is the stage; it returns a
+:class:`PrepareResult`.
 """
 
 from __future__ import annotations
@@ -30,25 +32,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spladeray.config import PrepareConfig
+from spladeray.config import PrepareConfig, TeacherConfig
+from spladeray.data import schema
 from spladeray.data.docstore import DocStore, DocStoreWriter
 from spladeray.data.readers import beir_corpus_dataset, iter_qrels, iter_queries, pairs_dataset
-from spladeray.raycluster import ensure_ray
+from spladeray.raycluster import check_capacity, cluster_gpus, ensure_ray
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 RUNTIME_KEYS = {"force", "progress", "actor_start_timeout_s"}  # not part of the config hash
-STR_LIST = pa.list_(pa.string())
-OUTPUT_COLUMNS = [
-    "query_id",
-    "query",
-    "positive_id",
-    "positive",
-    "negative_ids",
-    "negatives",
-    "query_positive_ids",
-]
+WORK_DIR = "_work"  # the run's scratch files (doc store, mining index); deleted when done
+SMALL_TASK_CPUS = 0.25  # the ensemble task and the parquet writer each reserve this much
+PAIR_COLUMNS = list(schema.PAIR_COLUMNS)
 
 
 # ---------------------------------------------------------------------------- rejects
@@ -86,11 +81,10 @@ def _pairs_table(pairs: list[dict]) -> pa.Table:
     for p in pairs:
         p["query_positive_ids"] = by_query[p["query_id"]]
         p.setdefault("given_negative_ids", [])
-    schema = pa.schema(
-        [(c, pa.string()) for c in OUTPUT_COLUMNS[:4]]
-        + [("query_positive_ids", STR_LIST), ("given_negative_ids", STR_LIST)]
-    )
-    return pa.Table.from_pylist(pairs, schema=schema)
+    columns = [*PAIR_COLUMNS[:4], "query_positive_ids"]
+    fields = [pa.field(c, schema.PAIR_COLUMNS[c]) for c in columns]
+    table_schema = pa.schema([*fields, pa.field("given_negative_ids", schema.STRING_LIST)])
+    return pa.Table.from_pylist(pairs, schema=table_schema)
 
 
 class _QueryLimit:
@@ -176,7 +170,7 @@ def read_pairs(source, work: Path, rejects: RejectLog) -> SourceData:
                         [row["positive"], *row["negatives"]],
                     )
                     row["given_negative_ids"] = row["negative_ids"]
-                    pairs.append({k: row[k] for k in [*OUTPUT_COLUMNS[:4], "given_negative_ids"]})
+                    pairs.append({k: row[k] for k in [*PAIR_COLUMNS[:4], "given_negative_ids"]})
         docs = len(store)
     counts = {"rows": rows, "docs": docs, "skipped_by_max_queries": limit.skipped}
     return SourceData(_pairs_table(pairs), counts)
@@ -210,27 +204,45 @@ def _finish(batch: pa.Table, weights: dict[str, float], scale: float | None) -> 
 
     if scale is not None:
         batch = add_ensemble(batch, weights, scale)
-    scores = [f"score_{n}" for n in weights] + (["score_ensemble"] if scale is not None else [])
-    return batch.select(OUTPUT_COLUMNS + scores)
+    names = [*weights, schema.ENSEMBLE] if scale is not None else list(weights)
+    return batch.select(PAIR_COLUMNS + [schema.score_column(n) for n in names])
 
 
-def _check_resources(cfg: PrepareConfig, teachers: dict) -> dict[str, float]:
-    """Fail fast (instead of waiting forever) when the actor pools cannot all be placed."""
-    import ray
+def enabled_teachers(cfg: PrepareConfig) -> dict[str, TeacherConfig]:
+    return {name: t for name, t in cfg.teachers.items() if t.enabled}
 
-    res = ray.cluster_resources()
-    gpus = res.get("GPU", 0.0)
-    gpu_of = {
-        n: (t.num_gpus if gpus > 0 and t.device != "cpu" else 0.0) for n, t in teachers.items()
-    }
-    need = cfg.negatives.actors * cfg.negatives.num_cpus if cfg.negatives.method != "none" else 0
-    need += sum(t.actors * t.num_cpus for t in teachers.values())
-    if need + 0.5 > res.get("CPU", 0):  # + the small ensemble and write tasks
-        raise RuntimeError(
-            f"the prepare actor pools need {need:g} CPUs (+0.5 for small tasks) but Ray has "
-            f"{res.get('CPU', 0):g}; lower prepare.*.actors / num_cpus or add CPUs"
-        )
-    return gpu_of
+
+def teacher_gpus(teacher: TeacherConfig, cluster_has_gpus: bool) -> float:
+    """GPUs each actor of ``teacher`` reserves.
+
+    ``device: cpu`` reserves none; ``auto`` reserves ``num_gpus`` when the cluster has GPUs and
+    runs on CPU otherwise; ``cuda`` always reserves ``num_gpus``, so asking for a GPU on a
+    cluster without one fails in :func:`check_pools` instead of waiting for it forever.
+    """
+    if teacher.device == "cpu" or (teacher.device == "auto" and not cluster_has_gpus):
+        return 0.0
+    return teacher.num_gpus
+
+
+def check_pools(cfg: PrepareConfig) -> None:
+    """Fail fast, with the numbers, when the actor pools cannot all be placed at once.
+
+    Every fixed pool (and the minimum of an autoscaling one) starts whole before data flows, so
+    Ray Data would otherwise wait forever for CPUs or GPUs that the cluster does not have.
+    """
+    has_gpus = cluster_gpus() > 0
+    teachers = enabled_teachers(cfg).values()
+    neg = cfg.negatives
+    cpus = neg.actors * neg.num_cpus if neg.method != "none" else 0.0
+    cpus += sum(t.actors * t.num_cpus for t in teachers)
+    gpus = sum(t.actors * teacher_gpus(t, has_gpus) for t in teachers)
+    check_capacity(
+        f"prepare (its actor pools, plus {2 * SMALL_TASK_CPUS:g} CPU for small tasks)",
+        cpus=cpus + 2 * SMALL_TASK_CPUS,
+        gpus=gpus,
+        hint="lower prepare.negatives/teachers.*.actors, num_cpus or num_gpus, "
+        "set a teacher's device to cpu, or add nodes",
+    )
 
 
 def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: Path, stats) -> None:
@@ -239,8 +251,8 @@ def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: Path, stats) -> None
     from spladeray.data.negatives import NegativeMiner
     from spladeray.data.teachers import TeacherScorer
 
-    teachers = {n: t for n, t in cfg.teachers.items() if t.enabled}
-    gpu_of = _check_resources(cfg, teachers)
+    teachers = enabled_teachers(cfg)
+    has_gpus = cluster_gpus() > 0
     size = cfg.batch_size
     blocks = [pairs.slice(s, size) for s in range(0, pairs.num_rows, size)] or [pairs]
     neg = cfg.negatives
@@ -255,10 +267,10 @@ def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: Path, stats) -> None
     for name, t in teachers.items():
         ds = ds.map_batches(
             TeacherScorer,
-            fn_constructor_kwargs={"name": name, "cfg": t.model_dump(), "stats": stats},
+            fn_constructor_kwargs={"name": name, "cfg": t, "stats": stats},
             concurrency=(t.actors, t.max_actors) if t.max_actors else t.actors,
             num_cpus=t.num_cpus,
-            num_gpus=gpu_of[name] or None,
+            num_gpus=teacher_gpus(t, has_gpus) or None,
             batch_size=None,
             batch_format="pyarrow",
         )
@@ -271,16 +283,34 @@ def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: Path, stats) -> None
         fn_kwargs={"weights": weights, "scale": cfg.ensemble.scale if use_ensemble else None},
         batch_size=None,
         batch_format="pyarrow",
-        num_cpus=0.25,
+        num_cpus=SMALL_TASK_CPUS,
     )
     ds.write_parquet(
-        str(Path(cfg.output_dir) / "shards"),
+        str(Path(cfg.output_dir) / schema.SHARDS_DIR),
         min_rows_per_file=cfg.rows_per_shard,
-        ray_remote_args={"num_cpus": 0.25},
+        ray_remote_args={"num_cpus": SMALL_TASK_CPUS},
     )
 
 
 # ---------------------------------------------------------------------------- the job
+@dataclass(frozen=True)
+class PrepareResult:
+    """What :func:`run_prepare` did: the output folder, its row count and its manifest.
+
+    ``skipped`` is true when the folder was already complete for this config (nothing ran).
+    ``manifest`` is the content of ``manifest.json`` (plus ``skipped``).
+    """
+
+    output_dir: Path
+    rows: int
+    skipped: bool
+    manifest: dict
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> PrepareResult:
+        return cls(Path(manifest["output_dir"]), manifest["rows"], manifest["skipped"], manifest)
+
+
 def _stamp(path: Path) -> list:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.exists()]
@@ -295,7 +325,7 @@ def config_hash(cfg: PrepareConfig) -> str:
     else:
         inputs = [src.path] if src.path is not None else []
     blob = {
-        "schema": SCHEMA_VERSION,
+        "schema": schema.SCHEMA_VERSION,
         "config": cfg.model_dump(mode="json", exclude=RUNTIME_KEYS),
         "inputs": [s for p in inputs for s in _stamp(Path(p))],
     }
@@ -303,20 +333,20 @@ def config_hash(cfg: PrepareConfig) -> str:
 
 
 def load_manifest(output_dir: str | Path) -> dict | None:
-    path = Path(output_dir) / "manifest.json"
+    path = Path(output_dir) / schema.MANIFEST_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def is_complete(output_dir: str | Path, digest: str) -> bool:
     manifest = load_manifest(output_dir)
-    done = (Path(output_dir) / "_SUCCESS").is_file()
+    done = (Path(output_dir) / schema.SUCCESS_FILE).is_file()
     return done and manifest is not None and manifest.get("config_hash") == digest
 
 
 def _clear(out: Path) -> None:
-    for name in ("shards", "_work"):
+    for name in (schema.SHARDS_DIR, WORK_DIR):
         shutil.rmtree(out / name, ignore_errors=True)
-    for name in ("_SUCCESS", "manifest.json", "rejects.jsonl"):
+    for name in (schema.SUCCESS_FILE, schema.MANIFEST_FILE, schema.REJECTS_FILE):
         (out / name).unlink(missing_ok=True)
 
 
@@ -343,9 +373,8 @@ def pool_sizes(cfg: PrepareConfig) -> dict[str, int | list[int]]:
     pools: dict[str, int | list[int]] = {}
     if cfg.negatives.method != "none":
         pools["mine"] = cfg.negatives.actors
-    for name, t in cfg.teachers.items():
-        if t.enabled:
-            pools[f"score_{name}"] = [t.actors, t.max_actors] if t.max_actors else t.actors
+    for name, t in enabled_teachers(cfg).items():
+        pools[schema.score_column(name)] = [t.actors, t.max_actors] if t.max_actors else t.actors
     return pools
 
 
@@ -361,10 +390,13 @@ def _shard_rows(shards: Path) -> tuple[list[str], int]:
     return [f.name for f in files], sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
-def prepare(cfg: PrepareConfig, *, force: bool = False, ray_config=None, echo=print) -> dict:
-    """Run (or reuse) the prepare job; returns the manifest (``skipped: true`` when reused).
+def run_prepare(
+    cfg: PrepareConfig, *, force: bool = False, ray_config=None, echo=print
+) -> PrepareResult:
+    """Run (or reuse) the prepare stage; ``result.skipped`` when the output was up to date.
 
-    Ray is started (or joined, per ``ray_config``) only when there is work to do.
+    Ray is started (or joined, per ``ray_config``) only when there is work to do; the actor
+    pools' CPUs and GPUs are checked against the cluster before anything is read or cleared.
     """
     import ray
 
@@ -376,15 +408,16 @@ def prepare(cfg: PrepareConfig, *, force: bool = False, ray_config=None, echo=pr
         manifest = {**load_manifest(out), "skipped": True}
         echo(f"prepare: output up to date (config hash {digest}), nothing to do: {out}")
         echo(summary_line(manifest))
-        return manifest
+        return PrepareResult.from_manifest(manifest)
     if load_manifest(out) is not None:
         logger.info("rebuilding %s (forced or config changed)", out)
     ensure_ray(ray_config)
+    check_pools(cfg)
     _clear(out)
-    work = out / "_work"
+    work = out / WORK_DIR
     work.mkdir(parents=True)
     timings: dict[str, float] = {}
-    rejects = RejectLog(out / "rejects.jsonl")
+    rejects = RejectLog(out / schema.REJECTS_FILE)
     start = time.perf_counter()
     stats = StageStats.remote()
     try:
@@ -402,11 +435,12 @@ def prepare(cfg: PrepareConfig, *, force: bool = False, ray_config=None, echo=pr
     finally:
         rejects.close()
         ray.kill(stats)
-    shards, rows = _shard_rows(out / "shards")
+    shard_dir = out / schema.SHARDS_DIR
+    shards, rows = _shard_rows(shard_dir)
     timings["total"] = round(time.perf_counter() - start, 3)
-    teachers = [n for n, t in cfg.teachers.items() if t.enabled]
+    teachers = list(enabled_teachers(cfg))
     manifest = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": schema.SCHEMA_VERSION,
         "config_hash": digest,
         "output_dir": str(out),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -423,7 +457,7 @@ def prepare(cfg: PrepareConfig, *, force: bool = False, ray_config=None, echo=pr
             "scale": cfg.ensemble.scale,
         },
         "num_negatives": cfg.negatives.num_negatives,
-        "columns": pq.read_schema(out / "shards" / shards[0]).names if shards else [],
+        "columns": pq.read_schema(shard_dir / shards[0]).names if shards else [],
         "shards": shards,
         "timings_s": timings,
         "stages": stages,
@@ -431,11 +465,11 @@ def prepare(cfg: PrepareConfig, *, force: bool = False, ray_config=None, echo=pr
     }
     if rows != source.pairs.num_rows:
         raise RuntimeError(f"wrote {rows} rows but accepted {source.pairs.num_rows} pairs")
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (out / schema.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
-    (out / "_SUCCESS").write_text(digest + "\n")
+    (out / schema.SUCCESS_FILE).write_text(digest + "\n")
     echo(summary_line(manifest))
-    return manifest
+    return PrepareResult.from_manifest(manifest)
 
 
 def summary_line(m: dict) -> str:

@@ -16,6 +16,10 @@ its candidates ``c_1..c_n = [positive, *negatives]``, and enabled teachers ``t``
 
 so every teacher contributes on the same [0, 1] scale per query, and ``scale`` sets the range the
 student's distillation loss sees.
+
+``device: auto`` means CUDA only when the process may use a GPU: inside a Ray actor, that the
+actor holds one (:func:`spladeray.raycluster.resolve_device`); a CPU-only actor on a GPU node
+stays on CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-FLOAT_LIST = pa.list_(pa.float32())
+from spladeray.config import TeacherConfig
+from spladeray.data.schema import ENSEMBLE, SCORE_TYPE, score_column
 
 
 class TeacherLoadError(RuntimeError):
@@ -47,11 +52,9 @@ def resolve_model_path(ref: str) -> str:
 
 
 def _device(device: str) -> str:
-    import torch
+    from spladeray.raycluster import resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return str(resolve_device(device))
 
 
 def _unique(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -126,7 +129,7 @@ class SparseTeacher:
 
         kwargs = {"max_document_length": max_length} if max_length else {}
         self.encoder = load_encoder(
-            resolve_model_path(path), batch_size=batch_size, device=device, **kwargs
+            resolve_model_path(path), batch_size=batch_size, device=_device(device), **kwargs
         )
 
     def encode(self, texts: Sequence[str], kind: str):
@@ -142,19 +145,16 @@ class SparseTeacher:
 KINDS = {"dense": DenseTeacher, "cross": CrossTeacher, "sparse": SparseTeacher}
 
 
-def load_teacher(name: str, cfg: Mapping):
-    """Build the teacher ``cfg`` (a :class:`~spladeray.config.TeacherConfig` dump) describes."""
-    kind, path = cfg["kind"], cfg["path"]
+def load_teacher(name: str, cfg: TeacherConfig):
+    """Build the teacher ``cfg`` describes; any failure is a :class:`TeacherLoadError`."""
     try:
-        return KINDS[kind](
-            path,
-            batch_size=cfg.get("batch_size", 64),
-            max_length=cfg.get("max_length"),
-            device=cfg.get("device", "auto"),
+        return KINDS[cfg.kind](
+            cfg.path, batch_size=cfg.batch_size, max_length=cfg.max_length, device=cfg.device
         )
     except Exception as exc:
         raise TeacherLoadError(
-            f"teacher {name!r} ({kind} model {path!r}) failed to load: {type(exc).__name__}: {exc}"
+            f"teacher {name!r} ({cfg.kind} model {cfg.path!r}) failed to load: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
 
 
@@ -170,8 +170,8 @@ def score_rows(teacher, queries: Sequence[str], candidates: Sequence[Sequence[st
 class TeacherScorer:
     """Ray Data actor: appends ``score_<name>`` for ``[positive, *negatives]`` of each row."""
 
-    def __init__(self, name: str, cfg: Mapping, stats=None):
-        self.name, self.stats = name, stats
+    def __init__(self, name: str, cfg: TeacherConfig, stats=None):
+        self.column, self.stats = score_column(name), stats
         self.teacher = load_teacher(name, cfg)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -180,11 +180,11 @@ class TeacherScorer:
         negatives = batch.column("negatives").to_pylist()
         candidates = [[p, *n] for p, n in zip(positives, negatives, strict=True)]
         scores = score_rows(self.teacher, batch.column("query").to_pylist(), candidates)
-        out = batch.append_column(f"score_{self.name}", pa.array(scores, FLOAT_LIST))
+        out = batch.append_column(self.column, pa.array(scores, SCORE_TYPE))
         if self.stats is not None:
             from spladeray.data.stats import report
 
-            report(self.stats, f"score_{self.name}", batch.num_rows, time.perf_counter() - start)
+            report(self.stats, self.column, batch.num_rows, time.perf_counter() - start)
         return out
 
 
@@ -209,9 +209,9 @@ def ensemble(scores: Mapping[str, Sequence[float]], weights: Mapping[str, float]
 
 def add_ensemble(batch: pa.Table, weights: Mapping[str, float], scale: float) -> pa.Table:
     """Ray Data task: appends ``score_ensemble`` computed from the ``score_<name>`` columns."""
-    columns = {name: batch.column(f"score_{name}").to_pylist() for name in weights}
+    columns = {name: batch.column(score_column(name)).to_pylist() for name in weights}
     rows = [
         ensemble({name: col[i] for name, col in columns.items()}, weights, scale)
         for i in range(batch.num_rows)
     ]
-    return batch.append_column("score_ensemble", pa.array(rows, FLOAT_LIST))
+    return batch.append_column(score_column(ENSEMBLE), pa.array(rows, SCORE_TYPE))

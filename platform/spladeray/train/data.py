@@ -1,5 +1,7 @@
 """Reading the prepared parquet (docs/prepared-data.md) and turning rows into model inputs.
 
+Column and file names come from :mod:`spladeray.data.schema`, the module prepare writes with.
+
 The driver opens the shards as a Ray Dataset; Ray Train splits it into one disjoint stream per
 worker (``ray.train.get_dataset_shard``). Each worker iterates its stream with a local shuffle
 buffer, and :class:`Collator` tokenises in the batch iterator's prefetch thread, off the hot loop.
@@ -16,13 +18,9 @@ import numpy as np
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
+from spladeray.data import schema
+
 logger = logging.getLogger(__name__)
-
-TEXT_COLUMNS = ["query", "positive", "negatives"]
-
-
-def teacher_column(name: str) -> str:
-    return f"score_{name}"
 
 
 def open_prepared(data_dir: str | Path, teachers: list[str]):
@@ -35,16 +33,18 @@ def open_prepared(data_dir: str | Path, teachers: list[str]):
     import ray.data
 
     root = Path(data_dir)
-    shards = root / "shards"
+    shards = root / schema.SHARDS_DIR
     files = sorted(shards.glob("*.parquet")) if shards.is_dir() else []
     if not files:
         raise FileNotFoundError(
             f"no prepared training data in {shards}; run jobs/prepare.py first "
             "(train.data_dir must be prepare.output_dir)"
         )
-    if not (root / "_SUCCESS").exists():
-        raise FileNotFoundError(f"{root}/_SUCCESS is missing: the prepare run did not finish")
-    columns = TEXT_COLUMNS + [teacher_column(t) for t in teachers]
+    if not (root / schema.SUCCESS_FILE).exists():
+        raise FileNotFoundError(
+            f"{root}/{schema.SUCCESS_FILE} is missing: the prepare run did not finish"
+        )
+    columns = [*schema.TEXT_COLUMNS, *(schema.score_column(t) for t in teachers)]
     available = set(pq.read_schema(files[0]).names)
     missing = [c for c in columns if c not in available]
     if missing:
@@ -61,9 +61,11 @@ def open_prepared(data_dir: str | Path, teachers: list[str]):
     if without:  # counted and said, never dropped silently
         logger.warning(
             "%d prepared rows have no hard negative and are skipped by training "
-            "(prepare found nothing to mine for them; see %s/rejects.jsonl and manifest.json)",
+            "(prepare found nothing to mine for them; see %s/%s and %s)",
             without,
             root,
+            schema.REJECTS_FILE,
+            schema.MANIFEST_FILE,
         )
     ds = ray.data.read_parquet([str(f) for f in files], columns=columns)
     return ds.filter(lambda row: len(row["negatives"]) > 0)
@@ -111,7 +113,7 @@ class Collator(NumpyBatchCollateFn):
         }
         for name in self.teachers:
             rows = []
-            for scores in batch[teacher_column(name)]:
+            for scores in batch[schema.score_column(name)]:
                 scores = np.asarray(scores, dtype=np.float32)
                 rows.append([scores[0], *_cycle(scores[1:], n)] if n else [scores[0]])
             out[f"teacher_{name}"] = torch.tensor(np.asarray(rows, dtype=np.float32))
