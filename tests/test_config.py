@@ -229,3 +229,17 @@ def test_serve_config_reads_model_and_index_from_the_environment(monkeypatch):
     assert cluster.model.path == "/models/mine"
     assert cluster.index.backend == "opensearch" and cluster.index.name == "docs"
     assert cluster.index.opensearch.hosts == ["https://search.example.com:9200"]
+
+
+def test_serve_config_builds_the_app_with_its_args(monkeypatch):
+    """The builder ``serve deploy`` would call, with serve/config.yaml's args (no Ray needed)."""
+    import importlib
+
+    from ray.serve import Application
+
+    for name in SERVE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    app = _serve_app()
+    module, _, attr = app["import_path"].partition(":")
+    built = getattr(importlib.import_module(module), attr)(app["args"])
+    assert isinstance(built, Application)
