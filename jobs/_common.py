@@ -1,4 +1,9 @@
-"""Shared argument parsing for the thin entry points in jobs/."""
+"""What every entry point in jobs/ shares: ``--config`` / ``--set`` parsing and config loading.
+
+A job is ``args = parse_args(__doc__, flags)``, ``cfg = load(args, require="train")``, one library
+call and a printout. With no ``--config`` a job runs on :data:`DEFAULT_CONFIG` (CPU, offline, a few
+minutes), so ``ray job submit --working-dir . -- python jobs/train.py`` works on a fresh checkout.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,33 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = "configs/demo.yaml"
+"""The config a job uses without ``--config``, relative to the checkout root."""
+
 # Entry points run from a checkout without installing too: put platform/ on the path.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+sys.path.insert(0, str(ROOT / "platform"))
 
 
-def parse_args(description: str, extra=None) -> argparse.Namespace:
-    """``--config FILE`` plus ``--set key=value`` overrides, and any job-specific flags."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
+def parse_args(
+    description: str | None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+    *,
+    default_config: str = DEFAULT_CONFIG,
+    argv: Sequence[str] | None = None,
+) -> argparse.Namespace:
+    """``--config FILE`` (default ``default_config``), ``--set key=value`` overrides, and any
+    job-specific flags ``extra`` adds. Also sets up logging (``$SPLADERAY_LOG_LEVEL``)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        help=f"YAML config file (see configs/); default: {default_config} (CPU, runs anywhere)",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -24,9 +46,10 @@ def parse_args(description: str, extra=None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.max_steps=10 (repeatable)",
     )
+    parser.set_defaults(default_config=default_config)
     if extra is not None:
         extra(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("SPLADERAY_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -34,11 +57,22 @@ def parse_args(description: str, extra=None) -> argparse.Namespace:
     return args
 
 
-def load(args: argparse.Namespace):
-    """Load the config or exit with the error message (no traceback for a user mistake)."""
+def load(args: argparse.Namespace, require: str | None = None):
+    """The config ``args`` name (or the job's default), with the ``--set`` overrides applied.
+
+    Prints which file is used. ``require`` names a section the job cannot run without (e.g.
+    ``"train"``). A user mistake (bad file, bad key, missing section) exits with one message,
+    not a traceback.
+    """
     from spladeray.config import ConfigError, load_config
 
+    path = Path(args.config) if args.config else ROOT / args.default_config
+    note = "" if args.config else " (the default; choose another with --config)"
+    print(f"[config] {path.resolve()}{note}", flush=True)
     try:
-        return load_config(args.config, args.overrides)
+        cfg = load_config(path, args.overrides)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
+    if require is not None and getattr(cfg, require) is None:
+        sys.exit(f"error: {path}: no {require}: section, and this job needs one")
+    return cfg

@@ -1,4 +1,5 @@
-"""The main job on the embedded default: ``python jobs/demo.py --config configs/demo.yaml``.
+#!/usr/bin/env python3
+"""The main job on the embedded default: ``python jobs/demo.py [--config configs/demo.yaml]``.
 
 With ``prepare`` and ``train`` sections it runs the whole path (prepare -> train -> export ->
 serve -> index -> search -> evaluate); ``--search-only`` just indexes with the configured model

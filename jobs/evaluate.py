@@ -1,7 +1,10 @@
-"""Evaluate BM25 / sparse / dense / hybrid systems on BEIR data: ``python jobs/evaluate.py --config configs/evaluate_scifact.yaml``.
+#!/usr/bin/env python3
+"""Evaluate BM25 / sparse / dense / hybrid systems on BEIR data: ``python jobs/evaluate.py``.
 
-Runs the config's ``evaluate:`` section (datasets x systems), prints the table and writes
-``results.json``, ``results.md`` and ``quality_vs_dims.png`` under ``evaluate.output_dir``.
+Runs the config's ``evaluate:`` section (datasets x systems; without one, BM25 vs the model on
+the ``data:`` section), prints the table and writes ``results.json``, ``results.md`` and
+``quality_vs_dims.png`` under ``evaluate.output_dir``. The default config (configs/demo.yaml)
+uses 1,500 SciFact abstracts; ``--config configs/evaluate_scifact.yaml`` the whole corpus.
 """
 
 from _common import load, parse_args

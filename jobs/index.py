@@ -1,4 +1,5 @@
-"""Bulk-index a corpus with Ray Data: ``python jobs/index.py --config configs/demo.yaml``.
+#!/usr/bin/env python3
+"""Bulk-index a corpus with Ray Data: ``python jobs/index.py [--config configs/demo.yaml]``.
 
 Also ``ray job submit --working-dir . -- python jobs/index.py --config ...``. ``--resume`` skips
 ids already in the index (also ``index.resume: true``); ``--limit N`` indexes the first N rows.
@@ -32,7 +33,7 @@ def _flags(parser) -> None:
 
 def main() -> None:
     args = parse_args(__doc__, _flags)
-    cfg = load(args)
+    cfg = load(args, require=None if args.rollback is not None else "data")
     if args.rollback is not None:
         from spladeray.index.rollout_job import run_rollback
 

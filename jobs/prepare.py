@@ -1,10 +1,9 @@
-"""Training data on Ray Data: ``python jobs/prepare.py --config configs/demo.yaml [--force]``.
+#!/usr/bin/env python3
+"""Training data on Ray Data: ``python jobs/prepare.py [--config configs/demo.yaml] [--force]``.
 
 Reads the ``prepare:`` section (see docs/prepare.md) and writes parquet shards, a manifest and
 rejects.jsonl to ``prepare.output_dir``; a second run with the same config is a no-op.
 """
-
-import sys
 
 from _common import load, parse_args
 
@@ -14,9 +13,7 @@ def main() -> None:
         __doc__,
         lambda p: p.add_argument("--force", action="store_true", help="rebuild finished output"),
     )
-    cfg = load(args)
-    if cfg.prepare is None:
-        sys.exit(f"error: {args.config}: no prepare section")
+    cfg = load(args, require="prepare")
     from spladeray.data.pipeline import run_prepare
 
     run_prepare(cfg.prepare, force=args.force, ray_config=cfg.ray)

@@ -1,16 +1,17 @@
-"""Distributed training on Ray Train: ``python jobs/train.py --config configs/X.yaml``.
+#!/usr/bin/env python3
+"""Distributed training on Ray Train: ``python jobs/train.py [--config configs/X.yaml]``.
 
 On a cluster: ``ray job submit --working-dir . -- python jobs/train.py --config configs/X.yaml``.
-Re-running with the same ``train.name`` resumes from that run's latest checkpoint.
+Re-running with the same ``train.name`` resumes from that run's latest checkpoint. The default
+config (configs/demo.yaml: 2 CPU workers, 20 steps) trains on what ``python jobs/prepare.py``
+writes with the same default, so run that first.
 """
 
 from _common import load, parse_args
 
 
 def main() -> None:
-    cfg = load(parse_args(__doc__))
-    if cfg.train is None:
-        raise SystemExit(f"error: {cfg.source}: no train: section")
+    cfg = load(parse_args(__doc__), require="train")
     from spladeray.train import run_training
 
     result = run_training(cfg)

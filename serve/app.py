@@ -1,7 +1,9 @@
-"""The Serve application: ``serve run serve/config.yaml`` (or ``serve run serve.app:app``).
+"""The Serve application from a checkout that is not installed: ``serve run serve.app:app``.
 
-Thin on purpose: the deployments live in :mod:`spladeray.serving`. ``app`` is an application
-builder; its ``args`` (``config``, ``overrides``) come from serve/config.yaml.
+serve/config.yaml imports the installed library's builder instead
+(``spladeray.serving.app:app_builder``, what ``pip install -e .`` provides on every node), so it
+works for ``serve deploy`` on a cluster as well. Both take the same ``args`` (``config``,
+``overrides``); the deployments live in :mod:`spladeray.serving`.
 """
 
 import sys

@@ -91,3 +91,155 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
         load_config(_write(tmp_path, "model: [unclosed\n"))
     with pytest.raises(ConfigError, match="mapping"):
         load_config(_write(tmp_path, "- a\n- b\n"))
+
+
+# ---------------------------------------------------------------------------- jobs/_common.py
+JOBS = ("prepare", "train", "index", "evaluate", "export", "demo")
+
+
+def _jobs_common():
+    """jobs/_common.py as a module (jobs/ is not a package: the jobs import it as a sibling)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("jobs_common", ROOT / "jobs" / "_common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_jobs_without_config_use_the_default_and_print_it(capsys):
+    common = _jobs_common()
+    cfg = common.load(common.parse_args("a job", argv=[]), require="train")
+    default = (ROOT / common.DEFAULT_CONFIG).resolve()
+    assert cfg.source == default and cfg.prepare is not None and cfg.train is not None
+    out = capsys.readouterr().out
+    assert f"[config] {default} (the default" in out
+
+
+def test_jobs_name_the_config_they_were_given(tmp_path, capsys):
+    common = _jobs_common()
+    path = _write(tmp_path, "model:\n  path: m\n")
+    cfg = common.load(common.parse_args("a job", argv=["--config", str(path), "--set", "seed=3"]))
+    assert cfg.seed == 3
+    assert f"[config] {path.resolve()}\n" in capsys.readouterr().out
+
+
+def test_a_job_missing_its_section_exits_with_one_message(tmp_path):
+    common = _jobs_common()
+    path = _write(tmp_path, "model:\n  path: m\n")
+    args = common.parse_args("a job", argv=["--config", str(path)])
+    with pytest.raises(SystemExit, match=r"x\.yaml: no train: section, and this job needs one"):
+        common.load(args, require="train")
+    with pytest.raises(SystemExit, match=r"model\.pooling"):
+        common.load(
+            common.parse_args("a job", argv=["--config", str(path), "--set", "model.pooling=mean"])
+        )
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_every_job_is_executable_and_its_help_names_the_default(job):
+    import os
+    import subprocess
+    import sys
+
+    path = ROOT / "jobs" / f"{job}.py"
+    assert path.read_text().startswith("#!/usr/bin/env python3\n")
+    assert os.access(path, os.X_OK)
+    out = subprocess.run(
+        [sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "default: configs/demo.yaml" in " ".join(out.stdout.split())
+
+
+# ---------------------------------------------------------------------------- Ray dashboard
+def test_a_local_cluster_gets_the_dashboard_on_127_0_0_1_and_prints_its_url(monkeypatch, capsys):
+    """ensure_ray's arguments to ray.init, without starting Ray."""
+    import ray
+
+    from spladeray.config import RayConfig
+    from spladeray.raycluster import ensure_ray
+
+    calls = []
+
+    class Context:
+        dashboard_url = "127.0.0.1:8265"
+
+    def fake_init(**kwargs):
+        calls.append(kwargs)
+        return Context()
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ensure_ray(None)
+    assert calls[-1]["include_dashboard"] is True
+    assert calls[-1]["dashboard_host"] == "127.0.0.1"
+    assert "[ray] dashboard: http://127.0.0.1:8265" in capsys.readouterr().out
+    ensure_ray(RayConfig(include_dashboard=False, num_cpus=2))
+    assert calls[-1]["include_dashboard"] is False and calls[-1]["num_cpus"] == 2
+    ensure_ray(RayConfig(address="auto"))  # joining: the cluster's own settings stand
+    assert "include_dashboard" not in calls[-1] and calls[-1]["address"] == "auto"
+
+
+# ---------------------------------------------------------------------------- serve/config.yaml
+SERVE_ENV = ("SPLADERAY_MODEL", "SPLADERAY_INDEX_BACKEND", "SPLADERAY_INDEX", "OPENSEARCH_URL")
+
+
+def _serve_app() -> dict:
+    import yaml
+
+    (app,) = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())["applications"]
+    return app
+
+
+def test_serve_config_is_a_serve_deploy_file_for_the_installed_builder():
+    """What ``serve deploy`` checks first (Ray's schema), and an import path that a package
+    install provides (no repo-root module), taking the args the file gives it."""
+    import importlib
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve" / "config.yaml").read_text()))
+    app = _serve_app()
+    module, _, attr = app["import_path"].partition(":")
+    assert module.startswith("spladeray.")
+    builder = getattr(importlib.import_module(module), attr)
+    assert callable(builder)
+    assert set(app["args"]) <= {"config", "overrides"}
+
+
+def test_serve_config_reads_model_and_index_from_the_environment(monkeypatch):
+    from spladeray.serving.app import resolve_config_path
+
+    args = _serve_app()["args"]
+    path = resolve_config_path(args["config"])
+    for name in SERVE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    demo = load_config(path, args["overrides"])
+    assert Path(demo.model.path) == assets_root() / "models" / "splade-tiny"
+    assert demo.index.backend == "local" and demo.index.name == "scifact"
+
+    monkeypatch.setenv("SPLADERAY_MODEL", "/models/mine")
+    monkeypatch.setenv("SPLADERAY_INDEX_BACKEND", "opensearch")
+    monkeypatch.setenv("SPLADERAY_INDEX", "docs")
+    monkeypatch.setenv("OPENSEARCH_URL", "https://search.example.com:9200")
+    cluster = load_config(path, args["overrides"])
+    assert cluster.model.path == "/models/mine"
+    assert cluster.index.backend == "opensearch" and cluster.index.name == "docs"
+    assert cluster.index.opensearch.hosts == ["https://search.example.com:9200"]
+
+
+def test_serve_config_builds_the_app_with_its_args(monkeypatch):
+    """The builder ``serve deploy`` would call, with serve/config.yaml's args (no Ray needed)."""
+    import importlib
+
+    from ray.serve import Application
+
+    for name in SERVE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    app = _serve_app()
+    module, _, attr = app["import_path"].partition(":")
+    built = getattr(importlib.import_module(module), attr)(app["args"])
+    assert isinstance(built, Application)

@@ -12,7 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_demo(
     *sets: str, args: tuple[str, ...] = (), config: Path | None = None, timeout=300, env=None
 ) -> subprocess.CompletedProcess:
-    """``jobs/demo.py --config <config> <args> --set <each of sets>``, output captured."""
+    """``jobs/demo.py --config <config> <args> --set <each of sets>``, output captured.
+
+    The job starts its own local Ray cluster; tests keep its dashboard off.
+    """
+    sets = ("ray.include_dashboard=false", *sets)
     overrides = [part for item in sets for part in ("--set", item)]
     command = [sys.executable, str(ROOT / "jobs" / "demo.py")]
     command += ["--config", str(config or ROOT / "configs" / "demo.yaml"), *args, *overrides]

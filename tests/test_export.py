@@ -163,3 +163,31 @@ def test_other_architectures_export_portably(arch, splade_tiny, tmp_path):
     enc = SpladeEncoder.from_pretrained(str(path), top_k=16)
     result = export_ml_commons(enc, tmp_path / "out", name=arch)
     assert result.max_abs_diff <= 1e-4 and result.device_portable
+
+
+def test_export_job_runs_on_its_default_config(tmp_path):
+    """``python jobs/export.py`` with no --config: the demo's model, exported as ML Commons zips;
+    the job prints the config it used and the export summary (JSON)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "platform")}
+    out_dir = tmp_path / "export"
+    proc = subprocess.run(
+        [sys.executable, str(root / "jobs" / "export.py"), "--set", f"export.output_dir={out_dir}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, _, rest = proc.stdout.partition("\n")
+    assert first == f"[config] {(root / 'configs' / 'demo.yaml').resolve()} " + (
+        "(the default; choose another with --config)"
+    )
+    summary = json.loads(rest)
+    assert summary["encoder"]["function_name"] == SPARSE_ENCODING
+    assert (out_dir / "demo.zip").is_file() and "ml_commons" not in summary

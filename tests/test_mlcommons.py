@@ -277,3 +277,61 @@ def test_real_cluster_round_trip(splade_tiny, tmp_path):
     finally:
         mc.delete_model(deployed.model_id)
         mc.delete_model_group(deployed.model_group_id)
+
+
+def test_register_exported_follows_the_config(replay, tmp_path):
+    """The export stage's register step (``jobs/export.py --register --predict``): connection,
+    settings, chunk size and polling come from the config; the prediction uses the zip's
+    function name, and the result's summary lists what was registered."""
+    from spladeray.config import parse_config
+    from spladeray.mlcommons import register_exported
+    from spladeray.model.export import ExportedZip, ExportResult
+
+    server, _ = replay("upload_deploy_predict.json")
+    zip_path = tmp_path / "splade-tiny.zip"
+    payload = os.urandom(2500)
+    zip_path.write_bytes(payload)
+    digest = hashlib.sha256(payload).hexdigest()
+    body = {
+        "name": "splade-tiny",
+        "version": "1.0.0",
+        "model_format": "TORCH_SCRIPT",
+        "function_name": "SPARSE_ENCODING",
+        "model_content_hash_value": digest,
+        "model_content_size_in_bytes": len(payload),
+    }
+    result = ExportResult(
+        encoder_zip=ExportedZip(
+            path=zip_path,
+            function_name="SPARSE_ENCODING",
+            sha256=digest,
+            size_bytes=len(payload),
+            register_body=body,
+            register_body_path=tmp_path / "register-splade-tiny.json",
+        )
+    )
+    opensearch = {"hosts": [server.url], "username_env": None, "password_env": None}
+    ml_commons = {
+        "cluster_settings": SMALL_CLUSTER_SETTINGS,
+        "chunk_bytes": 1000,
+        "poll_interval_s": 0.01,
+    }
+    cfg = parse_config(
+        {
+            "model": {"path": "m"},
+            "index": {"backend": "opensearch", "opensearch": opensearch},
+            "export": {"ml_commons": ml_commons},
+        }
+    )
+    result.registered = register_exported(cfg, result, predict="today is sunny")
+    assert server.mismatches == []
+    (registered,) = result.registered
+    assert registered.deployed.model_id == "t8qvDY4BChVAiNVEuo8q"
+    assert registered.deployed.state == "DEPLOYED"
+    assert registered.prediction["sunny"] == pytest.approx(1.3086016)
+    chunks = [r["body"] for r in server.received if "/chunk/" in r["path"]]
+    assert b"".join(chunks) == payload and len(chunks) == 3
+    (summary,) = result.summary()["ml_commons"]
+    assert summary["function_name"] == "SPARSE_ENCODING"
+    assert summary["model_id"] == "t8qvDY4BChVAiNVEuo8q" and not summary["reused"]
+    assert dict(summary["top_tokens"])["sunny"] == pytest.approx(1.3086016)

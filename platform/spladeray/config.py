@@ -9,8 +9,6 @@ current directory), so ``../shared/assets`` means the same thing from any workin
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -89,12 +87,21 @@ class ModelConfig(Section):
 
 
 class RayConfig(Section):
-    """Where Ray runs: ``address: null`` starts a local cluster, ``auto`` joins a running one."""
+    """Where Ray runs: ``address: null`` starts a local cluster, ``auto`` joins a running one.
+
+    ``num_cpus``, ``num_gpus`` and the dashboard settings apply only to a cluster a job starts
+    itself; a job that joins a running cluster uses that cluster's dashboard.
+    """
 
     address: str | None = None
     num_cpus: int | None = Field(None, gt=0)
     num_gpus: int | None = Field(None, ge=0)
-    include_dashboard: bool = False
+    include_dashboard: bool = Field(
+        True, description="start the Ray dashboard with a local cluster (the job prints its URL)"
+    )
+    dashboard_host: str = Field(
+        "127.0.0.1", description="interface the dashboard binds to; 0.0.0.0 exposes it"
+    )
 
 
 class OpenSearchConfig(Section):
@@ -641,12 +648,6 @@ class Config(Section):
     export: ExportConfig | None = None
 
     source: Path | None = Field(None, exclude=True, description="the file this was loaded from")
-
-    def fingerprint(self, *sections: str) -> str:
-        """A short stable hash of the named sections (all when none), for caching outputs."""
-        data = self.model_dump(mode="json", include=set(sections) or None)
-        blob = json.dumps(data, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
 
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -18,6 +18,10 @@ Every failure is an :class:`MLCommonsError` naming the step and carrying ML Comm
 text (a failed task's ``error`` field, or the REST error's ``reason``); URLs in messages have
 their query strings and user info redacted (presigned model URLs carry credentials).
 
+:func:`run_export` is the export stage (``jobs/export.py``): the zips of
+:func:`spladeray.model.export.export_from_config`, then, when asked, register + deploy each of
+them on the config's OpenSearch (:func:`register_exported`).
+
 REST paths and bodies follow the ML Commons documentation (``/_plugins/_ml/...``); chunked upload
 is ``POST /_plugins/_ml/models/meta`` then ``POST /_plugins/_ml/models/<id>/chunk/<n>`` (the
 protocol opensearch-py-ml uses).
@@ -32,10 +36,14 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from spladeray.config import Config
+    from spladeray.model.export import ExportResult
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +117,22 @@ class Deployed:
     model_group_id: str
     state: str
     reused: bool
+
+
+@dataclass
+class RegisteredModel:
+    """One exported zip after :func:`register_exported`: where it is in ML Commons, and the
+    vector ML Commons computed for the ``predict`` text (when one was given and it deployed)."""
+
+    function_name: str
+    deployed: Deployed
+    prediction: dict[str, float] | None = None
+
+    def summary(self, top_tokens: int = 10) -> dict[str, Any]:
+        out: dict[str, Any] = {"function_name": self.function_name, **asdict(self.deployed)}
+        if self.prediction is not None:
+            out["top_tokens"] = sorted(self.prediction.items(), key=lambda kv: -kv[1])[:top_tokens]
+        return out
 
 
 class MLCommonsClient:
@@ -528,3 +552,66 @@ def _task_error(task_id: str, task: Mapping[str, Any], state: str) -> str:
     elif isinstance(error, dict):
         error = "; ".join(f"{node}: {msg}" for node, msg in error.items())
     return f"task {task_id} {state}: {error or 'no error text'}"
+
+
+# ---------------------------------------------------------------------- the export stage
+def register_exported(
+    cfg: Config, result: ExportResult, *, deploy: bool = True, predict: str | None = None
+) -> list[RegisteredModel]:
+    """Register (and deploy) each zip of ``result`` in ML Commons on ``cfg.index.opensearch``.
+
+    Settings, model group and timeouts come from ``cfg.export.ml_commons``; a zip with ``url``
+    in its register body is downloaded by the cluster, any other is uploaded in chunks. Deploys
+    when both ``deploy`` and ``export.ml_commons.deploy`` say so. With ``predict`` each deployed
+    model encodes that text once (``sparse_encoding`` / ``sparse_tokenize``), as a smoke test.
+    Credentials come from the environment (see :class:`spladeray.config.OpenSearchConfig`).
+    """
+    from spladeray.config import ExportConfig
+    from spladeray.index.opensearch import build_client
+
+    mc = (cfg.export or ExportConfig()).ml_commons
+    client = MLCommonsClient(build_client(cfg.index.opensearch), poll_interval_s=mc.poll_interval_s)
+    registered = []
+    for exported in (result.encoder_zip, result.tokenizer_zip):
+        if exported is None:
+            continue
+        body = exported.register_body
+        deployed = client.register_and_deploy(
+            body,
+            zip_path=None if body.get("url") else exported.path,
+            model_group=mc.model_group,
+            model_group_description=mc.model_group_description,
+            cluster_settings=mc.cluster_settings,
+            deploy=mc.deploy and deploy,
+            chunk_bytes=mc.chunk_bytes,
+            register_timeout_s=mc.register_timeout_s,
+            deploy_timeout_s=mc.deploy_timeout_s,
+        )
+        prediction = None
+        if predict and deployed.state in MODEL_DEPLOYED:
+            algorithm = exported.function_name.lower()
+            prediction = client.predict_sparse(deployed.model_id, [predict], algorithm=algorithm)[0]
+        registered.append(RegisteredModel(exported.function_name, deployed, prediction))
+    return registered
+
+
+def run_export(
+    cfg: Config,
+    *,
+    url_prefix: str | None = None,
+    register: bool = False,
+    deploy: bool = True,
+    predict: str | None = None,
+) -> ExportResult:
+    """The export stage: ``cfg.model`` as ML Commons zips (``cfg.export``, defaults when absent).
+
+    ``url_prefix`` replaces ``export.url_prefix`` (where the zips will be served). With
+    ``register`` the zips are then registered (and deployed) by :func:`register_exported`, and
+    ``result.registered`` lists them.
+    """
+    from spladeray.model.export import export_from_config
+
+    result = export_from_config(cfg, url_prefix=url_prefix)
+    if register:
+        result.registered = register_exported(cfg, result, deploy=deploy, predict=predict)
+    return result

@@ -10,24 +10,32 @@ def ensure_ray(ray_cfg=None, *, log_to_driver: bool = True) -> None:
 
     Does nothing when Ray is already up (tests, a caller that initialised it). Joining an existing
     cluster (``ray.address`` set, or ``RAY_ADDRESS`` under ``ray job submit``) declares no
-    resources: ``num_cpus`` / ``num_gpus`` / dashboard apply only to a cluster we start.
+    resources: ``num_cpus`` / ``num_gpus`` / the dashboard settings apply only to a cluster we
+    start. ``None`` means the defaults of ``RayConfig`` (a local cluster with its dashboard on
+    127.0.0.1). Prints the dashboard's URL when the cluster has one.
     """
     import ray
 
+    from spladeray.config import RayConfig
+
     if ray.is_initialized():
         return
-    address = ray_cfg.address if ray_cfg is not None else None
+    ray_cfg = ray_cfg if ray_cfg is not None else RayConfig()
+    address = ray_cfg.address
     joining = address not in (None, "local") or (
         address is None and bool(os.environ.get("RAY_ADDRESS"))
     )
     kwargs = {"address": address, "log_to_driver": log_to_driver}
-    if ray_cfg is not None and not joining:
+    if not joining:
         kwargs.update(
             num_cpus=ray_cfg.num_cpus,
             num_gpus=ray_cfg.num_gpus,
             include_dashboard=ray_cfg.include_dashboard,
+            dashboard_host=ray_cfg.dashboard_host,
         )
-    ray.init(**kwargs)
+    url = ray.init(**kwargs).dashboard_url
+    if url:
+        print(f"[ray] dashboard: {url if '://' in url else 'http://' + url}", flush=True)
 
 
 def cluster_gpus() -> float:

@@ -31,7 +31,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -40,6 +40,9 @@ from spladeray.model.encoder import SpladeEncoder
 from spladeray.model.idf import save_idf
 from spladeray.model.pooling import splade_activation
 from spladeray.model.sparse import prune
+
+if TYPE_CHECKING:
+    from spladeray.mlcommons import RegisteredModel
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +122,11 @@ class ExportedZip:
 
 @dataclass
 class ExportResult:
-    """What :func:`export_ml_commons` wrote, with the figures worth reporting."""
+    """What :func:`export_ml_commons` wrote, with the figures worth reporting.
+
+    ``registered`` is filled by :func:`spladeray.mlcommons.run_export` when the zips were
+    registered in ML Commons (empty otherwise).
+    """
 
     encoder_zip: ExportedZip
     tokenizer_zip: ExportedZip | None = None
@@ -127,6 +134,7 @@ class ExportResult:
     export_seconds: float = 0.0
     device_portable: bool = True
     files: list[Path] = field(default_factory=list)
+    registered: list[RegisteredModel] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         def one(z: ExportedZip | None) -> dict[str, Any] | None:
@@ -140,13 +148,16 @@ class ExportResult:
                 "register_body": str(z.register_body_path),
             }
 
-        return {
+        summary = {
             "encoder": one(self.encoder_zip),
             "query_tokenizer": one(self.tokenizer_zip),
             "max_abs_diff_vs_encoder": self.max_abs_diff,
             "device_portable": self.device_portable,
             "export_seconds": round(self.export_seconds, 2),
         }
+        if self.registered:
+            summary["ml_commons"] = [r.summary() for r in self.registered]
+        return summary
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:
