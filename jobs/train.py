@@ -11,9 +11,9 @@ def main() -> None:
     cfg = load(parse_args(__doc__))
     if cfg.train is None:
         raise SystemExit(f"error: {cfg.source}: no train: section")
-    from spladeray.train import run_training
+    from spladeray.train import run_train
 
-    result = run_training(cfg)
+    result = run_train(cfg)
     m = result.metrics
     print(
         f"[train] done: step {m.get('step')} in {result.seconds:.1f}s "
