@@ -134,40 +134,35 @@ def make_config(args, data: Path, out: Path, steps: int, log_every: int):
 
 
 def plain_loop(cfg, warmup: int, steps: int, threads: int) -> float:
-    """The same step in plain PyTorch on one process: steps/s over ``steps`` after ``warmup``."""
+    """The same step in plain PyTorch on one process: steps/s over ``steps`` after ``warmup``.
+
+    The step is the library's: the same encoder loading, collator, :class:`SpladeObjective`
+    (losses + regulariser schedule) and :func:`build_optimizer` (decay / no-decay groups) as
+    the TorchTrainer loop, without Ray, DDP or the reporter.
+    """
     import numpy as np
     import pyarrow.parquet as pq
     import torch
 
-    from spladeray.model.loading import load_encoder
-    from spladeray.train.data import Collator
-    from spladeray.train.loop import PairEncoder, seed_everything
-    from spladeray.train.losses import FlopsRegularizer, SparseBatch, build_loss
-    from spladeray.train.schedules import lr_multiplier, quadratic_warmup
+    from spladeray.train.objective import SpladeObjective
+    from spladeray.train.optim import build_optimizer, build_scheduler
+    from spladeray.train.step import (
+        PairEncoder,
+        load_training_encoder,
+        seed_everything,
+        sparse_batch,
+        training_collator,
+    )
 
     tc = cfg.train
     torch.set_num_threads(threads)
     seed_everything(cfg.seed)
-    encoder = load_encoder(
-        cfg.model.path,
-        max_query_length=tc.max_query_length,
-        max_document_length=tc.max_document_length,
-    )
-    encoder.train()
+    encoder = load_training_encoder(cfg)
     model = PairEncoder(encoder)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_multiplier(tc.warmup_steps, tc.max_steps)
-    )
-    losses = [(lc, build_loss(lc)) for lc in tc.losses]
-    reg = FlopsRegularizer("flops")
-    collate = Collator(
-        encoder.tokenizer,
-        tc.num_negatives,
-        encoder.max_query_length,
-        encoder.max_document_length,
-        teachers=("ensemble",),
-    )
+    objective = SpladeObjective(tc, doc_only=encoder.doc_only)
+    optimizer = build_optimizer(encoder, tc)
+    scheduler = build_scheduler(optimizer, tc)
+    collate = training_collator(encoder, tc)
     table = pq.read_table(tc.data_dir / "shards").to_pydict()
     n_rows = len(table["query"])
     b = tc.batch_size
@@ -179,16 +174,8 @@ def plain_loop(cfg, warmup: int, steps: int, threads: int) -> float:
         rows = {k: v[start : start + b] for k, v in table.items()}
         batch = collate({k: np.array(v, dtype=object) for k, v in rows.items()})
         q, d = model(batch["query"], batch["document"])
-        sb = SparseBatch(
-            queries=q,
-            positives=d[:b],
-            negatives=d[b:].view(b, tc.num_negatives, -1),
-            teacher={"ensemble": batch["teacher_ensemble"]},
-        )
-        total = sum(lc.weight * fn(sb) for lc, fn in losses)
-        total = total + quadratic_warmup(tc.regularizer.document_lambda, step, 10) * reg(d)
-        total = total + quadratic_warmup(tc.regularizer.query_lambda, step, 10) * reg(q)
-        total.backward()
+        out = objective(sparse_batch(q, d, batch, encoder=encoder, train_cfg=tc), step)
+        out.total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
         optimizer.step()
         scheduler.step()

@@ -12,9 +12,9 @@ from _common import load, parse_args
 
 def main() -> None:
     cfg = load(parse_args(__doc__), require="train")
-    from spladeray.train import run_training
+    from spladeray.train import run_train
 
-    result = run_training(cfg)
+    result = run_train(cfg)
     m = result.metrics
     print(
         f"[train] done: step {m.get('step')} in {result.seconds:.1f}s "

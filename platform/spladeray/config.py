@@ -364,6 +364,11 @@ class TrainDebugConfig(Section):
     dump_dir: ConfigPath | None = Field(
         None, description="write resume_step<N>_rank<R>.pt (step + parameters) after a restore"
     )
+    collective_log_dir: ConfigPath | None = Field(
+        None,
+        description="record every torch.distributed collective (op, tensor device, training "
+        "device) to <dir>/rank<R>_<pid>.jsonl",
+    )
 
 
 class TrainConfig(Section):
@@ -388,7 +393,9 @@ class TrainConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0)
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="auto = bf16 autocast on GPU, fp32 on CPU"
+        "auto",
+        description="auto = bf16 autocast on a GPU that supports it (else fp32, with a "
+        "warning), fp32 on CPU",
     )
     batch_size: int = Field(16, gt=0, description="queries per worker per micro-batch")
     grad_accum_steps: int = Field(1, gt=0)
@@ -414,6 +421,17 @@ class TrainConfig(Section):
     mlflow: TrainMlflowConfig | None = None
     max_failures: int = Field(0, ge=-1, description="worker-group restarts; -1 = unlimited")
     debug: TrainDebugConfig = Field(default_factory=TrainDebugConfig)
+
+    @property
+    def teachers(self) -> tuple[str, ...]:
+        """Teacher score columns the distillation losses read (sorted, each once)."""
+        return tuple(sorted({lc.teacher for lc in self.losses if lc.name != "infonce"}))
+
+    @property
+    def regularizer_warmup_steps(self) -> int:
+        """``T`` of the regulariser's quadratic warmup: the configured value or max_steps // 3."""
+        warmup = self.regularizer.warmup_steps
+        return warmup if warmup is not None else self.max_steps // 3
 
 
 class ServeConfig(Section):

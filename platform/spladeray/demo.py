@@ -174,10 +174,10 @@ def run_full_demo(cfg: Config) -> dict:
     timings["prepare"] = time.perf_counter() - t
 
     _banner("2/5 train: Ray Train TorchTrainer, DDP over CPU workers (gloo)")
-    from spladeray.train import run_training
+    from spladeray.train import run_train
 
     t = time.perf_counter()
-    trained = run_training(cfg)
+    trained = run_train(cfg)
     timings["train"] = time.perf_counter() - t
     if trained.model_dir is None:
         raise RuntimeError("training finished without an exported model")

@@ -2,8 +2,9 @@
 
 The fast SPLADE path needs the three parts apart: the backbone runs on the padded batch, the
 head transform and the (large) vocabulary projection run only on real tokens, in chunks.
-Architectures listed in ``_SPLITTERS`` get the fast path; any other masked-LM still works through
-:class:`FullMLM`, which calls the whole model (correct, just slower and heavier).
+Architectures listed in ``_SPLITTERS`` get the fast path; for any other masked-LM
+:func:`split_mlm` returns ``None`` and the encoder calls the whole model (correct, just slower
+and heavier).
 """
 
 from __future__ import annotations

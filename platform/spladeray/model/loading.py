@@ -17,13 +17,15 @@ for indexing and serving unless explicitly allowed.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from spladeray.model.encoder import SpladeEncoder
 from spladeray.model.heads import LinearHead
@@ -102,9 +104,10 @@ def load_encoder(path_or_hub_id: str, **overrides: Any) -> SpladeEncoder:
 
 
 def _pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``auto``: CUDA only where this process may use a GPU (a Ray actor must hold one)."""
+    from spladeray.raycluster import resolve_device
+
+    return resolve_device(device)
 
 
 def _mark_random_head(metadata: dict[str, Any], reason: str) -> None:
@@ -137,7 +140,7 @@ def _load_masked_lm(root: Path, metadata: dict[str, Any]):
 def _load_legacy(root: Path, metadata: dict[str, Any]):
     """Case (c): base encoder + ``neural_sparse_head.pt``."""
     tokenizer = AutoTokenizer.from_pretrained(root)
-    base = AutoModel.from_pretrained(root)
+    base = _load_base_without_pooler(root)
     head = LinearHead(base.config.hidden_size, len(tokenizer))
     state = torch.load(root / LEGACY_HEAD_FILE, map_location="cpu", weights_only=True)
     if isinstance(state, torch.Tensor):
@@ -155,6 +158,17 @@ def _load_legacy(root: Path, metadata: dict[str, Any]):
     metadata.setdefault("random_head", False)
     metadata["layout"] = "legacy_head"
     return base, tokenizer, head
+
+
+def _load_base_without_pooler(root: Path):
+    """The base encoder without its pooler (``add_pooling_layer=False``) where the architecture
+    has one (BERT, RoBERTa, ...): SPLADE reads only the token states, and a pooler whose output
+    never reaches the loss makes DDP fail on the second step (unused parameters)."""
+    model_class = MODEL_MAPPING[AutoConfig.from_pretrained(root).__class__]
+    kwargs = {}
+    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        kwargs["add_pooling_layer"] = False
+    return model_class.from_pretrained(root, **kwargs)
 
 
 def _load_sentence_transformers(root: Path, metadata: dict[str, Any]):

@@ -5,7 +5,8 @@ A checkpoint directory (one per report, merged from all workers by Ray Train) ho
 - ``train_state.pt`` (rank 0): model and optimizer and scheduler state, ``step`` (optimizer
   steps done), ``epoch`` and ``batch_in_epoch`` (micro-batches of that epoch consumed: the data
   position), ``world_size``;
-- ``rng_rank<R>.pt`` (every rank): Python, NumPy, torch (and CUDA) RNG states of that rank;
+- ``rng_rank<R>.pt`` (every rank): Python, NumPy, torch RNG states of that rank, and the CUDA
+  state of that rank's own GPU;
 - ``model/`` (final checkpoint only): the exported model, loadable by
   ``SpladeEncoder.from_pretrained`` and ``sentence_transformers.SparseEncoder``.
 """
@@ -35,23 +36,36 @@ def rng_file(rank: int) -> str:
     return f"rng_rank{rank}.pt"
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Python, NumPy and torch RNG states, and on a CUDA ``device`` that device's alone.
+
+    Only the worker's own GPU: a resume may see fewer GPUs than the run that saved (another node,
+    another ``CUDA_VISIBLE_DEVICES``), and each worker draws only from its own device.
+    """
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore :func:`rng_state`; checkpoints of older versions hold every visible GPU's state
+    under ``cuda`` (a list), from which the entry of this worker's device index is taken."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device is None or device.type != "cuda":
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"], device)
+    elif "cuda" in state:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index < len(state["cuda"]):
+            torch.cuda.set_rng_state(state["cuda"][index], device)
 
 
 def save_checkpoint(
@@ -63,10 +77,11 @@ def save_checkpoint(
     scheduler: Any,
     state: TrainState,
     world_size: int,
+    device: torch.device | None = None,
 ) -> None:
     """Write this rank's part of a checkpoint into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save(rng_state(), directory / rng_file(rank))
+    torch.save(rng_state(device), directory / rng_file(rank))
     if rank == 0:
         torch.save(
             {
@@ -87,6 +102,7 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
+    device: torch.device | None = None,
 ) -> TrainState:
     """Restore model/optimizer/scheduler (and this rank's RNG when present); the train state."""
     blob = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
@@ -97,5 +113,5 @@ def load_checkpoint(
         scheduler.load_state_dict(blob["scheduler"])
     rng_path = directory / rng_file(rank)
     if rng_path.is_file():
-        set_rng_state(torch.load(rng_path, map_location="cpu", weights_only=False))
+        set_rng_state(torch.load(rng_path, map_location="cpu", weights_only=False), device)
     return TrainState(**blob["state"])

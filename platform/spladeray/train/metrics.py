@@ -17,9 +17,12 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def active_dims(vectors: torch.Tensor) -> float:
-    """Mean number of non-zero dimensions per vector."""
-    return float((vectors > 0).sum(dim=-1).float().mean()) if vectors.numel() else 0.0
+def active_dims(vectors: torch.Tensor) -> torch.Tensor:
+    """Mean number of non-zero dimensions per vector: a 0-d tensor on the vectors' device (no
+    host sync; the reporter converts it with the other metrics)."""
+    if not vectors.numel():
+        return vectors.new_zeros((), dtype=torch.float32)
+    return (vectors > 0).sum(dim=-1).float().mean()
 
 
 class MetricsWriter:

@@ -1,6 +1,6 @@
 """The TorchTrainer factory and the driver side of a training run.
 
-``run_training(cfg)`` opens the prepared data, builds a :class:`ray.train.torch.TorchTrainer`
+``run_train(cfg)`` opens the prepared data, builds a :class:`ray.train.torch.TorchTrainer`
 from ``cfg.train`` and fits it. Ray Train V2 resumes by run identity: re-running with the same
 ``storage_path`` and ``name`` restores the latest checkpoint of that run and continues to
 ``max_steps``; ``max_failures`` restarts a failed worker group from the latest checkpoint.
@@ -26,6 +26,8 @@ def storage_path(cfg) -> str:
 
 
 def run_name(cfg) -> str:
+    """The Ray Train run name (``train.name``, else ``run_name``): checkpoints, TensorBoard and
+    the exported model live under it. Derived here once; workers receive it."""
     return cfg.train.name or cfg.run_name
 
 
@@ -42,8 +44,7 @@ def build_trainer(cfg, *, callbacks: list | None = None, datasets: dict | None =
     if tc is None:
         raise ValueError("the config has no train: section")
     if datasets is None:
-        teachers = sorted({lc.teacher for lc in tc.losses if lc.name != "infonce"})
-        datasets = {"train": open_prepared(tc.data_dir, teachers)}
+        datasets = {"train": open_prepared(tc.data_dir, list(tc.teachers))}
     backend = tc.backend if tc.backend != "auto" else ("nccl" if tc.use_gpu else "gloo")
     resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
     if tc.use_gpu:
@@ -53,8 +54,10 @@ def build_trainer(cfg, *, callbacks: list | None = None, datasets: dict | None =
     ckpt = tc.checkpoint
     return TorchTrainer(
         train_loop_per_worker,
+        # the typed Config crosses to the workers as is (pydantic models pickle)
         train_loop_config={
-            "config": cfg.model_dump(mode="json"),
+            "cfg": cfg,
+            "run_name": run_name(cfg),
             "threads": max(1, int(tc.cpus_per_worker)),
         },
         torch_config=TorchConfig(backend=backend),
@@ -81,16 +84,17 @@ def build_trainer(cfg, *, callbacks: list | None = None, datasets: dict | None =
 class TrainResult:
     """What a finished run left behind."""
 
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # the last report: step, loss terms, eval/*, bm25/*, train_seconds...
     checkpoint_path: str | None
-    model_dir: Path | None
-    seconds: float
+    model_dir: Path | None  # <output_dir>/<name>/model, the exported final model
+    seconds: float  # wall time of the fit, evaluation included
     ray_result: Any
 
 
-def run_training(cfg, *, callbacks: list | None = None, export: bool = True) -> TrainResult:
+def run_train(cfg, *, callbacks: list | None = None, export: bool = True) -> TrainResult:
     """Fit, then copy the final checkpoint's exported model to ``<output_dir>/<name>/model``."""
     ensure_ray(cfg.ray)
+    name = run_name(cfg)
     t0 = time.perf_counter()
     trainer = build_trainer(cfg, callbacks=callbacks)
     result = trainer.fit()
@@ -103,11 +107,11 @@ def run_training(cfg, *, callbacks: list | None = None, export: bool = True) -> 
         with result.checkpoint.as_directory() as d:
             src = Path(d) / MODEL_DIR
             if src.is_dir():
-                model_dir = cfg.train.output_dir / run_name(cfg) / MODEL_DIR
+                model_dir = cfg.train.output_dir / name / MODEL_DIR
                 if model_dir.exists():
                     shutil.rmtree(model_dir)
                 shutil.copytree(src, model_dir)
-    logger.info("training run %s done in %.1fs; model: %s", run_name(cfg), seconds, model_dir)
+    logger.info("training run %s done in %.1fs; model: %s", name, seconds, model_dir)
     return TrainResult(
         metrics=dict(result.metrics or {}),
         checkpoint_path=ckpt_path,
@@ -115,3 +119,5 @@ def run_training(cfg, *, callbacks: list | None = None, export: bool = True) -> 
         seconds=seconds,
         ray_result=result,
     )
+
+

@@ -38,7 +38,8 @@ class FlopsRegularizer(nn.Module):
         w = vectors.float().abs()
         if idf is not None:
             w = w * idf.detach().float().to(w.device)
-        n = all_reduce_with_grad(torch.tensor(float(w.shape[0]), device=w.device))
+        # a fill on the device, not a host-to-device copy (which would wait for the GPU)
+        n = all_reduce_with_grad(w.new_full((), float(w.shape[0])))
         if self.kind == "flops":
             mean = all_reduce_with_grad(w.sum(dim=0)) / n
             return (mean**2).sum()

@@ -13,7 +13,7 @@ each document receives the gradient of every rank's queries.
 SciFact), so at ``T = 1`` the softmax is already sharp and the cheapest way down is to delete the
 terms a query shares with its negatives, i.e. the expansion terms (active dimensions collapse). A
 larger ``T`` spreads the gradient over all candidates and keeps them; the FLOPS regulariser then
-sets the sparsity. docs/train.md has the measurements.
+sets the sparsity. docs/train-sweeps.md has the measurements.
 """
 
 from __future__ import annotations
