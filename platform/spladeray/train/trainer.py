@@ -119,5 +119,3 @@ def run_train(cfg, *, callbacks: list | None = None, export: bool = True) -> Tra
         seconds=seconds,
         ray_result=result,
     )
-
-
