@@ -2,19 +2,27 @@
 """Distributed training on Ray Train: ``python jobs/train.py [--config configs/X.yaml]``.
 
 On a cluster: ``ray job submit --working-dir . -- python jobs/train.py --config configs/X.yaml``.
-Re-running with the same ``train.name`` resumes from that run's latest checkpoint. The default
-config (configs/demo.yaml: 2 CPU workers, 20 steps) trains on what ``python jobs/prepare.py``
-writes with the same default, so run that first.
+Re-running with the same ``train.name`` resumes from that run's latest checkpoint. When the
+config's ``prepare.output_dir`` is ``train.data_dir`` (as in the default configs/demo.yaml: 2 CPU
+workers, 20 steps), the prepare stage runs first; it is a no-op when its output is up to date.
 """
 
 from _common import load, parse_args
 
 
 def main() -> None:
-    cfg = load(parse_args(__doc__), require="train")
+    args = parse_args(
+        __doc__,
+        lambda p: p.add_argument(
+            "--no-prepare",
+            action="store_true",
+            help="fail if the prepared data is missing instead of running prepare first",
+        ),
+    )
+    cfg = load(args, require="train")
     from spladeray.train import run_train
 
-    result = run_train(cfg)
+    result = run_train(cfg, prepare=not args.no_prepare)
     m = result.metrics
     print(
         f"[train] done: step {m.get('step')} in {result.seconds:.1f}s "

@@ -91,9 +91,30 @@ class TrainResult:
     ray_result: Any
 
 
-def run_train(cfg, *, callbacks: list | None = None, export: bool = True) -> TrainResult:
-    """Fit, then copy the final checkpoint's exported model to ``<output_dir>/<name>/model``."""
+def prepares_train_data(cfg) -> bool:
+    """Whether the config's ``prepare:`` section writes what ``train.data_dir`` reads."""
+    return (
+        cfg.prepare is not None
+        and cfg.train is not None
+        and Path(cfg.prepare.output_dir).resolve() == Path(cfg.train.data_dir).resolve()
+    )
+
+
+def run_train(
+    cfg, *, callbacks: list | None = None, export: bool = True, prepare: bool = False
+) -> TrainResult:
+    """Fit, then copy the final checkpoint's exported model to ``<output_dir>/<name>/model``.
+
+    With ``prepare`` (what ``jobs/train.py`` does unless ``--no-prepare``), a config whose
+    ``prepare.output_dir`` is ``train.data_dir`` first runs the prepare stage, which is a no-op
+    when its output is complete and up to date (same config hash): so ``python jobs/train.py``
+    works on a fresh checkout, and never trains on data prepared with another config.
+    """
     ensure_ray(cfg.ray)
+    if prepare and prepares_train_data(cfg):
+        from spladeray.data.pipeline import run_prepare
+
+        run_prepare(cfg.prepare, ray_config=cfg.ray)
     name = run_name(cfg)
     t0 = time.perf_counter()
     trainer = build_trainer(cfg, callbacks=callbacks)
