@@ -8,34 +8,27 @@ training-time evaluation and the Serve hybrid all use these:
 - :class:`SparseRetriever` (a :class:`~spladeray.model.SpladeEncoder`, exact CSR dot product),
 - :mod:`spladeray.retrieval.fusion`: ``rrf``, ``minmax``, ``score_fusion``, ``fuse``.
 
-This package depends only on :mod:`spladeray.model` and libraries. Names are imported lazily,
-so ``from spladeray.retrieval import rrf`` does not pull in torch.
+This package depends only on :mod:`spladeray.model` and libraries; importing it does not import
+torch, sentence-transformers or bm25s (each retriever imports its library when built).
 """
 
-from __future__ import annotations
+from spladeray.retrieval.base import Retriever, RowHits, top_k
+from spladeray.retrieval.bm25 import BM25Retriever
+from spladeray.retrieval.dense import DenseModel, DenseRetriever, default_dense_model
+from spladeray.retrieval.fusion import fuse, minmax, rrf, score_fusion
+from spladeray.retrieval.sparse import SparseRetriever
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "Retriever": "spladeray.retrieval.base",
-    "top_k": "spladeray.retrieval.base",
-    "BM25Retriever": "spladeray.retrieval.bm25",
-    "DenseModel": "spladeray.retrieval.dense",
-    "DenseRetriever": "spladeray.retrieval.dense",
-    "default_dense_model": "spladeray.retrieval.dense",
-    "SparseRetriever": "spladeray.retrieval.sparse",
-    "fuse": "spladeray.retrieval.fusion",
-    "minmax": "spladeray.retrieval.fusion",
-    "rrf": "spladeray.retrieval.fusion",
-    "score_fusion": "spladeray.retrieval.fusion",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'spladeray.retrieval' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__all__ = [
+    "BM25Retriever",
+    "DenseModel",
+    "DenseRetriever",
+    "Retriever",
+    "RowHits",
+    "SparseRetriever",
+    "default_dense_model",
+    "fuse",
+    "minmax",
+    "rrf",
+    "score_fusion",
+    "top_k",
+]

@@ -69,14 +69,18 @@ EncodeFn = Callable[[list[str]], Any]
 class Retriever:
     """Base class: subclasses implement ``encode_documents``, ``query_matrix``, ``search_rows``.
 
-    ``encode_fn``, when given, replaces ``encode_documents`` for ``index`` (same output).
+    ``encode_fn``, when given, replaces ``encode_documents`` for ``index`` (same output);
+    ``show_progress`` lets a model-based retriever show a progress bar while encoding a corpus.
     """
 
     kind: str = "retriever"
 
-    def __init__(self, name: str, encode_fn: EncodeFn | None = None) -> None:
+    def __init__(
+        self, name: str, *, encode_fn: EncodeFn | None = None, show_progress: bool = False
+    ) -> None:
         self.name = name
         self.encode_fn = encode_fn
+        self.show_progress = show_progress
         self.ids: list[str] | None = None
         self.index_seconds = 0.0
         self._doc_vectors: Any = None

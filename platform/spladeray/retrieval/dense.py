@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spladeray.retrieval.base import EncodeFn, Retriever, RowHits, top_k
+from spladeray.retrieval.base import Retriever, RowHits, top_k
 
 MATRIX_FILE = "dense.npy"
 
@@ -107,17 +107,9 @@ class DenseRetriever(Retriever):
 
     kind = "dense"
 
-    def __init__(
-        self,
-        model: DenseModel,
-        name: str = "dense",
-        *,
-        encode_fn: EncodeFn | None = None,
-        show_progress: bool = False,
-    ) -> None:
-        super().__init__(name, encode_fn)
+    def __init__(self, model: DenseModel, name: str = "dense", **options) -> None:
+        super().__init__(name, **options)
         self.model = model
-        self.show_progress = show_progress
 
     def encode_documents(self, texts: list[str]) -> np.ndarray:
         return self.model.encode(texts, "document", show_progress=self.show_progress)

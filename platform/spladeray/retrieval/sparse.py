@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import scipy.sparse as sp
 
-from spladeray.model import SpladeEncoder
-from spladeray.retrieval.base import EncodeFn, Retriever, RowHits, top_k
+from spladeray.retrieval.base import Retriever, RowHits, top_k
+
+if TYPE_CHECKING:  # torch is imported by whoever built the encoder
+    from spladeray.model import SpladeEncoder
 
 MATRIX_FILE = "sparse.npz"
 
@@ -27,17 +30,9 @@ class SparseRetriever(Retriever):
 
     kind = "sparse"
 
-    def __init__(
-        self,
-        encoder: SpladeEncoder,
-        name: str = "sparse",
-        *,
-        encode_fn: EncodeFn | None = None,
-        show_progress: bool = False,
-    ) -> None:
-        super().__init__(name, encode_fn)
+    def __init__(self, encoder: SpladeEncoder, name: str = "sparse", **options) -> None:
+        super().__init__(name, **options)
         self.encoder = encoder
-        self.show_progress = show_progress
 
     def encode_documents(self, texts: list[str]) -> sp.csr_matrix:
         return self.encoder.encode_csr(texts, "document", show_progress=self.show_progress)
