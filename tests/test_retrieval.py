@@ -125,7 +125,7 @@ def test_dense_retriever_in_memory_and_memory_mapped(tmp_path):
     assert np.linalg.norm(dense.doc_matrix, axis=1) == pytest.approx(np.ones(5), abs=1e-5)
     hits = dense.search(["kitten", "espresso"], k=2)
     assert list(hits[0])[0] in {"cats", "cat-sat"} and list(hits[1])[0] == "coffee"
-    dense.save(tmp_path / "dense")
+    DenseRetriever.save_matrix(tmp_path / "dense", dense.doc_matrix)
     loaded = DenseRetriever.load(tmp_path / "dense", model)
     assert isinstance(loaded.doc_matrix, np.memmap)
     ((rows, scores),) = loaded.search_rows(["espresso"], 2)

@@ -152,9 +152,3 @@ class Retriever:
 
     def close(self) -> None:
         """Release what the retriever holds (indexes on a server, temporary files)."""
-
-    def __enter__(self) -> Retriever:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

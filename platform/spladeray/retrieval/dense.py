@@ -129,9 +129,6 @@ class DenseRetriever(Retriever):
         Path(directory).mkdir(parents=True, exist_ok=True)
         np.save(Path(directory) / MATRIX_FILE, np.asarray(matrix, dtype=np.float32))
 
-    def save(self, directory: str | Path) -> None:
-        self.save_matrix(directory, self.doc_matrix)
-
     @classmethod
     def load(
         cls, directory: str | Path, model: DenseModel, *, ids: Sequence[str] | None = None

@@ -56,9 +56,6 @@ class SparseRetriever(Retriever):
         Path(directory).mkdir(parents=True, exist_ok=True)
         sp.save_npz(Path(directory) / MATRIX_FILE, sp.csr_matrix(matrix))
 
-    def save(self, directory: str | Path) -> None:
-        self.save_matrix(directory, self.doc_matrix)
-
     @classmethod
     def load(
         cls, directory: str | Path, encoder: SpladeEncoder, *, ids: Sequence[str] | None = None
