@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from spladeray.eval.fusion import fuse, minmax, rrf, score_fusion
 from spladeray.eval.metrics import (
     DEFAULT_MEASURES,
     evaluate_run,
@@ -23,6 +22,7 @@ from spladeray.eval.metrics import (
 )
 from spladeray.eval.report import bench_markdown, parse_result_lines, update_readme_section
 from spladeray.eval.sparsity import active_dims, expected_flops, sparsity_stats
+from spladeray.retrieval.fusion import fuse, minmax, rrf, score_fusion
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -95,26 +95,43 @@ RUN_B = {"q": {"d3": 0.9, "d1": 0.5, "d4": 0.1}}
 
 
 def test_rrf_hand_checked():
-    fused = rrf([RUN_A, RUN_B], k=60)["q"]
+    fused = fuse([RUN_A, RUN_B], "rrf", k=60)["q"]
     assert fused["d1"] == pytest.approx(1 / 61 + 1 / 62)
     assert fused["d3"] == pytest.approx(1 / 63 + 1 / 61)
     assert fused["d2"] == pytest.approx(1 / 62)
     assert fused["d4"] == pytest.approx(1 / 63)
     assert list(fused) == ["d1", "d3", "d2", "d4"]
-    assert list(rrf([RUN_A, RUN_B], k=60, depth=2)["q"]) == ["d1", "d3"]
+    assert list(fuse([RUN_A, RUN_B], "rrf", k=60, depth=2)["q"]) == ["d1", "d3"]
     # a weight on the second run moves d3 (its first hit) to the top
-    assert list(rrf([RUN_A, RUN_B], k=60, weights=[1.0, 2.0])["q"])[0] == "d3"
+    assert list(fuse([RUN_A, RUN_B], "rrf", k=60, weights=[1.0, 2.0])["q"])[0] == "d3"
+    # one query's rankings: score mappings or ranked id lists give the same fusion
+    assert rrf([RUN_A["q"], RUN_B["q"]], k=60) == fused
+    assert rrf([["d1", "d2", "d3"], ["d3", "d1", "d4"]], k=60) == fused
+    assert list(rrf([["d1", "d2", "d3"], RUN_B["q"]], k=60, depth=2)) == ["d1", "d3"]
 
 
 def test_score_fusion_hand_checked():
     assert minmax({"a": 3.0, "b": 2.0, "c": 1.0}) == {"a": 1.0, "b": 0.5, "c": 0.0}
     assert minmax({"a": 7.0}) == {"a": 1.0}
-    fused = score_fusion([RUN_A, RUN_B])["q"]  # equal weights 0.5 / 0.5
+    fused = fuse([RUN_A, RUN_B], "score")["q"]  # equal weights 0.5 / 0.5
     assert fused == pytest.approx({"d1": 0.75, "d3": 0.5, "d2": 0.25, "d4": 0.0})
     assert list(fused) == ["d1", "d3", "d2", "d4"]
-    weighted = score_fusion([RUN_A, RUN_B], weights=[0.2, 0.8])["q"]
+    assert score_fusion([RUN_A["q"], RUN_B["q"]]) == fused
+    weighted = fuse([RUN_A, RUN_B], "score", weights=[0.2, 0.8])["q"]
     assert weighted == pytest.approx({"d3": 0.8, "d1": 0.6, "d2": 0.1, "d4": 0.0})
     assert list(weighted)[0] == "d3"
+
+
+def test_minmax_of_equal_scores_is_one():
+    """The documented choice: all-equal scores (a tie, or a single hit) scale to 1, not 0."""
+    assert minmax({"a": 2.0, "b": 2.0}) == {"a": 1.0, "b": 1.0}
+    np.testing.assert_array_equal(minmax([4.0, 4.0]), [1.0, 1.0])
+    np.testing.assert_array_equal(minmax(np.array([3.0, 1.0, 2.0])), [1.0, 0.0, 0.5])
+    assert minmax({}) == {} and minmax([]).size == 0
+    # in score fusion a run whose hits tie still counts them fully
+    assert score_fusion([{"x": 5.0, "y": 5.0}, {"x": 1.0, "z": 0.0}]) == pytest.approx(
+        {"x": 1.0, "y": 0.5, "z": 0.0}
+    )
 
 
 def test_fusion_keeps_queries_of_either_run_and_rejects_bad_input():
@@ -124,7 +141,9 @@ def test_fusion_keeps_queries_of_either_run_and_rejects_bad_input():
     with pytest.raises(ValueError):
         fuse([RUN_A, RUN_B], "max")
     with pytest.raises(ValueError):
-        rrf([RUN_A, RUN_B], weights=[1.0])
+        fuse([RUN_A, RUN_B], weights=[1.0])
+    with pytest.raises(ValueError):
+        rrf([RUN_A["q"], RUN_B["q"]], weights=[1.0])
 
 
 # ----------------------------------------------------------------------------- sparsity

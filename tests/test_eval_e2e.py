@@ -162,15 +162,23 @@ def test_evaluate_job_end_to_end(small_beir, splade_tiny, tmp_path):
     )
 
 
-def test_evaluate_encoder_keeps_its_signature(small_beir, splade_tiny):
-    from spladeray.eval.retrieval import evaluate_encoder, sparse_run
+def test_a_loaded_encoder_through_the_pipeline(small_beir, splade_tiny, tmp_path):
+    """A SpladeEncoder in memory (no config model) evaluated by the one pipeline."""
+    from spladeray.eval import evaluate_systems
+    from spladeray.eval.metrics import read_trec_run
     from spladeray.model import SpladeEncoder
 
     encoder = SpladeEncoder.from_pretrained(str(splade_tiny))
-    scores = evaluate_encoder(encoder, small_beir, "dev", corpus_limit=9)
-    assert set(scores) == {"nDCG@10", "R@1", "R@10", "R@100", "RR@10"}
-    run, qrels = sparse_run(encoder, small_beir, "dev", depth=5)
-    assert set(run) == set(qrels) and all(len(hits) <= 5 for hits in run.values())
+    system = EvalSparseConfig(name="enc")
+    cut = EvalDatasetConfig(name="cut", beir_dir=small_beir, split="dev", corpus_limit=9)
+    results = evaluate_systems([cut], [system], encoders={"enc": encoder}, latency_queries=0)
+    assert set(results.average["enc"].metrics) == {"nDCG@10", "R@1", "R@10", "R@100", "RR@10"}
+    full = EvalDatasetConfig(name="full", beir_dir=small_beir, split="dev")
+    evaluate_systems(
+        [full], [system], encoders={"enc": encoder}, depth=5, latency_queries=0, runs_dir=tmp_path
+    )
+    run = read_trec_run(tmp_path / "full" / "enc.trec")
+    assert set(run) == {f"q-{t}" for t in TOPICS} and all(len(h) <= 5 for h in run.values())
 
 
 def test_corpus_encoding_on_a_ray_data_actor_pool(ray_cluster, small_beir, splade_tiny, tmp_path):

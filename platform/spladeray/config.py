@@ -232,6 +232,9 @@ class NegativesConfig(Section):
     batch_size: int = Field(64, gt=0, description="texts per forward pass (sparse/dense)")
     actors: int = Field(1, gt=0)
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per miner actor")
+    num_gpus: float = Field(
+        0.0, ge=0, description="GPUs per miner and corpus-encoder actor (sparse/dense models)"
+    )
 
 
 class TeacherConfig(Section):

@@ -6,32 +6,35 @@ For a query with positives ``P`` and ranked hits ``h_1, h_2, ...`` (best first):
     negatives  = given + candidates[skip_top:]            # skip_top: likely false negatives
     negatives  = dedup(negatives)[:num_negatives]
 
-``given`` are negatives the source already had (pair files); BM25 hits with score 0 (no query
-term in common) are not candidates. Retrievers, all over the :class:`DocStore` row order:
+``given`` are negatives the source already had (pair files); hits with score 0 (no term in
+common) are not candidates. The retrievers are :mod:`spladeray.retrieval`'s, over the
+:class:`DocStore` row order; each index is built once and saved, then loaded by every miner:
 
-- ``bm25``: bm25s with PyStemmer stemming and English stopwords. The index is built once, in one
-  process (the only place the whole corpus is needed: tokens + a sparse doc-term matrix, about
-  12 bytes per (doc, distinct term); MS MARCO's 8.8M passages need some 4-6 GB), saved, and
-  memory-mapped by every miner actor.
-- ``sparse``: a :class:`SpladeEncoder` over the corpus (Ray Data actor pool), dot product; the
-  CSR matrix (8 bytes per non-zero) is loaded by each miner actor.
+- ``bm25``: :class:`~spladeray.retrieval.BM25Retriever`, built in one process (the only place
+  the whole corpus is needed: tokens + a sparse doc-term matrix, about 12 bytes per (doc,
+  distinct term); MS MARCO's 8.8M passages need some 4-6 GB), memory-mapped by the miners.
+- ``sparse``: a :class:`SpladeEncoder` over the corpus (a Ray Data pool of :class:`CorpusEncoder`
+  actors), exact dot product; the CSR matrix (8 bytes per non-zero) is loaded by each miner.
 - ``dense``: a sentence-transformers model, cosine; a float32 ``[docs, dim]`` ``.npy``,
-  memory-mapped by the miner actors (MS MARCO with 384 dims: 13.5 GB on disk).
+  memory-mapped by the miners (MS MARCO with 384 dims: 13.5 GB on disk).
+
+Models run on a GPU only when the actor holds one (``prepare.negatives.num_gpus``); ``auto``
+devices are resolved with :func:`spladeray.raycluster.resolve_device`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from spladeray.config import NegativesConfig
 from spladeray.data.docstore import DocStore
 
 STR_LIST = pa.list_(pa.string())
-DOC_CHUNK = 262_144
 
 
 def select_negatives(
@@ -55,119 +58,79 @@ def select_negatives(
     return out
 
 
-# ---------------------------------------------------------------------------- BM25
-def _bm25_tokenize(texts: list[str], stemmer: str | None, stopwords: str | None, **kwargs):
-    import bm25s
-    import Stemmer
+# ---------------------------------------------------------------------------- models
+def _dense_model(model: str, batch_size: int):
+    from spladeray.data.teachers import resolve_model_path
+    from spladeray.retrieval import DenseModel
 
-    stem = Stemmer.Stemmer(stemmer) if stemmer else None
-    return bm25s.tokenize(texts, stopwords=stopwords, stemmer=stem, show_progress=False, **kwargs)
+    return DenseModel(resolve_model_path(model), batch_size=batch_size, normalize=True)
 
 
+def _sparse_encoder(model: str, batch_size: int):
+    from spladeray.data.teachers import resolve_model_path
+    from spladeray.model import load_encoder
+    from spladeray.raycluster import resolve_device
+
+    device = str(resolve_device("auto"))
+    return load_encoder(resolve_model_path(model), batch_size=batch_size, device=device)
+
+
+def load_retriever(method: str, index_dir: str | Path, model: str | None, batch_size: int):
+    """The saved mining index of ``method`` (``bm25``, ``dense``, ``sparse``), rows only."""
+    from spladeray.retrieval import BM25Retriever, DenseRetriever, SparseRetriever
+
+    if method == "bm25":
+        return BM25Retriever.load(index_dir, mmap=True)
+    if method == "dense":
+        return DenseRetriever.load(index_dir, _dense_model(model, batch_size))
+    if method == "sparse":
+        return SparseRetriever.load(index_dir, _sparse_encoder(model, batch_size))
+    raise ValueError(f"no mining index for method {method!r}")
+
+
+# ---------------------------------------------------------------------------- building
 def build_bm25(store_path: str | Path, index_dir: str | Path, stemmer: str | None, stopwords):
     """Index every document of the store (row order) with bm25s and save it to ``index_dir``."""
-    import bm25s
+    from spladeray.retrieval import BM25Retriever
 
     store = DocStore(store_path)
     texts = store.table.column("text").to_pylist()
-    retriever = bm25s.BM25()
-    retriever.index(_bm25_tokenize(texts, stemmer, stopwords), show_progress=False)
-    retriever.save(str(index_dir))
+    BM25Retriever(stemmer=stemmer, stopwords=stopwords).index(None, texts).save(index_dir)
     return {"docs": len(texts)}
-
-
-class BM25Retriever:
-    def __init__(self, index_dir: str | Path, stemmer: str | None, stopwords: str | None):
-        import bm25s
-
-        self.index = bm25s.BM25.load(str(index_dir), mmap=True)
-        self.stemmer, self.stopwords = stemmer, stopwords
-        self.n_docs = int(self.index.scores["num_docs"])
-
-    def search(self, queries: list[str], k: int) -> list[list[int]]:
-        tokens = _bm25_tokenize(queries, self.stemmer, self.stopwords, return_ids=False)
-        k = min(k, self.n_docs)
-        rows, scores = self.index.retrieve(tokens, k=k, show_progress=False, n_threads=1)
-        return [
-            [int(r) for r, s in zip(rr, ss, strict=True) if s > 0]
-            for rr, ss in zip(rows, scores, strict=True)
-        ]
-
-
-# ---------------------------------------------------------------------------- model retrievers
-def _topk(score_chunk, n_docs: int, n_queries: int, k: int) -> list[list[int]]:
-    """Best ``k`` rows per query over doc chunks; ``score_chunk(start, stop) -> [q, stop-start]``."""
-    k = min(k, n_docs)
-    best_s = np.full((n_queries, 0), -np.inf, dtype=np.float32)
-    best_i = np.zeros((n_queries, 0), dtype=np.int64)
-    for start in range(0, n_docs, DOC_CHUNK):
-        stop = min(start + DOC_CHUNK, n_docs)
-        scores = np.hstack([best_s, np.asarray(score_chunk(start, stop), dtype=np.float32)])
-        index = np.hstack([best_i, np.arange(start, stop)[None, :].repeat(n_queries, 0)])
-        keep = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else None
-        if keep is not None:
-            scores = np.take_along_axis(scores, keep, 1)
-            index = np.take_along_axis(index, keep, 1)
-        best_s, best_i = scores, index
-    order = np.argsort(-best_s, axis=1, kind="stable")
-    return np.take_along_axis(best_i, order, 1).tolist()
-
-
-class DenseRetriever:
-    def __init__(self, index_dir: str | Path, model: str, batch_size: int):
-        from spladeray.data.teachers import DenseTeacher
-
-        self.encoder = DenseTeacher(model, batch_size=batch_size)
-        self.matrix = np.load(Path(index_dir) / "dense.npy", mmap_mode="r")
-
-    def search(self, queries: list[str], k: int) -> list[list[int]]:
-        q = self.encoder.encode(queries, "query", normalize=True)
-        return _topk(lambda a, b: q @ self.matrix[a:b].T, len(self.matrix), len(q), k)
-
-
-class SparseRetriever:
-    def __init__(self, index_dir: str | Path, model: str, batch_size: int):
-        import scipy.sparse as sp
-
-        from spladeray.data.teachers import SparseTeacher
-
-        self.encoder = SparseTeacher(model, batch_size=batch_size)
-        m = sp.load_npz(Path(index_dir) / "sparse.npz").tocsr()
-        vocab = self.encoder.encoder.vocab_size  # the saved matrix is as wide as its max token
-        self.matrix = sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], vocab))
-
-    def search(self, queries: list[str], k: int) -> list[list[int]]:
-        q = self.encoder.encode(queries, "query")
-        chunk = lambda a, b: (q @ self.matrix[a:b].T).toarray()  # noqa: E731
-        return _topk(chunk, self.matrix.shape[0], q.shape[0], k)
 
 
 class CorpusEncoder:
     """Ray Data actor: ``(row, text)`` batches -> ``row`` + one encoded vector per document."""
 
     def __init__(self, method: str, model: str, batch_size: int):
-        from spladeray.data.teachers import DenseTeacher, SparseTeacher
-
         self.method = method
-        cls = DenseTeacher if method == "dense" else SparseTeacher
-        self.encoder = cls(model, batch_size=batch_size)
+        if method == "dense":
+            self.encode = _dense_model(model, batch_size).encode
+        else:
+            encoder = _sparse_encoder(model, batch_size)
+            self.encode = lambda texts, kind: encoder.encode_csr(texts, kind)
 
     def __call__(self, batch: dict) -> dict:
         texts = list(batch["text"])
         if self.method == "dense":
-            vectors = list(self.encoder.encode(texts, "document", normalize=True))
-        else:
-            m = self.encoder.encode(texts, "document").tocsr()
-            vectors = [m.indices[m.indptr[i] : m.indptr[i + 1]] for i in range(m.shape[0])]
-            weights = [m.data[m.indptr[i] : m.indptr[i + 1]] for i in range(m.shape[0])]
-            return {"row": batch["row"], "indices": vectors, "weights": weights}
-        return {"row": batch["row"], "vector": vectors}
+            return {"row": batch["row"], "vector": list(self.encode(texts, "document"))}
+        m = self.encode(texts, "document").tocsr()
+        cuts = m.indptr
+        return {
+            "row": batch["row"],
+            "indices": [m.indices[cuts[i] : cuts[i + 1]] for i in range(m.shape[0])],
+            "weights": [m.data[cuts[i] : cuts[i + 1]] for i in range(m.shape[0])],
+        }
 
 
-def build_model_index(method, store_path, index_dir, model, batch_size, actors, num_cpus):
+def build_model_index(
+    method, store_path, index_dir, model, batch_size, actors, num_cpus, num_gpus: float = 0.0
+):
     """Encode the corpus with an actor pool and save ``dense.npy`` or ``sparse.npz``."""
     import ray.data
     import scipy.sparse as sp
+
+    from spladeray.retrieval import DenseRetriever, SparseRetriever
 
     store = DocStore(store_path)
     table = store.table.select(["text"]).append_column("row", pa.array(np.arange(len(store))))
@@ -177,26 +140,26 @@ def build_model_index(method, store_path, index_dir, model, batch_size, actors, 
         fn_constructor_kwargs={"method": method, "model": model, "batch_size": batch_size},
         concurrency=actors,
         num_cpus=num_cpus,
+        num_gpus=num_gpus or None,
         batch_size=None,
         batch_format="numpy",
     )
-    index_dir = Path(index_dir)
-    index_dir.mkdir(parents=True, exist_ok=True)
     parts: dict[int, tuple] = {}
+    cols = ("vector",) if method == "dense" else ("indices", "weights")
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-        cols = ("vector",) if method == "dense" else ("indices", "weights")
         for i, row in enumerate(batch["row"]):
             parts[int(row)] = tuple(batch[c][i] for c in cols)
     rows = [parts[i] for i in range(len(store))]
     if method == "dense":
-        np.save(index_dir / "dense.npy", np.stack([r[0] for r in rows]).astype(np.float32))
+        matrix = np.stack([r[0] for r in rows]).astype(np.float32)
+        DenseRetriever.save_matrix(index_dir, matrix)
     else:
         indptr = np.cumsum([0] + [len(r[0]) for r in rows])
         indices = np.concatenate([r[0] for r in rows]).astype(np.int32)
         data = np.concatenate([r[1] for r in rows]).astype(np.float32)
         vocab = int(indices.max()) + 1 if indices.size else 1
-        sp.save_npz(
-            index_dir / "sparse.npz", sp.csr_matrix((data, indices, indptr), (len(rows), vocab))
+        SparseRetriever.save_matrix(
+            index_dir, sp.csr_matrix((data, indices, indptr), (len(rows), vocab))
         )
     return {"docs": len(rows)}
 
@@ -207,21 +170,18 @@ class NegativeMiner:
 
     Input columns: ``query``, ``query_positive_ids`` (all positives of the query) and
     ``given_negative_ids`` (possibly empty). ``method="none"`` keeps only the given negatives.
+    ``cfg`` is the :class:`NegativesConfig` (a ``model_dump()`` dict is still accepted).
     """
 
-    def __init__(self, work_dir: str, cfg: dict, stats=None):
+    def __init__(self, work_dir: str, cfg: NegativesConfig | Mapping, stats=None):
+        if isinstance(cfg, Mapping):
+            cfg = NegativesConfig.model_validate(cfg)
         self.cfg, self.stats = cfg, stats
         self.store = DocStore(Path(work_dir) / "corpus.arrow")
-        index_dir = Path(work_dir) / "index"
-        method = cfg["method"]
-        if method == "bm25":
-            self.retriever = BM25Retriever(index_dir, cfg["stemmer"], cfg["stopwords"])
-        elif method == "dense":
-            self.retriever = DenseRetriever(index_dir, cfg["model"], cfg["batch_size"])
-        elif method == "sparse":
-            self.retriever = SparseRetriever(index_dir, cfg["model"], cfg["batch_size"])
-        else:
-            self.retriever = None
+        self.retriever = None
+        if cfg.method != "none":
+            index_dir = Path(work_dir) / "index"
+            self.retriever = load_retriever(cfg.method, index_dir, cfg.model, cfg.batch_size)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.perf_counter()
@@ -231,10 +191,13 @@ class NegativeMiner:
         ranked: list[list[str]] = [[] for _ in queries]
         if self.retriever is not None:
             unique = list(dict.fromkeys(queries))
-            hits = self.retriever.search(unique, self.cfg["depth"])
-            by_query = {q: self.store.ids_at(h) for q, h in zip(unique, hits, strict=True)}
+            hits = self.retriever.search_rows(unique, self.cfg.depth)
+            by_query = {
+                q: self.store.ids_at(rows.tolist())
+                for q, (rows, _) in zip(unique, hits, strict=True)
+            }
             ranked = [by_query[q] for q in queries]
-        n, skip = self.cfg["num_negatives"], self.cfg["skip_top"]
+        n, skip = self.cfg.num_negatives, self.cfg.skip_top
         ids = [
             select_negatives(r, p, n, skip, g)
             for r, p, g in zip(ranked, positives, given, strict=True)

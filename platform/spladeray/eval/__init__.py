@@ -1,4 +1,6 @@
-"""Evaluation: metrics (ir-measures), BM25 baseline, dense, fusion (RRF), sparsity, reports.
+"""Evaluation: metrics (ir-measures), sparsity, reports, and the one BEIR pipeline (runner).
+
+Retrievers and fusion live in :mod:`spladeray.retrieval`.
 
 ``run_evaluation(cfg)`` runs the ``evaluate:`` section of a config (what ``jobs/evaluate.py``
 and the demo call); ``evaluate_systems`` is the same without config files. Names are imported
@@ -14,14 +16,11 @@ _EXPORTS = {
     "DEFAULT_MEASURES": "spladeray.eval.metrics",
     "evaluate_run": "spladeray.eval.metrics",
     "per_query": "spladeray.eval.metrics",
-    "fuse": "spladeray.eval.fusion",
-    "rrf": "spladeray.eval.fusion",
-    "score_fusion": "spladeray.eval.fusion",
     "expected_flops": "spladeray.eval.sparsity",
     "sparsity_stats": "spladeray.eval.sparsity",
-    "evaluate_encoder": "spladeray.eval.retrieval",
-    "sparse_run": "spladeray.eval.retrieval",
+    "Dataset": "spladeray.eval.runner",
     "EvalResults": "spladeray.eval.runner",
+    "evaluate_retriever": "spladeray.eval.runner",
     "evaluate_systems": "spladeray.eval.runner",
     "run_evaluation": "spladeray.eval.runner",
 }

@@ -1,6 +1,6 @@
 """Corpus encoding on a Ray cluster: a Ray Data actor pool, each actor holding one encoder.
 
-``ActorPoolEncoder(factory, kind)`` is an :data:`~spladeray.eval.retrieval.EncodeFn`: called with
+``ActorPoolEncoder(factory, kind)`` is an :data:`~spladeray.retrieval.base.EncodeFn`: called with
 a list of texts it returns the same matrix the in-process encoder would (a CSR matrix for sparse
 models, a dense array for dense ones), rows in input order. ``factory`` is a picklable callable
 run once inside each actor to build the encoder, so the model is loaded where it runs (on a GPU
@@ -37,13 +37,13 @@ class SparseFactory:
 
 
 class DenseFactory:
-    """Builds a :class:`spladeray.eval.dense.DenseModel` from its config section."""
+    """Builds a :class:`spladeray.retrieval.DenseModel` from its config section."""
 
     def __init__(self, dense_cfg) -> None:
         self.dense_cfg = dense_cfg
 
     def __call__(self) -> Callable[[list[str]], np.ndarray]:
-        from spladeray.eval.dense import DenseModel
+        from spladeray.retrieval import DenseModel
 
         model = DenseModel.from_config(self.dense_cfg)
         return lambda texts: model.encode(texts, "document")

@@ -1,5 +1,9 @@
 """Evaluate several systems on several BEIR datasets: quality, sparsity, latency, throughput.
 
+This is the one BEIR evaluation pipeline: ``jobs/evaluate.py``, the demo and training-time
+evaluation (:mod:`spladeray.train.evaluation`) all run it, with the retrievers of
+:mod:`spladeray.retrieval`.
+
 ``run_evaluation(cfg)`` is what ``jobs/evaluate.py`` and the demo call: it reads the
 ``evaluate:`` section, runs every system on every dataset, averages over datasets (BEIR-style
 macro average), prints the table and writes ``results.json``, ``results.md``, ``quality_vs_dims.png``
@@ -38,16 +42,34 @@ from spladeray.config import (
     ModelConfig,
 )
 from spladeray.data.beir import Rejects, doc_text, iter_corpus, load_qrels, load_queries
-from spladeray.eval.fusion import fuse
 from spladeray.eval.metrics import DEFAULT_MEASURES, evaluate_run, write_trec_run
-from spladeray.eval.retrieval import Retriever, restrict_qrels
 from spladeray.eval.sparsity import sparsity_stats
-from spladeray.raycluster import ensure_ray
+from spladeray.raycluster import cluster_gpus, ensure_ray
+from spladeray.retrieval.base import Retriever
+from spladeray.retrieval.fusion import fuse
 
 logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- data
+def restrict_qrels(
+    qrels: dict[str, dict[str, int]], queries: dict[str, str], doc_ids: set[str] | None = None
+) -> dict[str, dict[str, int]]:
+    """Keep judged queries that have a text; with ``doc_ids``, only judgments on those documents
+    (queries left without a relevant document are dropped)."""
+    out = {}
+    for qid, rel in qrels.items():
+        if qid not in queries:
+            continue
+        if doc_ids is not None:
+            rel = {d: r for d, r in rel.items() if d in doc_ids}
+            if not any(r > 0 for r in rel.values()):
+                continue
+        if rel:
+            out[qid] = rel
+    return out
+
+
 @dataclass
 class Dataset:
     """One BEIR split in memory: documents, the judged queries and their qrels."""
@@ -184,11 +206,11 @@ def build_retriever(
     if use_ray:
         ensure_ray(ray_cfg, log_to_driver=False)
     if system.kind == "bm25":
-        from spladeray.eval.bm25 import BM25Retriever
+        from spladeray.retrieval import BM25Retriever
 
         return BM25Retriever.from_config(system)
     if system.kind == "sparse":
-        from spladeray.eval.retrieval import SparseRetriever
+        from spladeray.retrieval import SparseRetriever
 
         model_cfg = system.model or default_model
         given = encoder is not None
@@ -198,11 +220,6 @@ def build_retriever(
             from spladeray.model import load_encoder_from_config
 
             encoder = load_encoder_from_config(model_cfg)
-        index = None
-        if system.index is not None:
-            from spladeray.index import open_index
-
-            index = open_index(system.index)
         encode_fn = None
         if use_ray:
             # A loaded encoder (e.g. just trained) travels to the actors; else each loads it.
@@ -218,11 +235,22 @@ def build_retriever(
                 batch_size=distributed.actor_batch_size,
                 num_gpus=_actor_gpus(model_cfg.device if model_cfg else "cpu"),
             )
+        if system.index is not None:
+            from spladeray.eval.indexed import IndexedSparseRetriever
+            from spladeray.index import open_index
+
+            return IndexedSparseRetriever(
+                encoder,
+                open_index(system.index),
+                system.name,
+                encode_fn=encode_fn,
+                show_progress=show_progress,
+            )
         return SparseRetriever(
-            encoder, system.name, index=index, encode_fn=encode_fn, show_progress=show_progress
+            encoder, system.name, encode_fn=encode_fn, show_progress=show_progress
         )
     if system.kind == "dense":
-        from spladeray.eval.dense import DenseModel, DenseRetriever
+        from spladeray.retrieval import DenseModel, DenseRetriever
 
         encode_fn = None
         if use_ray:
@@ -251,12 +279,10 @@ def _actor_gpus(device: str) -> float:
     """One GPU per encoder actor when the cluster has GPUs and the model may use one."""
     if device == "cpu":
         return 0.0
-    import ray
-
-    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    return 1.0 if cluster_gpus() >= 1 else 0.0
 
 
-def _evaluate_retriever(
+def evaluate_retriever(
     retriever: Retriever,
     data: Dataset,
     *,
@@ -264,6 +290,7 @@ def _evaluate_retriever(
     depth: int,
     latency_queries: int,
 ) -> SystemResult:
+    """Index ``data``'s corpus, search its judged queries, measure quality, sparsity, latency."""
     start = time.perf_counter()
     retriever.index(data.doc_ids, data.doc_texts)
     qids = list(data.queries)
@@ -356,7 +383,7 @@ def describe(system, default_model: ModelConfig | None = None) -> dict[str, Any]
         info["model"] = model.path if model else None
         info["index"] = system.index.backend if system.index else "local (exact)"
     elif isinstance(system, EvalDenseConfig):
-        from spladeray.eval.dense import default_dense_model
+        from spladeray.retrieval import default_dense_model
 
         info["model"] = system.model or default_dense_model()
     elif isinstance(system, EvalHybridConfig):
@@ -451,7 +478,7 @@ def evaluate_systems(
                         system, parts, data, measures=measures, depth=depth
                     )
                 else:
-                    results[system.name] = _evaluate_retriever(
+                    results[system.name] = evaluate_retriever(
                         retrievers[system.name],
                         data,
                         measures=measures,
