@@ -21,7 +21,8 @@ import yaml
 from spladeray.config import PrepareConfig, TeacherConfig, parse_config
 from spladeray.data import schema as data_schema
 from spladeray.data.negatives import select_negatives
-from spladeray.data.teachers import TeacherLoadError, ensemble, load_teacher, min_max
+from spladeray.data.teachers import TeacherLoadError, ensemble, load_teacher
+from spladeray.retrieval.fusion import minmax
 
 from helpers import tiny_bert_config, tiny_tokenizer, write_beir
 
@@ -150,7 +151,7 @@ def test_ensemble_hand_checked():
     out = ensemble({"dense": [0.9, 0.5, 0.1], "sparse": [10, 30, 20]}, {"dense": 3, "sparse": 1}, 2)
     np.testing.assert_allclose(out, [1.5, 1.25, 0.25], rtol=1e-6)
     assert out.dtype == np.float32
-    np.testing.assert_array_equal(min_max([4.0, 4.0]), [0.0, 0.0])
+    np.testing.assert_array_equal(minmax([4.0, 4.0]), [1.0, 1.0])
     with pytest.raises(ValueError, match="positive weight"):
         ensemble({"dense": [1.0]}, {"dense": 0.0}, 1.0)
 
@@ -212,23 +213,16 @@ def test_config_rejects_reserved_teacher_name():
         PrepareConfig.model_validate({"teachers": {"ensemble": {"kind": "dense", "path": "x/y"}}})
 
 
-def test_topk_over_doc_chunks_matches_a_full_sort(monkeypatch):
-    from spladeray.data import negatives
-
-    monkeypatch.setattr(negatives, "DOC_CHUNK", 7)
-    scores = np.random.default_rng(0).normal(size=(3, 50)).astype(np.float32)
-    got = negatives._topk(lambda a, b: scores[:, a:b], 50, 3, 5)
-    assert got == np.argsort(-scores, axis=1)[:, :5].tolist()
-
-
 def test_dense_mining_index_and_search_in_process(tmp_path):
     """CorpusEncoder (the index actor) and DenseRetriever (the miner's search), without Ray."""
-    from spladeray.data.negatives import CorpusEncoder, DenseRetriever
+    from spladeray.data.negatives import CorpusEncoder, load_retriever
+    from spladeray.retrieval import DenseRetriever
 
     texts = [doc_text(d) for d in DOCS]
     encoded = CorpusEncoder("dense", DENSE, 8)({"row": np.arange(len(texts)), "text": texts})
-    np.save(tmp_path / "dense.npy", np.stack(encoded["vector"]).astype(np.float32))
-    hits = DenseRetriever(tmp_path, DENSE, 8).search(["coffee brewing", "rain clouds"], k=2)
+    DenseRetriever.save_matrix(tmp_path, np.stack(encoded["vector"]))
+    miner_side = load_retriever("dense", tmp_path, DENSE, 8)
+    hits = [r.tolist() for r, _ in miner_side.search_rows(["coffee brewing", "rain clouds"], 2)]
     ids = list(DOCS)
     assert {ids[i] for i in hits[0]} == {"d10", "d11"}
     assert ids[hits[1][0]] in {"d8", "d9"}
@@ -304,7 +298,7 @@ def test_cross_encoder_teacher_scores_equal_the_model(prepared, tiny_cross):
 def test_ensemble_column_is_the_weighted_min_max_mean(prepared):
     for r in prepared["rows"]:
         assert len(r["score_ensemble"]) == 1 + len(r["negatives"])
-        norm = {t: min_max(r[f"score_{t}"]) for t in ("dense", "sparse")}
+        norm = {t: minmax(r[f"score_{t}"]) for t in ("dense", "sparse")}
         want = 3.0 * (2.0 * norm["dense"] + 0.5 * norm["sparse"]) / 2.5
         np.testing.assert_allclose(r["score_ensemble"], want, rtol=1e-5, atol=1e-6)
 

@@ -25,7 +25,7 @@ devices are resolved with :func:`spladeray.raycluster.resolve_device`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -170,12 +170,10 @@ class NegativeMiner:
 
     Input columns: ``query``, ``query_positive_ids`` (all positives of the query) and
     ``given_negative_ids`` (possibly empty). ``method="none"`` keeps only the given negatives.
-    ``cfg`` is the :class:`NegativesConfig` (a ``model_dump()`` dict is still accepted).
+    ``cfg`` is the typed :class:`NegativesConfig`.
     """
 
-    def __init__(self, work_dir: str, cfg: NegativesConfig | Mapping, stats=None):
-        if isinstance(cfg, Mapping):
-            cfg = NegativesConfig.model_validate(cfg)
+    def __init__(self, work_dir: str, cfg: NegativesConfig, stats=None):
         self.cfg, self.stats = cfg, stats
         self.store = DocStore(Path(work_dir) / "corpus.arrow")
         self.retriever = None

@@ -192,7 +192,14 @@ def build_index(cfg: PrepareConfig, work: Path) -> dict:
         if neg.model is None:
             raise ValueError(f"prepare.negatives.model is required for method {neg.method!r}")
         return negatives.build_model_index(
-            neg.method, store, index_dir, neg.model, neg.batch_size, neg.actors, neg.num_cpus
+            neg.method,
+            store,
+            index_dir,
+            neg.model,
+            neg.batch_size,
+            neg.actors,
+            neg.num_cpus,
+            neg.num_gpus,
         )
     return {}
 
@@ -236,6 +243,8 @@ def check_pools(cfg: PrepareConfig) -> None:
     cpus = neg.actors * neg.num_cpus if neg.method != "none" else 0.0
     cpus += sum(t.actors * t.num_cpus for t in teachers)
     gpus = sum(t.actors * teacher_gpus(t, has_gpus) for t in teachers)
+    if neg.method != "none":
+        gpus += neg.actors * neg.num_gpus
     check_capacity(
         f"prepare (its actor pools, plus {2 * SMALL_TASK_CPUS:g} CPU for small tasks)",
         cpus=cpus + 2 * SMALL_TASK_CPUS,
@@ -258,9 +267,10 @@ def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: Path, stats) -> None
     neg = cfg.negatives
     ds = ray.data.from_arrow(blocks).map_batches(
         NegativeMiner,
-        fn_constructor_kwargs={"work_dir": str(work), "cfg": neg.model_dump(), "stats": stats},
+        fn_constructor_kwargs={"work_dir": str(work), "cfg": neg, "stats": stats},
         concurrency=neg.actors,
         num_cpus=neg.num_cpus,
+        num_gpus=neg.num_gpus or None,
         batch_size=None,
         batch_format="pyarrow",
     )

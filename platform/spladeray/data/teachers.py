@@ -11,7 +11,7 @@ The ensemble (OpenSearch inference-free paper, arXiv 2411.04403): for one row, i
 its candidates ``c_1..c_n = [positive, *negatives]``, and enabled teachers ``t`` with weights
 ``w_t``::
 
-    s'_t(c) = (s_t(c) - min_c' s_t(c')) / (max_c' s_t(c') - min_c' s_t(c'))   (0 when max = min)
+    s'_t(c) = (s_t(c) - min_c' s_t(c')) / (max_c' s_t(c') - min_c' s_t(c'))   (1 when max = min, as OpenSearch's min_max)
     s_ens(c) = scale * sum_t w_t * s'_t(c) / sum_t w_t
 
 so every teacher contributes on the same [0, 1] scale per query, and ``scale`` sets the range the
@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from spladeray.config import TeacherConfig
 from spladeray.data.schema import ENSEMBLE, SCORE_TYPE, score_column
+from spladeray.retrieval.fusion import minmax
 
 
 class TeacherLoadError(RuntimeError):
@@ -189,21 +190,12 @@ class TeacherScorer:
 
 
 # ---------------------------------------------------------------------------- ensemble
-def min_max(scores: Sequence[float]) -> np.ndarray:
-    """``(s - min) / (max - min)`` over one query's candidates; all zeros when max = min."""
-    s = np.asarray(scores, dtype=np.float64)
-    if s.size == 0:
-        return s
-    span = s.max() - s.min()
-    return (s - s.min()) / span if span > 0 else np.zeros_like(s)
-
-
 def ensemble(scores: Mapping[str, Sequence[float]], weights: Mapping[str, float], scale: float):
     """The ensemble of one row (module docstring): weighted mean of min-max scores, times scale."""
     total = sum(weights[name] for name in scores)
     if total <= 0:
         raise ValueError("the ensemble needs at least one teacher with a positive weight")
-    mixed = sum(weights[name] * min_max(s) for name, s in scores.items())
+    mixed = sum(weights[name] * minmax(s) for name, s in scores.items())
     return (scale * mixed / total).astype(np.float32)
 
 
