@@ -45,7 +45,15 @@ class Hit:
 
 
 class IndexUnavailableError(RuntimeError):
-    """The backend cannot be reached; callers answer 503, never claim success."""
+    """The backend cannot be reached; callers answer 503, never claim success.
+
+    A failed write carries ``result``: what the backend confirmed before failing, with every
+    unconfirmed document in ``failed`` (None when nothing was being written).
+    """
+
+    def __init__(self, message: str, result: BulkResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class IndexNotFoundError(KeyError):

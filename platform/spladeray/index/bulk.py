@@ -106,7 +106,7 @@ class EncodeAndWrite:
             try:
                 result = self.index.add(self.cfg.index.name, ids, vectors, fields)
             except IndexUnavailableError as exc:
-                result = getattr(exc, "result", None)  # what was confirmed before the failure
+                result = exc.result  # what was confirmed before the failure
                 if result is None:
                     raise
                 logger.error("%s", exc)

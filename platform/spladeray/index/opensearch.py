@@ -448,7 +448,7 @@ class OpenSearchIndex:
             try:
                 self.create(name)
             except IndexUnavailableError as exc:
-                exc.result = BulkResult(  # type: ignore[attr-defined]
+                exc.result = BulkResult(
                     0,
                     failed
                     + [
@@ -483,12 +483,11 @@ class OpenSearchIndex:
             result.failed.extend(
                 Failure(d, "not confirmed: OpenSearch became unavailable") for d in lost
             )
-            err = IndexUnavailableError(
+            raise IndexUnavailableError(
                 f"OpenSearch is unavailable (bulk into {name}): {type(exc).__name__}: {exc}; "
-                f"{result.indexed} documents were confirmed before the failure"
-            )
-            err.result = result  # type: ignore[attr-defined]
-            raise err from exc
+                f"{result.indexed} documents were confirmed before the failure",
+                result,
+            ) from exc
         return result
 
     def search(self, name: str, query: Mapping[str, float], size: int = 10) -> list[Hit]:

@@ -14,9 +14,9 @@ so a query and the documents it is scored against always come from the same mode
 during and after a switch. The model is picked by Serve model multiplexing on the encoder
 (``multiplexed_model_id`` = the model path; the configured model when the alias has no
 ``_meta``, the name is a plain index, or the backend is the embedded one). The resolution is
-cached per ingress replica for ``serve.alias_cache_s`` seconds. The resolution is the index's
-own :meth:`~spladeray.index.base.SparseIndex.resolve_alias` (the embedded index has no aliases). ``/index`` writes go to the name
-as given (the alias, hence the live index only), encoded with the live index's model.
+the index's own ``resolve_alias`` (see :class:`spladeray.index.base.SparseIndex`), cached per
+ingress replica for ``serve.alias_cache_s`` seconds. ``/index`` writes go to the name as given
+(the alias, hence the live index only), encoded with the live index's model.
 
 No ``from __future__ import annotations`` here: Serve's ingress wraps the route methods, and
 FastAPI must see real annotation objects to tell request bodies from query parameters.
@@ -336,7 +336,7 @@ class Ingress:
             try:
                 result = await asyncio.to_thread(self._write, name, ids, vectors, fields)
             except IndexUnavailableError as exc:
-                partial = getattr(exc, "result", None)
+                partial = exc.result
                 confirmed = partial.indexed if partial is not None else 0
                 lost = (
                     partial.failed
