@@ -264,6 +264,8 @@ def test_protocol_text_search_meta_and_missing_index(opensearch_url, index_name)
     index.add(index_name, ["c", "h"], [{"cell": 1.0}, {"heart": 1.0}], fields)
     index.refresh(index_name)
     assert [h.id for h in index.text_search(index_name, "mitosis", size=5)] == ["c"]
+    many = index.search_many(index_name, [{"heart": 1.0}, {"cell": 2.0}], size=5)
+    assert [[h.id for h in hits] for hits in many] == [["h"], ["c"]]
     assert index.resolve_alias(index_name) is None  # a concrete index, no alias
     index.set_index_meta(index_name, {"model_hash": "ab", "model_path": "/m"})
     assert index.index_meta(index_name) == {"model_hash": "ab", "model_path": "/m"}

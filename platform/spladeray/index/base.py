@@ -81,8 +81,8 @@ class IndexInfo:
 class SparseIndex(Protocol):
     """Everything a caller may do with an index, on every backend, with no probing.
 
-    Documents: create, add (bulk, by id), search (sparse dot product), text_search (BM25 over
-    the stored title/text), get, ids, count, refresh, delete, close.
+    Documents: create, add (bulk, by id), search / search_many (sparse dot product),
+    text_search (BM25 over the stored title/text), get, ids, count, refresh, delete, close.
 
     Rollout aliases (:mod:`spladeray.index.rollout`): an alias names exactly one concrete index
     that carries its model in a ``_meta`` record. Backends without aliases (the embedded one)
@@ -107,6 +107,11 @@ class SparseIndex(Protocol):
 
     def search(self, name: str, query: Mapping[str, float], size: int = 10) -> list[Hit]:
         """Top ``size`` documents by sparse dot product, best first."""
+
+    def search_many(
+        self, name: str, queries: Sequence[Mapping[str, float]], size: int = 10
+    ) -> list[list[Hit]]:
+        """:meth:`search` for each query, in order (one matrix product on the embedded index)."""
 
     def text_search(self, name: str, text: str, size: int = 10) -> list[Hit]:
         """Top ``size`` documents by BM25 over the stored ``title`` and ``text``, best first."""

@@ -497,6 +497,12 @@ class OpenSearchIndex:
         response = self._call(f"search {name}", lambda: self.client.search(index=name, body=body))
         return [_hit(h) for h in response["hits"]["hits"]]
 
+    def search_many(
+        self, name: str, queries: Sequence[Mapping[str, float]], size: int = 10
+    ) -> list[list[Hit]]:
+        """One :meth:`search` per query, in order."""
+        return [self.search(name, query, size) for query in queries]
+
     def text_search(self, name: str, text: str, size: int = 10) -> list[Hit]:
         """BM25 over the text fields (the lexical leg of hybrid search)."""
         body = {
