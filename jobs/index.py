@@ -44,11 +44,11 @@ def main() -> None:
 
         print(json.dumps(run_rollout(cfg, limit=args.limit, rebuild=args.rebuild), indent=2))
         return
-    from spladeray.serving.indexing import print_summary, run_index_job
+    from spladeray.index.bulk import run_index
 
-    summary = run_index_job(cfg, resume=args.resume, limit=args.limit)
-    print_summary(summary)
-    if summary["failed"]:
+    summary = run_index(cfg, resume=args.resume, limit=args.limit)
+    print("\n" + summary.report())
+    if summary.failed:
         raise SystemExit(1)
 
 

@@ -113,3 +113,88 @@ def test_seismic_approximate_search_agrees_with_exact(tmp_path, splade_tiny, sci
                 assert hit.score == pytest.approx(exact_scores[hit.id], rel=1e-2)
     print(f"seismic top-10 overlap with exact: {np.mean(overlap):.3f}")
     assert np.mean(overlap) >= 0.9
+
+
+def test_text_search_is_bm25_over_title_and_text_and_follows_changes(tmp_path):
+    index = LocalIndex(tmp_path)
+    fields = [
+        {"title": "Mitochondria", "text": "Mitochondria produce energy for the cell."},
+        {"title": "", "text": "The heart pumps blood through the arteries."},
+        {"title": "Plants", "text": "Photosynthesis turns light into chemical energy."},
+    ]
+    index.add("t", ["m", "h", "p"], [{"x": 1.0}] * 3, fields)
+    hits = index.text_search("t", "photosynthesis of plants", size=5)
+    assert [h.id for h in hits] == ["p"] and hits[0].score > 0 and hits[0].fields == fields[2]
+    assert {h.id for h in index.text_search("t", "energy", size=5)} == {"m", "p"}
+    assert index.text_search("t", "the and of", size=5) == []  # stopwords only
+    assert index.text_search("t", "pumping hearts", size=5)[0].id == "h"  # stemmed (english)
+    # a write (also from another process) is searchable at once: the BM25 index is rebuilt
+    LocalIndex(tmp_path).add("t", ["k"], [{"x": 1.0}], [{"text": "Kidneys filter blood."}])
+    assert [h.id for h in index.text_search("t", "kidneys", size=5)] == ["k"]
+    index.add("t", ["k"], [{"x": 1.0}], [{"text": "Livers store glycogen."}])  # overwritten
+    assert index.text_search("t", "kidneys", size=5) == []
+
+
+def test_text_search_language_comes_from_config(tmp_path):
+    from spladeray.config import IndexConfig, parse_config
+    from spladeray.index import open_index
+
+    assert IndexConfig().text_language == "english"
+    cfg = IndexConfig(path=tmp_path, text_language="german")
+    index = open_index(cfg)
+    assert index.text_language == "german"
+    index.add("de", ["a", "b"], [{"x": 1.0}] * 2, [{"text": "Die Häuser"}, {"text": "Ein Baum"}])
+    assert [h.id for h in index.text_search("de", "Haus", size=2)] == ["a"]  # german stemming
+    unstemmed = LocalIndex(tmp_path, text_language=None)
+    assert unstemmed.text_search("de", "Haus", size=2) == []
+    with pytest.raises(Exception, match="text_language"):
+        parse_config({"model": {"path": "m"}, "index": {"text_language": "klingon"}})
+
+
+def test_the_embedded_index_has_the_whole_protocol_and_no_aliases(tmp_path):
+    from spladeray.index import AliasesUnsupportedError, IndexNotFoundError
+
+    index = LocalIndex(tmp_path)
+    assert isinstance(index, SparseIndex)
+    index.add("kb-1", ["a"], [{"x": 1.0}])
+    index.refresh("kb-1")
+    assert index.ids("missing") == set() and index.ids("kb-1") == {"a"}
+    assert index.alias_targets("kb") == [] and index.resolve_alias("kb-1") is None
+    assert index.index_meta("kb-1") == {}
+    assert [i.name for i in index.list_indices("kb-*")] == ["kb-1"]
+    with pytest.raises(AliasesUnsupportedError, match="opensearch"):
+        index.update_alias("kb", "kb-1")
+    with pytest.raises(AliasesUnsupportedError):
+        index.set_index_meta("kb-1", {"model_hash": "a"})
+    with pytest.raises(IndexNotFoundError):
+        index.search("missing", {"x": 1.0})
+    index.close()
+    assert index.count("kb-1") == 1  # closing drops only the in-memory copy
+
+
+def test_one_document_check_for_every_write_path():
+    from spladeray.index.base import Failure
+    from spladeray.index.documents import Document, check_document, check_row
+
+    doc = check_document(7, "Title", "body", {"lang": "en"})
+    assert doc == Document("7", "Title", "body", {"lang": "en"})
+    assert doc.encode_text == "Title body"
+    assert doc.fields() == {"lang": "en", "title": "Title", "text": "body"}
+    assert check_document("t", "Only a title") == Document("t", "Only a title", "")
+    for args, reason in [
+        (("", None, "x"), "non-empty string"),
+        ((None, None, "x"), "non-empty string"),
+        ((True, None, "x"), "non-empty string"),
+        (("x" * 600, None, "x"), "512 bytes"),
+        (("a", None, ""), "text is empty"),
+        (("a", "  ", " "), "text is empty"),
+        (("a", None, 5), "text must be a string"),
+        (("a", 5, "x"), "title must be a string"),
+    ]:
+        failure = check_document(*args)
+        assert isinstance(failure, Failure) and reason in failure.error, (args, failure)
+    assert check_document(None, None, "x").id == ""
+    assert check_row({"_id": "d1", "title": "T", "text": "t", "metadata": {}}) == Document(
+        "d1", "T", "t"
+    )
+    assert isinstance(check_row(["not", "a", "dict"]), Failure)

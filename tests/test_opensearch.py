@@ -233,6 +233,53 @@ def test_sparse_vector_mapping_and_query_body():
         OpenSearchIndex(None, field_type="sparse_vector")
 
 
+def test_open_index_gives_sparse_vector_the_tokenizer_vocabulary(splade_tiny):
+    from transformers import AutoTokenizer
+
+    from spladeray.config import IndexConfig
+    from spladeray.index import open_index
+
+    hosts = ["http://127.0.0.1:9"]
+    opensearch = {"hosts": hosts, "field_type": "sparse_vector", "username_env": None}
+    cfg = IndexConfig(backend="opensearch", opensearch=opensearch)
+    with pytest.raises(ValueError, match="tokenizer"):
+        open_index(cfg)
+    vocab = AutoTokenizer.from_pretrained(splade_tiny).get_vocab()
+    assert open_index(cfg, tokenizer=splade_tiny).token_ids == vocab  # a model path
+    tokenizer = AutoTokenizer.from_pretrained(splade_tiny)
+    assert open_index(cfg, tokenizer=tokenizer).token_ids == vocab  # a loaded tokenizer
+    plain = cfg.model_copy(
+        update={"opensearch": cfg.opensearch.model_copy(update={"field_type": "rank_features"})}
+    )
+    assert open_index(plain).token_ids is None  # rank_features needs no vocabulary
+
+
+def test_protocol_text_search_meta_and_missing_index(opensearch_url, index_name):
+    from spladeray.index.base import IndexNotFoundError
+
+    index = make_index(opensearch_url)
+    assert isinstance(index, SparseIndex)
+    index.create(index_name)
+    fields = [{"title": "Cells", "text": "cells divide by mitosis"}, {"text": "the heart pumps"}]
+    index.add(index_name, ["c", "h"], [{"cell": 1.0}, {"heart": 1.0}], fields)
+    index.refresh(index_name)
+    assert [h.id for h in index.text_search(index_name, "mitosis", size=5)] == ["c"]
+    many = index.search_many(index_name, [{"heart": 1.0}, {"cell": 2.0}], size=5)
+    assert [[h.id for h in hits] for hits in many] == [["h"], ["c"]]
+    assert index.resolve_alias(index_name) is None  # a concrete index, no alias
+    index.set_index_meta(index_name, {"model_hash": "ab", "model_path": "/m"})
+    assert index.index_meta(index_name) == {"model_hash": "ab", "model_path": "/m"}
+    [info] = index.list_indices(index_name)
+    assert info.name == index_name and info.meta["model_hash"] == "ab" and info.aliases == []
+    index.update_alias(f"{index_name}-alias", index_name)
+    assert index.resolve_alias(f"{index_name}-alias") == (index_name, info.meta)
+    with pytest.raises(IndexNotFoundError):
+        index.search(f"{index_name}-missing", {"cell": 1.0})
+    assert index.ids(f"{index_name}-missing") == set()
+    index.delete(index_name)
+    index.close()
+
+
 def test_rank_feature_query_body():
     body = OpenSearchIndex(None).query_body({"a.b": 2.0, "c": 0.5}, size=4)
     should = body["query"]["bool"]["should"]

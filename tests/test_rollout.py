@@ -15,19 +15,16 @@ import torch
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import NotFoundError
 
-from spladeray.index.opensearch import OpenSearchIndex
+from spladeray.index.opensearch import OpenSearchIndex, alias_actions
 from spladeray.index.rollout import (
     CountMismatchError,
     RolloutError,
-    alias_targets,
     list_versions,
     model_hash_from_dir,
     model_hash_from_encoder,
-    resolve_alias,
     rollback,
     rollout,
     status,
-    swap_actions,
     versioned_name,
 )
 
@@ -67,7 +64,7 @@ def make_build(client, model: str, n: int = N, during=None):
 def test_rollout_swap_rollback_and_roll_forward(client):
     index, build_a = make_build(client, "model_a")
     first = rollout(
-        client,
+        index,
         ALIAS,
         HASH_A,
         build=build_a,
@@ -77,8 +74,8 @@ def test_rollout_swap_rollback_and_roll_forward(client):
     )
     assert first.swapped and first.index == versioned_name(ALIAS, HASH_A) == "docs-aaaaaaaaaaaa"
     assert first.previous == [] and first.indexed == N
-    assert alias_targets(client, ALIAS) == [first.index]
-    assert resolve_alias(client, ALIAS) == (
+    assert index.alias_targets(ALIAS) == [first.index]
+    assert index.resolve_alias(ALIAS) == (
         first.index,
         {"model_hash": HASH_A, "model_path": "/models/a"},
     )
@@ -86,29 +83,29 @@ def test_rollout_swap_rollback_and_roll_forward(client):
 
     def while_building(name: str) -> None:
         # the new index is complete but not live: readers still get model A through the alias
-        assert alias_targets(client, ALIAS) == [first.index]
+        assert index.alias_targets(ALIAS) == [first.index]
         assert index.search(ALIAS, {"model_b": 1.0}) == []
         assert index.count(name) >= 0
 
     _, build_b = make_build(client, "model_b", during=while_building)
     second = rollout(
-        client, ALIAS, HASH_B, build=build_b, expected_count=lambda: N, create=index.create
+        index, ALIAS, HASH_B, build=build_b, expected_count=lambda: N, create=index.create
     )
     assert second.swapped and second.previous == [first.index] and second.deleted == []
-    assert alias_targets(client, ALIAS) == [second.index]
+    assert index.alias_targets(ALIAS) == [second.index]
     assert index.search(ALIAS, {"model_a": 1.0}) == []
     assert len(index.search(ALIAS, {"model_b": 1.0}, size=50)) == N
     assert client.indices.exists(index=first.index)  # kept for rollback
 
-    back = rollback(client, ALIAS)
+    back = rollback(index, ALIAS)
     assert back.index == first.index and back.previous == [second.index] and back.documents == N
-    assert alias_targets(client, ALIAS) == [first.index]
-    assert resolve_alias(client, ALIAS)[1]["model_hash"] == HASH_A
+    assert index.alias_targets(ALIAS) == [first.index]
+    assert index.resolve_alias(ALIAS)[1]["model_hash"] == HASH_A
 
-    forward = rollback(client, ALIAS, to_index=second.index)
+    forward = rollback(index, ALIAS, to_index=second.index)
     assert forward.index == second.index
-    assert alias_targets(client, ALIAS) == [second.index]
-    st = status(client, ALIAS)
+    assert index.alias_targets(ALIAS) == [second.index]
+    st = status(index, ALIAS)
     assert st["live"] == [second.index]
     assert [(v["index"], v["documents"], v["live"]) for v in st["versions"]] == [
         (first.index, N, False),
@@ -118,14 +115,14 @@ def test_rollout_swap_rollback_and_roll_forward(client):
 
 def test_count_mismatch_never_moves_the_alias(client):
     index, build_a = make_build(client, "model_a")
-    rollout(client, ALIAS, HASH_A, build=build_a, expected_count=N, create=index.create)
+    rollout(index, ALIAS, HASH_A, build=build_a, expected_count=N, create=index.create)
     _, short_build = make_build(client, "model_b", n=N - 2)
     with pytest.raises(CountMismatchError, match=f"holds {N - 2} documents but the source has {N}"):
-        rollout(client, ALIAS, HASH_B, build=short_build, expected_count=N, create=index.create)
-    assert alias_targets(client, ALIAS) == [versioned_name(ALIAS, HASH_A)]
+        rollout(index, ALIAS, HASH_B, build=short_build, expected_count=N, create=index.create)
+    assert index.alias_targets(ALIAS) == [versioned_name(ALIAS, HASH_A)]
     # within an explicit tolerance the same build is accepted
     res = rollout(
-        client,
+        index,
         ALIAS,
         HASH_B,
         build=short_build,
@@ -133,15 +130,15 @@ def test_count_mismatch_never_moves_the_alias(client):
         create=index.create,
         count_tolerance=2,
     )
-    assert res.swapped and alias_targets(client, ALIAS) == [versioned_name(ALIAS, HASH_B)]
+    assert res.swapped and index.alias_targets(ALIAS) == [versioned_name(ALIAS, HASH_B)]
 
 
 def test_rerun_for_the_live_model_is_a_no_op(client):
     index, build_a = make_build(client, "model_a")
-    rollout(client, ALIAS, HASH_A, build=build_a, expected_count=N, create=index.create)
+    rollout(index, ALIAS, HASH_A, build=build_a, expected_count=N, create=index.create)
     calls = []
     again = rollout(
-        client,
+        index,
         ALIAS,
         HASH_A,
         build=lambda name: calls.append(name),
@@ -150,7 +147,7 @@ def test_rerun_for_the_live_model_is_a_no_op(client):
     )
     assert not again.swapped and calls == [] and again.indexed == N
     with pytest.raises(RolloutError, match="roll back first"):
-        rollout(client, ALIAS, HASH_A, build=build_a, expected_count=N, rebuild=True)
+        rollout(index, ALIAS, HASH_A, build=build_a, expected_count=N, rebuild=True)
 
 
 def test_old_versions_are_pruned_but_never_the_live_one(client):
@@ -158,26 +155,26 @@ def test_old_versions_are_pruned_but_never_the_live_one(client):
     for h in (HASH_A, HASH_B, HASH_C):
         _, build = make_build(client, f"model_{h[0]}")
         res = rollout(
-            client, ALIAS, h, build=build, expected_count=N, create=index.create, keep_previous=1
+            index, ALIAS, h, build=build, expected_count=N, create=index.create, keep_previous=1
         )
     assert res.deleted == [versioned_name(ALIAS, HASH_A)]
-    names = [v["index"] for v in list_versions(client, ALIAS)]
+    names = [v["index"] for v in list_versions(index, ALIAS)]
     assert names == [versioned_name(ALIAS, HASH_B), versioned_name(ALIAS, HASH_C)]
     with pytest.raises(NotFoundError):
         client.count(index=versioned_name(ALIAS, HASH_A))
     # keep_previous=0: nothing to roll back to afterwards
     _, build_a = make_build(client, "model_a")
     rollout(
-        client, ALIAS, HASH_A, build=build_a, expected_count=N, create=index.create, keep_previous=0
+        index, ALIAS, HASH_A, build=build_a, expected_count=N, create=index.create, keep_previous=0
     )
-    assert [v["index"] for v in list_versions(client, ALIAS)] == [versioned_name(ALIAS, HASH_A)]
+    assert [v["index"] for v in list_versions(index, ALIAS)] == [versioned_name(ALIAS, HASH_A)]
     with pytest.raises(RolloutError, match="nothing to roll back to"):
-        rollback(client, ALIAS)
+        rollback(index, ALIAS)
 
 
 def test_readers_never_see_a_gap_during_the_swap(client):
     index, build_a = make_build(client, "model_a")
-    rollout(client, ALIAS, HASH_A, build=build_a, expected_count=N, create=index.create)
+    rollout(index, ALIAS, HASH_A, build=build_a, expected_count=N, create=index.create)
     seen: list[int | str] = []
     stop = threading.Event()
 
@@ -194,7 +191,7 @@ def test_readers_never_see_a_gap_during_the_swap(client):
         for h in (HASH_B, HASH_C, HASH_A):
             _, build = make_build(client, f"model_{h[0]}")
             rollout(
-                client,
+                index,
                 ALIAS,
                 h,
                 build=build,
@@ -202,7 +199,7 @@ def test_readers_never_see_a_gap_during_the_swap(client):
                 create=index.create,
                 keep_previous=2,
             )
-        rollback(client, ALIAS)
+        rollback(index, ALIAS)
     finally:
         stop.set()
         thread.join(5)
@@ -214,25 +211,25 @@ def test_a_concrete_index_named_like_the_alias_is_refused(client):
     client.indices.create(index=ALIAS, body={})
     index, build_a = make_build(client, "model_a")
     with pytest.raises(RolloutError, match="is a concrete index, not an alias"):
-        rollout(client, ALIAS, HASH_A, build=build_a, expected_count=N, create=index.create)
-    assert client.indices.exists(index=ALIAS) and alias_targets(client, ALIAS) == []
+        rollout(index, ALIAS, HASH_A, build=build_a, expected_count=N, create=index.create)
+    assert client.indices.exists(index=ALIAS) and index.alias_targets(ALIAS) == []
 
 
 def test_rollback_refuses_unknown_targets(client):
     index, build_a = make_build(client, "model_a")
-    rollout(client, ALIAS, HASH_A, build=build_a, expected_count=N, create=index.create)
+    rollout(index, ALIAS, HASH_A, build=build_a, expected_count=N, create=index.create)
     with pytest.raises(RolloutError, match="not a kept version"):
-        rollback(client, ALIAS, to_index="other-index")
+        rollback(index, ALIAS, to_index="other-index")
     with pytest.raises(RolloutError, match="already points"):
-        rollback(client, ALIAS, to_index=versioned_name(ALIAS, HASH_A))
+        rollback(index, ALIAS, to_index=versioned_name(ALIAS, HASH_A))
 
 
 def test_swap_actions_body():
-    assert swap_actions("a", "a-2", ["a-1"]) == [
+    assert alias_actions("a", "a-2", ["a-1"]) == [
         {"remove": {"index": "a-1", "alias": "a"}},
         {"add": {"index": "a-2", "alias": "a"}},
     ]
-    assert swap_actions("a", "a-2", []) == [{"add": {"index": "a-2", "alias": "a"}}]
+    assert alias_actions("a", "a-2", []) == [{"add": {"index": "a-2", "alias": "a"}}]
 
 
 def test_model_hash_names(splade_tiny):

@@ -8,7 +8,7 @@ import pytest
 from opensearchpy import OpenSearch
 
 from spladeray.config import parse_config
-from spladeray.index import rollout as ro
+from spladeray.index.opensearch import OpenSearchIndex
 from spladeray.index.rollout_job import run_rollback, run_rollout
 
 
@@ -36,20 +36,21 @@ def test_rollout_swaps_alias_and_rolls_back(ray_cluster, osmem, splade_tiny, tmp
     clone = osmem.clone()
     try:
         client = OpenSearch(hosts=[clone.url])
+        index = OpenSearchIndex(client)
         first = run_rollout(_cfg(clone.url, beir, splade_tiny))
         assert first["swapped"] and first["indexed"] == first["expected"] == 10
-        assert ro.alias_targets(client, "docs") == [first["index"]]
+        assert index.alias_targets("docs") == [first["index"]]
         # same model again: nothing to rebuild, the alias stays
         assert not run_rollout(_cfg(clone.url, beir, splade_tiny))["swapped"]
         # a different encoding (top_k) is a different model hash: new index, alias moves
         second = run_rollout(_cfg(clone.url, beir, splade_tiny, top_k=8))
         assert second["swapped"] and second["index"] != first["index"]
         assert second["previous"] == [first["index"]]
-        assert ro.alias_targets(client, "docs") == [second["index"]]
+        assert index.alias_targets("docs") == [second["index"]]
         assert client.count(index="docs")["count"] == 10
         back = run_rollback(_cfg(clone.url, beir, splade_tiny))
         assert back["index"] == first["index"]
-        assert ro.alias_targets(client, "docs") == [first["index"]]
+        assert index.alias_targets("docs") == [first["index"]]
     finally:
         clone.close()
 

@@ -234,3 +234,27 @@ def test_random_head_model_refused_unless_allowed(splade_tiny, tmp_path):
         build_app(cfg)
     cfg.model.allow_random_head = True
     assert build_app(cfg) is not None  # bound, not deployed
+
+
+def test_gpus_follow_the_cluster_and_the_driver_checks_the_model_on_cpu(
+    ray_cluster, splade_tiny, tmp_path, monkeypatch
+):
+    from spladeray.raycluster import cluster_gpus
+    from spladeray.serving import app as serving_app
+    from spladeray.serving import encoder as serving_encoder
+
+    cfg = serve_config(splade_tiny, tmp_path)
+    assert serving_app._num_gpus(cfg.serve.model_copy(update={"num_gpus": 2})) == 2.0
+    auto = cfg.serve.model_copy(update={"num_gpus": "auto"})
+    assert serving_app._num_gpus(auto) == (1.0 if cluster_gpus() > 0 else 0.0)
+    seen = []
+    real = serving_encoder.load_servable_encoder
+    monkeypatch.setattr(
+        serving_encoder,
+        "load_servable_encoder",
+        lambda *a, **kw: seen.append(kw.get("device")) or real(*a, **kw),
+    )
+    on_auto = cfg.model_copy(update={"model": cfg.model.model_copy(update={"device": "auto"})})
+    serving_app.build_app(on_auto)  # bound, not deployed
+    assert seen == ["cpu"]  # the driver never moves the model to a GPU
+    assert str(real(on_auto, device="cpu").device) == "cpu"

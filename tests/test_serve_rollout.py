@@ -12,7 +12,8 @@ from opensearchpy import OpenSearch
 
 from spladeray.config import parse_config
 from spladeray.index import rollout as ro
-from spladeray.index.opensearch import OpenSearchIndex
+from spladeray.index.local import LocalIndex
+from spladeray.index.opensearch import META_KEY, OpenSearchIndex
 from spladeray.serving.api import IndexRoute, IndexRouter
 from spladeray.serving.encoder import load_servable_encoder
 
@@ -151,12 +152,11 @@ def test_search_follows_the_alias_across_rollout_and_rollback(
         bad = f"{ALIAS}-{'e' * 12}"
         reader.create(bad)
         reader.add(bad, ["x"], [{"cells": 1.0}], [{"text": "x"}])
-        ro.tag_index(
-            client,
+        reader.set_index_meta(
             bad,
             {"model_hash": "e" * 64, "model_path": str(_random_head(tmp_path / "rh", splade_tiny))},
         )
-        ro.swap_alias(client, ALIAS, bad, [first["index"]])
+        ro.swap_alias(reader, ALIAS, bad, [first["index"]])
         r = httpx.post(f"{url}/search", json={"query": QUERY}, timeout=120)
         assert r.status_code == 503 and "random" in r.json()["error"].lower(), r.text
     finally:
@@ -192,17 +192,16 @@ class _FakeIndices:
 
     def get_mapping(self, index):
         meta = self.meta.get(index)
-        return {index: {"mappings": {"_meta": {ro.META_KEY: meta}} if meta else {}}}
+        return {index: {"mappings": {"_meta": {META_KEY: meta}} if meta else {}}}
 
 
-class _FakeBackend:
+class _FakeClient:
     def __init__(self) -> None:
-        self.client = type("Client", (), {})()
-        self.client.indices = _FakeIndices()
+        self.indices = _FakeIndices()
 
 
-def test_index_router_resolves_caches_and_falls_back():
-    backend = _FakeBackend()
+def test_index_router_resolves_caches_and_falls_back(tmp_path):
+    backend = OpenSearchIndex(_FakeClient())
     indices = backend.client.indices
     now = [0.0]
     router = IndexRouter(backend, "/models/a", ttl_s=5.0, clock=lambda: now[0])
@@ -226,7 +225,8 @@ def test_index_router_resolves_caches_and_falls_back():
     assert router.resolve("kb") == IndexRoute("kb-cccccc", "", "kb")
     indices.aliases["multi"] = ["x1", "x2"]  # several targets: not a rollout alias
     assert router.resolve("multi") == IndexRoute("multi")
-    assert IndexRouter(object(), "/models/a", 5.0).resolve("kb") == IndexRoute("kb")  # local
+    local = LocalIndex(tmp_path)  # the embedded index has no aliases
+    assert IndexRouter(local, "/models/a", 5.0).resolve("kb") == IndexRoute("kb")
 
 
 def test_model_by_path_gets_the_random_head_check(splade_tiny, tmp_path):

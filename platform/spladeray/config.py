@@ -172,6 +172,20 @@ class IndexConfig(Section):
     seismic: dict[str, Any] = Field(
         default_factory=dict, description="Seismic build/search parameters (local backend)"
     )
+    text_language: str | None = Field(
+        "english",
+        description="local backend text search (BM25, hybrid /search): PyStemmer stemmer and "
+        "bm25s stopword language; null: no stemming, no stopwords (OpenSearch: the analyzer)",
+    )
+
+    @model_validator(mode="after")
+    def _known_language(self) -> IndexConfig:
+        import Stemmer
+
+        known = Stemmer.algorithms()
+        if self.text_language is not None and self.text_language not in known:
+            raise ValueError(f"unknown text_language {self.text_language!r}; one of {known}")
+        return self
 
 
 class DataConfig(Section):

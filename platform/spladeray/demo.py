@@ -25,7 +25,7 @@ def run_search_demo(cfg: Config, model_path: str | None = None) -> dict:
         raise ValueError(f"{cfg.source}: the demo needs a data section (a BEIR directory)")
     model_cfg = cfg.model.model_copy(update={"path": model_path}) if model_path else cfg.model
     encoder = load_encoder_from_config(model_cfg)
-    index = open_index(cfg.index)
+    index = open_index(cfg.index, tokenizer=encoder.tokenizer)
     name = cfg.index.name
     rejects = Rejects()
     start = time.perf_counter()

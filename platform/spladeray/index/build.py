@@ -1,7 +1,8 @@
 """Encode a stream of documents and write them to any :class:`SparseIndex`, in one process.
 
-The distributed variant (Ray Data actor pool) is ``jobs/index.py``; this one serves the demo,
-tests and small corpora.
+The distributed variant (Ray Data actor pool) is :mod:`spladeray.index.bulk`; this one serves
+the demo, tests and small corpora. Rows are checked by :func:`spladeray.index.documents.check_row`
+(unusable ones are listed in the result's ``failed``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from itertools import islice
 
 from tqdm.auto import tqdm
 
-from spladeray.data.beir import doc_text
-from spladeray.index.base import BulkResult, SparseIndex
+from spladeray.index.base import BulkResult, Failure, SparseIndex
+from spladeray.index.documents import check_row
 from spladeray.model.encoder import SpladeEncoder
 
 
@@ -42,8 +43,12 @@ def index_documents(
     result = BulkResult()
     with tqdm(total=total, desc=f"index {name}", unit="doc", disable=not show_progress) as bar:
         for batch in _batches(docs, batch_size):
-            vectors = encoder.encode_documents([doc_text(d) for d in batch])
-            fields = [{"title": d.get("title") or "", "text": d.get("text") or ""} for d in batch]
-            result = result.merge(index.add(name, [d["_id"] for d in batch], vectors, fields))
+            checked = [check_row(row) for row in batch]
+            good = [d for d in checked if not isinstance(d, Failure)]
+            result.failed.extend(d for d in checked if isinstance(d, Failure))
+            if good:
+                vectors = encoder.encode_documents([d.encode_text for d in good])
+                ids, fields = [d.id for d in good], [d.fields() for d in good]
+                result = result.merge(index.add(name, ids, vectors, fields))
             bar.update(len(batch))
     return result

@@ -7,6 +7,13 @@ and several processes (Serve replicas, Ray Data actors) can add to one index: ea
 files and readers pick up new segments before every search. A later segment's copy of an id
 replaces the earlier one, so re-indexing overwrites instead of duplicating.
 
+Text search (:meth:`LocalIndex.text_search`, the lexical leg of hybrid search) is BM25 over the
+stored title and text (:class:`~spladeray.index.bm25.TextBM25`, stemming and stopwords in
+``text_language``), built on first use and rebuilt whenever the index changes.
+
+The embedded index has no aliases: its alias reads answer "no alias", its alias writes raise
+:class:`~spladeray.index.base.AliasesUnsupportedError` (rollouts need OpenSearch).
+
 Search is exact: the index is an in-memory CSC matrix ``docs x tokens``; a query touches only its
 own token columns, ``score = D[:, q_tokens] @ q_weights``, then ``argpartition`` for the top k.
 Memory is about 8 bytes per stored (doc, token) weight plus ids and fields: SciFact's 5k docs
@@ -15,6 +22,7 @@ with ~260 weights each is ~11 MB; 10M documents want a server (OpenSearch backen
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -30,7 +38,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from spladeray.index.base import BulkResult, Failure, Hit, id_problem, vector_problem
+from spladeray.index.base import (
+    AliasesUnsupportedError,
+    BulkResult,
+    Failure,
+    Hit,
+    IndexInfo,
+    IndexNotFoundError,
+    id_problem,
+    vector_problem,
+)
 
 _SCHEMA = pa.schema(
     [
@@ -57,6 +74,8 @@ class _Store:
         self.matrix: sp.csc_matrix | None = None
         self.live: np.ndarray | None = None
         self.seismic = None  # SeismicSearcher, built on demand
+        self.bm25 = None  # TextBM25 over the live rows, built on demand
+        self.bm25_rows: list[int] = []
 
     def append(self, table: pa.Table) -> None:
         ids = table.column("id").to_pylist()
@@ -76,6 +95,7 @@ class _Store:
             self.row_weights.append(weights[i].values.to_numpy(zero_copy_only=False))
         self.matrix = None
         self.seismic = None
+        self.bm25 = None
 
     def live_rows(self) -> list[tuple[str, dict[str, float]]]:
         tokens = list(self.vocab)
@@ -114,6 +134,7 @@ class LocalIndex:
 
     ``search="seismic"`` answers from an approximate Seismic index (see
     :mod:`spladeray.index.seismic`) rebuilt lazily after writes; ``"exact"`` is the default.
+    ``text_language`` is the stemmer / stopword language of :meth:`text_search` (None: neither).
     """
 
     def __init__(
@@ -121,6 +142,7 @@ class LocalIndex:
         root: str | os.PathLike[str],
         search: str = "exact",
         seismic: dict[str, Any] | None = None,
+        text_language: str | None = "english",
     ) -> None:
         if search not in ("exact", "seismic"):
             raise ValueError(f"search must be 'exact' or 'seismic', got {search!r}")
@@ -128,6 +150,7 @@ class LocalIndex:
         self.root.mkdir(parents=True, exist_ok=True)
         self.search_mode = search
         self.seismic_params = dict(seismic or {})
+        self.text_language = text_language
         self._stores: dict[str, _Store] = {}
         self._lock = threading.RLock()
 
@@ -143,7 +166,7 @@ class LocalIndex:
     def _store(self, name: str) -> _Store:
         """The in-memory store, refreshed with segments other processes wrote."""
         if not self.exists(name):
-            raise KeyError(f"index {name!r} does not exist under {self.root}")
+            raise IndexNotFoundError(f"index {name!r} does not exist under {self.root}")
         store = self._stores.get(name)
         files = self._segment_files(name)
         if store is None or not set(store.segments).issubset(f.name for f in files):
@@ -279,14 +302,45 @@ class LocalIndex:
                 out.append(sorted(rescored, key=lambda h: (-h.score, h.id)))
             return out
 
+    def text_search(self, name: str, text: str, size: int = 10) -> list[Hit]:
+        """BM25 over the stored title and text (rebuilt after every change to the index)."""
+        from spladeray.index.bm25 import TextBM25
+
+        with self._lock:
+            store = self._store(name)
+            if store.bm25 is None:
+                rows = sorted(store.row_of.values())
+                texts = []
+                for r in rows:
+                    f = json.loads(store.fields[r])
+                    texts.append(f"{f.get('title') or ''} {f.get('text') or ''}".strip())
+                store.bm25 = TextBM25(texts, self.text_language)
+                store.bm25_rows = rows
+            bm25, rows = store.bm25, store.bm25_rows
+            ids, fields = store.ids, store.fields
+        return [
+            Hit(ids[rows[i]], score, json.loads(fields[rows[i]]))
+            for i, score in bm25.search(text, size)
+        ]
+
     def count(self, name: str) -> int:
         with self._lock:
             return len(self._store(name).row_of)
 
     def ids(self, name: str) -> set[str]:
         """All live document ids (used to resume an indexing run)."""
+        if not self.exists(name):
+            return set()
         with self._lock:
             return set(self._store(name).row_of)
+
+    def refresh(self, name: str) -> None:
+        """Nothing to do: every write is a complete segment that the next read picks up."""
+
+    def close(self) -> None:
+        """Drop the in-memory copies (the folder stays)."""
+        with self._lock:
+            self._stores.clear()
 
     def get(self, name: str, doc_id: str) -> dict[str, float] | None:
         """The stored vector of one document, or None."""
@@ -321,3 +375,31 @@ class LocalIndex:
             for f in files:
                 f.unlink(missing_ok=True)
             self._stores.pop(name, None)
+
+    # -------------------------------------------------------------- aliases (none here)
+    def alias_targets(self, alias: str) -> list[str]:
+        return []
+
+    def resolve_alias(self, name: str) -> tuple[str, dict[str, Any]] | None:
+        return None
+
+    def update_alias(self, alias: str, add: str, remove: Sequence[str] = ()) -> None:
+        raise AliasesUnsupportedError(
+            "the embedded index has no aliases; rollouts need index.backend: opensearch"
+        )
+
+    def index_meta(self, name: str) -> dict[str, Any]:
+        return {}
+
+    def set_index_meta(self, name: str, meta: Mapping[str, Any]) -> None:
+        raise AliasesUnsupportedError(
+            "the embedded index records no model meta; rollouts need index.backend: opensearch"
+        )
+
+    def list_indices(self, pattern: str) -> list[IndexInfo]:
+        """The index folders matching ``pattern`` (no meta, no aliases), by name."""
+        return [
+            IndexInfo(d.name, int(d.stat().st_mtime * 1000))
+            for d in sorted(self.root.iterdir())
+            if d.is_dir() and fnmatch.fnmatchcase(d.name, pattern)
+        ]

@@ -26,6 +26,10 @@ in ``failed`` with OpenSearch's reason. Connection failures raise
 :class:`~spladeray.index.base.IndexUnavailableError` carrying the partial :class:`BulkResult`
 (what OpenSearch confirmed before the failure), so callers answer 503 and never over-report.
 
+Rollout aliases (:mod:`spladeray.index.rollout`): an alias moves in one ``POST _aliases`` request
+(:func:`alias_actions`), and each versioned index records its model under ``_meta.spladeray``
+of its mapping (:data:`META_KEY`).
+
 Connection (``from_config``): TLS verification is on by default (turning it off logs a warning),
 optional CA bundle, basic auth or AWS SigV4 (``requests-aws4auth``), with every secret read from
 the environment variables the config names -- never from the config itself, never logged.
@@ -33,6 +37,7 @@ the environment variables the config names -- never from the config itself, neve
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
@@ -45,6 +50,8 @@ from spladeray.index.base import (
     BulkResult,
     Failure,
     Hit,
+    IndexInfo,
+    IndexNotFoundError,
     IndexUnavailableError,
     id_problem,
     vector_problem,
@@ -58,6 +65,8 @@ MIN_NORMAL_FLOAT = 1.1754944e-38
 """FeatureField rejects values below the smallest positive normal float32."""
 MAX_FLOAT32 = 3.4028235e38
 TEXT_FIELDS = ("title", "text")
+META_KEY = "spladeray"
+"""Key of our record in an index mapping's ``_meta`` (model hash, model path, ...)."""
 
 T = TypeVar("T")
 
@@ -186,6 +195,15 @@ def _unavailable(exc: Exception) -> bool:
     return False
 
 
+def alias_actions(alias: str, add: str, remove: Sequence[str]) -> list[dict[str, Any]]:
+    """The ``POST _aliases`` actions moving ``alias`` from ``remove`` to ``add``."""
+    actions: list[dict[str, Any]] = [
+        {"remove": {"index": old, "alias": alias}} for old in remove if old != add
+    ]
+    actions.append({"add": {"index": add, "alias": alias}})
+    return actions
+
+
 def _reason(info: Mapping[str, Any]) -> str:
     """A one-line reason from a bulk item's ``error``."""
     error = info.get("error")
@@ -270,8 +288,14 @@ class OpenSearchIndex:
 
     # ------------------------------------------------------------------ plumbing
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one request; unreachable -> :class:`IndexUnavailableError`, a missing index ->
+        :class:`IndexNotFoundError`."""
+        from opensearchpy.exceptions import NotFoundError
+
         try:
             return fn()
+        except NotFoundError as exc:
+            raise IndexNotFoundError(f"{what}: the index does not exist ({exc.error})") from exc
         except Exception as exc:
             if _unavailable(exc):
                 raise IndexUnavailableError(
@@ -424,7 +448,7 @@ class OpenSearchIndex:
             try:
                 self.create(name)
             except IndexUnavailableError as exc:
-                exc.result = BulkResult(  # type: ignore[attr-defined]
+                exc.result = BulkResult(
                     0,
                     failed
                     + [
@@ -459,12 +483,11 @@ class OpenSearchIndex:
             result.failed.extend(
                 Failure(d, "not confirmed: OpenSearch became unavailable") for d in lost
             )
-            err = IndexUnavailableError(
+            raise IndexUnavailableError(
                 f"OpenSearch is unavailable (bulk into {name}): {type(exc).__name__}: {exc}; "
-                f"{result.indexed} documents were confirmed before the failure"
-            )
-            err.result = result  # type: ignore[attr-defined]
-            raise err from exc
+                f"{result.indexed} documents were confirmed before the failure",
+                result,
+            ) from exc
         return result
 
     def search(self, name: str, query: Mapping[str, float], size: int = 10) -> list[Hit]:
@@ -473,6 +496,12 @@ class OpenSearchIndex:
         body = self.query_body(query, size)
         response = self._call(f"search {name}", lambda: self.client.search(index=name, body=body))
         return [_hit(h) for h in response["hits"]["hits"]]
+
+    def search_many(
+        self, name: str, queries: Sequence[Mapping[str, float]], size: int = 10
+    ) -> list[list[Hit]]:
+        """One :meth:`search` per query, in order."""
+        return [self.search(name, query, size) for query in queries]
 
     def text_search(self, name: str, text: str, size: int = 10) -> list[Hit]:
         """BM25 over the text fields (the lexical leg of hybrid search)."""
@@ -531,6 +560,58 @@ class OpenSearchIndex:
 
     def close(self) -> None:
         self.client.close()
+
+    # ------------------------------------------------------------------ rollout aliases
+    def alias_targets(self, alias: str) -> list[str]:
+        from opensearchpy.exceptions import NotFoundError
+
+        def run() -> list[str]:
+            try:
+                return sorted(self.client.indices.get_alias(name=alias))
+            except NotFoundError:
+                return []
+
+        return self._call(f"get alias {alias}", run)
+
+    def resolve_alias(self, name: str) -> tuple[str, dict[str, Any]] | None:
+        targets = self.alias_targets(name)
+        if len(targets) != 1:
+            return None
+        return targets[0], self.index_meta(targets[0])
+
+    def update_alias(self, alias: str, add: str, remove: Sequence[str] = ()) -> None:
+        body = {"actions": alias_actions(alias, add, remove)}
+        self._call(f"move alias {alias}", lambda: self.client.indices.update_aliases(body=body))
+
+    def index_meta(self, name: str) -> dict[str, Any]:
+        response = self._call(
+            f"get mapping {name}", lambda: self.client.indices.get_mapping(index=name)
+        )
+        mappings = next(iter(response.values()), {}).get("mappings", {})
+        return dict((mappings.get("_meta") or {}).get(META_KEY, {}))
+
+    def set_index_meta(self, name: str, meta: Mapping[str, Any]) -> None:
+        body = {"_meta": {META_KEY: dict(meta)}}  # put_mapping merges _meta into the mapping
+        self._call(
+            f"put mapping {name}", lambda: self.client.indices.put_mapping(index=name, body=body)
+        )
+
+    def list_indices(self, pattern: str) -> list[IndexInfo]:
+        response = self._call(
+            f"get {pattern}",
+            lambda: self.client.indices.get(
+                index=pattern, ignore_unavailable=True, allow_no_indices=True
+            ),
+        )
+        out = []
+        for name, info in response.items():
+            if not fnmatch.fnmatchcase(name, pattern):
+                continue
+            settings = info.get("settings", {}).get("index", {})
+            meta = (info.get("mappings", {}).get("_meta") or {}).get(META_KEY, {})
+            created = int(settings.get("creation_date", 0) or 0)
+            out.append(IndexInfo(name, created, dict(meta), sorted(info.get("aliases") or {})))
+        return sorted(out, key=lambda i: i.name)
 
 
 def _hit(raw: Mapping[str, Any]) -> Hit:

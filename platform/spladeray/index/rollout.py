@@ -11,12 +11,13 @@ the source, then moves the alias in **one** ``POST _aliases`` request (remove ol
 applied atomically: a reader sees the old index or the new one, never none, never both). The
 previous index is kept (``keep_previous``) so :func:`rollback` is one more atomic swap.
 
-Each versioned index records its model in the mapping's ``_meta`` (``spladeray.model_hash``
-and whatever the caller adds, e.g. the model path), so a reader can resolve the alias to the
-concrete index and pick the matching query encoder (:func:`resolve_alias`).
+Each versioned index records its model in its meta (``model_hash`` and whatever the caller
+adds, e.g. the model path), so a reader can resolve the alias to the concrete index and pick the
+matching query encoder (:meth:`SparseIndex.resolve_alias <spladeray.index.base.SparseIndex>`).
 
-Everything here takes an ``opensearchpy.OpenSearch`` client and plain callables, so
-``jobs/index.py`` (Ray Data bulk indexing) and tests drive it the same way.
+Everything here takes a :class:`~spladeray.index.base.SparseIndex` (its alias methods; only the
+OpenSearch backend has aliases) and plain callables, so ``jobs/index.py`` (Ray Data bulk
+indexing) and tests drive it the same way.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spladeray.index.base import SparseIndex
+
 logger = logging.getLogger(__name__)
 
-META_KEY = "spladeray"
 _HASH_FILES = (".json", ".safetensors", ".bin", ".pt", ".txt", ".model")
 
 
@@ -85,92 +87,49 @@ def _version_pattern(alias: str) -> re.Pattern[str]:
 
 
 # --------------------------------------------------------------------------- reading state
-def alias_targets(client: Any, alias: str) -> list[str]:
-    """The concrete indices ``alias`` points to (empty when the alias does not exist)."""
-    from opensearchpy.exceptions import NotFoundError
-
-    try:
-        res = client.indices.get_alias(name=alias)
-    except NotFoundError:
-        return []
-    return sorted(res)
-
-
-def list_versions(client: Any, alias: str) -> list[dict[str, Any]]:
+def list_versions(index: SparseIndex, alias: str) -> list[dict[str, Any]]:
     """Every ``<alias>-<hash>`` index, oldest first: name, creation time, model meta, live."""
-    res = client.indices.get(index=f"{alias}-*", ignore_unavailable=True, allow_no_indices=True)
     pattern = _version_pattern(alias)
-    out = []
-    for name, info in res.items():
-        if not pattern.match(name):
-            continue
-        settings = info.get("settings", {}).get("index", {})
-        meta = (info.get("mappings", {}).get("_meta") or {}).get(META_KEY, {})
-        out.append(
-            {
-                "index": name,
-                "created": int(settings.get("creation_date", 0) or 0),
-                "model_hash": meta.get("model_hash"),
-                "meta": meta,
-                "live": alias in (info.get("aliases") or {}),
-            }
-        )
+    out = [
+        {
+            "index": info.name,
+            "created": info.created,
+            "model_hash": info.meta.get("model_hash"),
+            "meta": info.meta,
+            "live": alias in info.aliases,
+        }
+        for info in index.list_indices(f"{alias}-*")
+        if pattern.match(info.name)
+    ]
     out.sort(key=lambda v: (v["created"], v["index"]))
     return out
 
 
-def resolve_alias(client: Any, alias: str) -> tuple[str, dict[str, Any]]:
-    """``(concrete index, its spladeray _meta)`` behind ``alias``; what a reader should query
-    so that the query encoder and the index always belong to the same model."""
-    targets = alias_targets(client, alias)
-    if len(targets) != 1:
-        raise RolloutError(
-            f"alias {alias!r} points to {targets or 'no index'}; expected exactly one"
-        )
-    index = targets[0]
-    mapping = client.indices.get_mapping(index=index).get(index, {}).get("mappings", {})
-    return index, dict((mapping.get("_meta") or {}).get(META_KEY, {}))
+def count_documents(index: SparseIndex, name: str) -> int:
+    index.refresh(name)
+    return index.count(name)
 
 
-def tag_index(client: Any, index: str, meta: Mapping[str, Any]) -> None:
-    """Record the model in the index mapping's ``_meta`` (``put_mapping`` merges it)."""
-    client.indices.put_mapping(index=index, body={"_meta": {META_KEY: dict(meta)}})
-
-
-def count_documents(client: Any, index: str) -> int:
-    client.indices.refresh(index=index)
-    return int(client.count(index=index)["count"])
-
-
-def verify_count(client: Any, index: str, expected: int, tolerance: int = 0) -> int:
-    """Refresh and count ``index``; :class:`CountMismatchError` when off by more than tolerance."""
-    got = count_documents(client, index)
+def verify_count(index: SparseIndex, name: str, expected: int, tolerance: int = 0) -> int:
+    """Refresh and count ``name``; :class:`CountMismatchError` when off by more than tolerance."""
+    got = count_documents(index, name)
     if abs(got - expected) > tolerance:
         raise CountMismatchError(
-            f"{index} holds {got} documents but the source has {expected} "
+            f"{name} holds {got} documents but the source has {expected} "
             f"(tolerance {tolerance}); the alias was NOT moved"
         )
     return got
 
 
-def swap_actions(alias: str, new_index: str, old_indices: list[str]) -> list[dict[str, Any]]:
-    """The ``POST _aliases`` actions moving ``alias`` from ``old_indices`` to ``new_index``."""
-    actions: list[dict[str, Any]] = [
-        {"remove": {"index": old, "alias": alias}} for old in old_indices if old != new_index
-    ]
-    actions.append({"add": {"index": new_index, "alias": alias}})
-    return actions
-
-
-def swap_alias(client: Any, alias: str, new_index: str, old_indices: list[str]) -> None:
-    """Move the alias in one atomic ``_aliases`` request, then check where it points."""
-    if client.indices.exists(index=alias) and not alias_targets(client, alias):
+def swap_alias(index: SparseIndex, alias: str, new_index: str, old_indices: list[str]) -> None:
+    """Move the alias in one atomic request, then check where it points."""
+    if index.exists(alias) and not index.alias_targets(alias):
         raise RolloutError(
             f"{alias!r} is a concrete index, not an alias. Rename it once (reindex into "
             f"{alias}-<hash> or delete it) so that {alias!r} can become the read alias."
         )
-    client.indices.update_aliases(body={"actions": swap_actions(alias, new_index, old_indices)})
-    now = alias_targets(client, alias)
+    index.update_alias(alias, new_index, old_indices)
+    now = index.alias_targets(alias)
     if now != [new_index]:
         raise RolloutError(f"after the swap {alias!r} points to {now}, expected [{new_index!r}]")
 
@@ -191,7 +150,7 @@ class RolloutResult:
 
 
 def rollout(
-    client: Any,
+    index: SparseIndex,
     alias: str,
     model_hash: str,
     *,
@@ -220,39 +179,39 @@ def rollout(
     Returns what happened; the alias is moved only after the count check passed.
     """
     new = versioned_name(alias, model_hash, hash_length)
-    live = alias_targets(client, alias)
+    live = index.alias_targets(alias)
     if new in live and not rebuild:
         expected = expected_count() if callable(expected_count) else int(expected_count)
-        got = verify_count(client, new, expected, count_tolerance)
+        got = verify_count(index, new, expected, count_tolerance)
         logger.info("%s already serves %s (%d documents); nothing to do", alias, new, got)
         return RolloutResult(alias, new, [i for i in live if i != new], expected, got, False)
     if new in live and rebuild:
         raise RolloutError(f"{new} is live behind {alias!r}; roll back first, then rebuild it")
-    if rebuild and client.indices.exists(index=new):
+    if rebuild and index.exists(new):
         logger.info("dropping %s to rebuild it", new)
-        client.indices.delete(index=new)
+        index.delete(new)
     if create is not None:
         create(new)
     logger.info("building %s beside %s", new, live or "(no live index)")
     build(new)
-    if not client.indices.exists(index=new):
+    if not index.exists(new):
         raise RolloutError(f"build() did not create {new}")
-    tag_index(client, new, {"model_hash": model_hash, **dict(meta or {})})
+    index.set_index_meta(new, {"model_hash": model_hash, **dict(meta or {})})
     expected = expected_count() if callable(expected_count) else int(expected_count)
-    got = verify_count(client, new, expected, count_tolerance)
-    swap_alias(client, alias, new, live)
+    got = verify_count(index, new, expected, count_tolerance)
+    swap_alias(index, alias, new, live)
     logger.info("alias %s -> %s (%d documents); previous: %s", alias, new, got, live or "none")
-    deleted = prune_versions(client, alias, keep_previous)
+    deleted = prune_versions(index, alias, keep_previous)
     return RolloutResult(alias, new, live, expected, got, True, deleted)
 
 
-def prune_versions(client: Any, alias: str, keep_previous: int) -> list[str]:
+def prune_versions(index: SparseIndex, alias: str, keep_previous: int) -> list[str]:
     """Delete versioned indices beyond the ``keep_previous`` newest non-live ones."""
-    versions = [v for v in list_versions(client, alias) if not v["live"]]
+    versions = [v for v in list_versions(index, alias) if not v["live"]]
     doomed = versions[: max(0, len(versions) - keep_previous)]
     for v in doomed:
         logger.info("deleting old version %s", v["index"])
-        client.indices.delete(index=v["index"])
+        index.delete(v["index"])
     return [v["index"] for v in doomed]
 
 
@@ -264,33 +223,33 @@ class RollbackResult:
     documents: int
 
 
-def rollback(client: Any, alias: str, to_index: str | None = None) -> RollbackResult:
+def rollback(index: SparseIndex, alias: str, to_index: str | None = None) -> RollbackResult:
     """Point ``alias`` back at ``to_index`` (default: the newest kept non-live version).
 
     The index rolled back from is kept, so rolling forward again is ``rollback(to_index=...)``.
     """
-    live = alias_targets(client, alias)
-    versions = list_versions(client, alias)
+    live = index.alias_targets(alias)
+    versions = list_versions(index, alias)
     if to_index is None:
         candidates = [v["index"] for v in versions if v["index"] not in live]
         if not candidates:
             raise RolloutError(f"no previous version of {alias!r} is kept; nothing to roll back to")
         to_index = candidates[-1]
-    elif not _version_pattern(alias).match(to_index) or not client.indices.exists(index=to_index):
+    elif not _version_pattern(alias).match(to_index) or not index.exists(to_index):
         raise RolloutError(f"{to_index!r} is not a kept version of {alias!r}")
     if live == [to_index]:
         raise RolloutError(f"{alias!r} already points to {to_index}")
-    documents = count_documents(client, to_index)
+    documents = count_documents(index, to_index)
     if documents == 0:
         raise RolloutError(f"{to_index} is empty; refusing to roll back to it")
-    swap_alias(client, alias, to_index, live)
+    swap_alias(index, alias, to_index, live)
     logger.info("rolled %s back: %s -> %s", alias, live, to_index)
     return RollbackResult(alias, to_index, live, documents)
 
 
-def status(client: Any, alias: str) -> dict[str, Any]:
+def status(index: SparseIndex, alias: str) -> dict[str, Any]:
     """Where the alias points and every kept version with its document count."""
-    versions = list_versions(client, alias)
+    versions = list_versions(index, alias)
     for v in versions:
-        v["documents"] = int(client.count(index=v["index"])["count"])
-    return {"alias": alias, "live": alias_targets(client, alias), "versions": versions}
+        v["documents"] = index.count(v["index"])
+    return {"alias": alias, "live": index.alias_targets(alias), "versions": versions}

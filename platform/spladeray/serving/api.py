@@ -14,15 +14,15 @@ so a query and the documents it is scored against always come from the same mode
 during and after a switch. The model is picked by Serve model multiplexing on the encoder
 (``multiplexed_model_id`` = the model path; the configured model when the alias has no
 ``_meta``, the name is a plain index, or the backend is the embedded one). The resolution is
-cached per ingress replica for ``serve.alias_cache_s`` seconds. ``/index`` writes go to the name
-as given (the alias, hence the live index only), encoded with the live index's model.
+the index's own ``resolve_alias`` (see :class:`spladeray.index.base.SparseIndex`), cached per
+ingress replica for ``serve.alias_cache_s`` seconds. ``/index`` writes go to the name as given
+(the alias, hence the live index only), encoded with the live index's model.
 
 No ``from __future__ import annotations`` here: Serve's ingress wraps the route methods, and
 FastAPI must see real annotation objects to tell request bodies from query parameters.
 """
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import os
@@ -35,12 +35,16 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from spladeray.data.beir import doc_text
-from spladeray.index.base import Failure, Hit, IndexUnavailableError, id_problem
-from spladeray.serving.hybrid import LocalBM25, rrf
-from spladeray.serving.limits import BodyLimitMiddleware, document_problem, truncate_texts
+from spladeray.index import open_index
+from spladeray.index.base import Failure, Hit, IndexNotFoundError, IndexUnavailableError
+from spladeray.index.documents import check_document
+from spladeray.serving.encoder import ModelLoadError
+from spladeray.serving.hybrid import rrf
+from spladeray.serving.limits import BodyLimitMiddleware, truncate_texts
 from spladeray.serving.metrics import CONTENT_TYPE, IngressMetrics
 from spladeray.serving.schemas import (
     Contribution,
@@ -117,25 +121,24 @@ class IndexRoute:
 class IndexRouter:
     """Resolves index names through rollout aliases, caching each answer ``ttl_s`` seconds.
 
-    Only an OpenSearch backend has aliases; anything else (and any plain index name, or an alias
-    with several targets) routes to the name itself with the configured model. When OpenSearch
-    cannot be asked, the last answer is reused (however old); without one, the name itself.
+    A name that is no alias over exactly one index (a plain index, an alias over several, any
+    name on the embedded backend, which has no aliases) routes to itself with the configured
+    model. When the backend cannot be asked, the last answer is reused (however old); without
+    one, the name itself.
     """
 
-    def __init__(self, backend, default_model: str, ttl_s: float, clock=time.monotonic) -> None:
-        self.client = getattr(backend, "client", None)
+    def __init__(self, index, default_model: str, ttl_s: float, clock=time.monotonic) -> None:
+        self.index = index
         self.default_model = default_model
         self.ttl_s = ttl_s
         self.clock = clock
         self._cache: dict[str, tuple[float, IndexRoute]] = {}
-        self._lock = threading.Lock()
+        self._mutex = threading.Lock()
 
     def resolve(self, name: str) -> IndexRoute:
         """Blocking (an OpenSearch round trip on a cache miss): call it from a worker thread."""
-        if self.client is None:
-            return IndexRoute(name)
         now = self.clock()
-        with self._lock:
+        with self._mutex:
             cached = self._cache.get(name)
         if cached is not None and now < cached[0]:
             return cached[1]
@@ -147,35 +150,19 @@ class IndexRouter:
                 return cached[1]
             logger.warning("cannot resolve %r (%s); using it as a plain index", name, exc)
             return IndexRoute(name)
-        with self._lock:
+        with self._mutex:
             self._cache[name] = (now + self.ttl_s, route)
         if cached is not None and cached[1] != route:
             logger.info("index %r now routes to %s (was %s)", name, route, cached[1])
         return route
 
     def _lookup(self, name: str) -> IndexRoute:
-        from spladeray.index import rollout as ro
-
-        try:
-            index, meta = ro.resolve_alias(self.client, name)
-        except ro.RolloutError:  # a plain index (or none), or an alias over several indices
+        resolved = self.index.resolve_alias(name)
+        if resolved is None:  # a plain index (or none), or an alias over several indices
             return IndexRoute(name)
+        index, meta = resolved
         path = str(meta.get("model_path") or "")
         return IndexRoute(index, "" if path == self.default_model else path, name)
-
-
-def open_backend(index_cfg, tokenizer=None):
-    """The configured :class:`SparseIndex`; ``sparse_vector`` gets the tokenizer vocabulary."""
-    from spladeray.index import open_index
-
-    if index_cfg.backend == "opensearch":
-        from spladeray.index.opensearch import OpenSearchIndex
-
-        token_ids = None
-        if index_cfg.opensearch.field_type == "sparse_vector":
-            token_ids = tokenizer.get_vocab()
-        return OpenSearchIndex.from_config(index_cfg.opensearch, token_ids=token_ids)
-    return open_index(index_cfg)
 
 
 @serve.deployment(name="Ingress")
@@ -184,12 +171,12 @@ class Ingress:
     """Validates requests, calls the encoder deployment, reads and writes the index."""
 
     def __init__(self, encoder, cfg) -> None:
+        self.index = None  # opened last: __del__ closes it only once it exists
         self.encoder = encoder
         self.cfg = cfg
         self.limits = cfg.serve
         api.state.max_request_bytes = cfg.serve.max_request_bytes
         self.metrics = IngressMetrics()
-        self.bm25 = LocalBM25()
         self._created: set[str] = set()
         self._token: bytes | None = None
         if cfg.serve.bearer_token_env:
@@ -199,30 +186,22 @@ class Ingress:
                     f"serve.bearer_token_env names ${cfg.serve.bearer_token_env}, which is not set"
                 )
             self._token = token.encode()
-        tokenizer = None
-        if cfg.index.backend == "opensearch" and cfg.index.opensearch.field_type == "sparse_vector":
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
-        self.index = open_backend(cfg.index, tokenizer)
+        self.index = open_index(cfg.index, tokenizer=cfg.model.path)
         self.default_model = str(cfg.model.path)
         self.router = IndexRouter(self.index, self.default_model, cfg.serve.alias_cache_s)
 
     def __del__(self) -> None:  # graceful shutdown: release the backend's connections
-        close = getattr(getattr(self, "index", None), "close", None)
-        if close is not None:
-            with contextlib.suppress(Exception):
-                close()
+        if self.index is not None:
+            try:
+                self.index.close()
+            except Exception as exc:  # the interpreter may be shutting down
+                logger.debug("closing the index failed: %s", exc)
 
     # ------------------------------------------------------------------ helpers
     async def _route(self, name: str) -> IndexRoute:
-        if self.router.client is None:
-            return IndexRoute(name)
         return await asyncio.to_thread(self.router.resolve, name)
 
     async def _encode(self, texts: list[str], kind: str, model: str = "") -> list[dict[str, Any]]:
-        from ray.serve.exceptions import BackPressureError
-
         try:
             handle = self.encoder
             if model:  # Serve model multiplexing: the replica loads / reuses this model
@@ -239,14 +218,12 @@ class Ingress:
                 f"encoding took longer than {self.limits.request_timeout_s}s",
                 headers={"Retry-After": "5"},
             ) from None
-        except Exception as exc:
-            if type(exc).__name__ in ("DeploymentUnavailableError", "RayActorError"):
-                raise HTTPException(503, f"the encoder is unavailable: {exc}") from None
-            if "ModelLoadError" in type(exc).__name__:  # RayTaskError(ModelLoadError)
-                cause = getattr(exc, "cause", None)
-                reason = str(cause) if cause is not None else str(exc).splitlines()[-1]
-                raise HTTPException(503, f"the index's model cannot be served: {reason}") from None
-            raise
+        except (DeploymentUnavailableError, RayActorError) as exc:
+            raise HTTPException(503, f"the encoder is unavailable: {exc}") from None
+        except RayTaskError as exc:  # an error raised in the replica, as its cause
+            if not isinstance(exc.cause, ModelLoadError):
+                raise
+            raise HTTPException(503, f"the index's model cannot be served: {exc.cause}") from None
         self.metrics.record_encoding(kind, infos)
         return infos
 
@@ -340,20 +317,14 @@ class Ingress:
         name = body.index or self.cfg.index.name
         failed: list[Failure] = []
         ids, texts, fields = [], [], []
-        for doc in body.documents:
-            doc_id = (
-                str(doc.id)
-                if isinstance(doc.id, int | str) and not isinstance(doc.id, bool)
-                else doc.id
-            )
-            problem = id_problem(doc_id) or document_problem(doc)
-            if problem is not None:
-                failed.append(Failure(str(doc.id), problem))
+        for raw in body.documents:
+            doc = check_document(raw.id, raw.title, raw.text, raw.model_extra)
+            if isinstance(doc, Failure):
+                failed.append(doc)
                 continue
-            ids.append(doc_id)
-            texts.append(doc_text({"title": doc.title, "text": doc.text}))
-            extra = dict(doc.model_extra or {})
-            fields.append({**extra, "title": doc.title or "", "text": doc.text})
+            ids.append(doc.id)
+            texts.append(doc.encode_text)
+            fields.append(doc.fields())
         indexed = 0
         if ids:
             texts, cut = truncate_texts(texts, self.limits.max_text_chars)
@@ -365,7 +336,7 @@ class Ingress:
             try:
                 result = await asyncio.to_thread(self._write, name, ids, vectors, fields)
             except IndexUnavailableError as exc:
-                partial = getattr(exc, "result", None)
+                partial = exc.result
                 confirmed = partial.indexed if partial is not None else 0
                 lost = (
                     partial.failed
@@ -395,9 +366,8 @@ class Ingress:
             self.index.create(name)
             self._created.add(name)
         result = self.index.add(name, ids, vectors, fields)
-        refresh = getattr(self.index, "refresh", None)
-        if refresh is not None and self.limits.refresh_after_index and result.indexed:
-            refresh(name)
+        if self.limits.refresh_after_index and result.indexed:
+            self.index.refresh(name)
         return result
 
     @api.post(
@@ -429,12 +399,8 @@ class Ingress:
             return _error(
                 503, f"the index backend is unavailable: {exc}", headers={"Retry-After": "5"}
             )
-        except KeyError as exc:
-            return _error(404, str(exc.args[0]) if exc.args else f"index {name!r} not found")
-        except Exception as exc:
-            if type(exc).__name__ == "NotFoundError":
-                return _error(404, f"index {name!r} does not exist")
-            raise
+        except IndexNotFoundError:
+            return _error(404, f"index {name!r} does not exist")
         out = []
         for i, (hit, sparse, lexical) in enumerate(hits):
             out.append(
@@ -460,15 +426,12 @@ class Ingress:
         self, name, qvec, text, size, hybrid
     ) -> list[tuple[Hit, float | None, float | None]]:
         if not self.index.exists(name):
-            raise KeyError(f"index {name!r} does not exist")
+            raise IndexNotFoundError(f"index {name!r} does not exist")
         if not hybrid:
             return [(h, h.score, None) for h in self.index.search(name, qvec, size)]
         depth = max(size * 5, 50)
         sparse = self.index.search(name, qvec, depth)
-        if hasattr(self.index, "text_search"):
-            lexical = self.index.text_search(name, text, depth)
-        else:
-            lexical = self.bm25.search(self.index, name, text, depth)
+        lexical = self.index.text_search(name, text, depth)
         by_id = {h.id: h for h in lexical} | {h.id: h for h in sparse}
         sparse_scores = {h.id: h.score for h in sparse}
         bm25_scores = {h.id: h.score for h in lexical}
@@ -481,8 +444,7 @@ class Ingress:
         """Per hit: the shared tokens and ``query_weight * doc_weight``, largest first."""
         out = []
         for hit, _, _ in hits:
-            dvec = self.index.get(name, hit.id) if hasattr(self.index, "get") else None
-            dvec = dvec or {}
+            dvec = self.index.get(name, hit.id) or {}
             shared = [
                 Contribution(token=t, query_weight=w, doc_weight=dvec[t], contribution=w * dvec[t])
                 for t, w in qvec.items()

@@ -28,15 +28,19 @@ def resolve_config_path(path: str | Path) -> Path:
 
 
 def _num_gpus(serve_cfg) -> float:
+    """GPUs per encoder replica: as configured, or for ``auto`` one when the cluster has any.
+
+    ``serve run module:app`` builds the app before it starts Ray; then the local cluster it is
+    about to start has this machine's GPUs.
+    """
     if serve_cfg.num_gpus != "auto":
         return float(serve_cfg.num_gpus)
-    try:
-        import ray
+    import ray
 
-        if ray.is_initialized():
-            return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    except Exception:
-        pass
+    from spladeray.raycluster import cluster_gpus
+
+    if ray.is_initialized():
+        return 1.0 if cluster_gpus() > 0 else 0.0
     import torch
 
     return 1.0 if torch.cuda.is_available() else 0.0
@@ -45,8 +49,9 @@ def _num_gpus(serve_cfg) -> float:
 def build_app(cfg: Config, *, check_model: bool = True, load_gate: str | None = None):
     """The bound application for ``serve.run``.
 
-    With ``check_model`` the model is loaded once here, so a random-head model (or a missing
-    one) fails the deployment at once with a clear message instead of in replica restarts.
+    With ``check_model`` the model is loaded once here, on the CPU (the driver holds no GPU), so
+    a random-head model (or a missing one) fails the deployment at once with a clear message
+    instead of in replica restarts.
     ``load_gate`` (drills and tests): encoder replicas load the model only once that file exists.
     """
     from spladeray.serving.api import Ingress
@@ -57,7 +62,7 @@ def build_app(cfg: Config, *, check_model: bool = True, load_gate: str | None = 
     )
 
     if check_model:
-        load_servable_encoder(cfg)  # raises RandomHeadError unless model.allow_random_head
+        load_servable_encoder(cfg, device="cpu")  # RandomHeadError unless allow_random_head
     s = cfg.serve
     autoscaling = {
         "min_replicas": s.min_replicas,

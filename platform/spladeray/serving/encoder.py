@@ -53,13 +53,20 @@ class ModelLoadError(RuntimeError):
     """A multiplexed model (named by an index's ``_meta``) could not be loaded or is refused."""
 
 
-def load_servable_encoder(cfg, path: str | None = None):
+def load_servable_encoder(cfg, path: str | None = None, *, device: str | None = None):
     """Load the configured model (or the model at ``path`` with the same ``model:`` settings);
-    refuse a random projection head unless ``model.allow_random_head``."""
-    from spladeray.model import load_encoder_from_config
+    refuse a random projection head unless ``model.allow_random_head``.
 
-    model_cfg = cfg.model if path is None else cfg.model.model_copy(update={"path": str(path)})
-    encoder = load_encoder_from_config(model_cfg)
+    ``device`` defaults to ``model.device`` with ``auto`` resolved by
+    :func:`spladeray.raycluster.resolve_device`: CUDA only in a replica that holds a GPU.
+    """
+    from spladeray.model import load_encoder_from_config
+    from spladeray.raycluster import resolve_device
+
+    update = {"device": device or str(resolve_device(cfg.model.device))}
+    if path is not None:
+        update["path"] = str(path)
+    encoder = load_encoder_from_config(cfg.model.model_copy(update=update))
     encoder.check_servable(cfg.model.allow_random_head)
     return encoder
 

@@ -83,14 +83,3 @@ def truncate_texts(texts: Sequence[str], max_chars: int) -> tuple[list[str], lis
         else:
             out.append(text)
     return out, cut
-
-
-def document_problem(doc: Any) -> str | None:
-    """Why one ``/index`` document cannot be encoded, or None (id problems are the index's)."""
-    if not isinstance(doc.text, str):
-        return "text must be a string" if doc.text is not None else "text is missing"
-    if doc.title is not None and not isinstance(doc.title, str):
-        return "title must be a string when given"
-    if not (doc.text.strip() or (doc.title or "").strip()):
-        return "text is empty"
-    return None

@@ -1,0 +1,194 @@
+"""Bulk indexing with Ray Data: read corpus lines, encode in an actor pool, write from the actors.
+
+``ray.data.read_text`` streams ``corpus.jsonl``; each actor of a fixed pool (``index.actors``,
+one GPU each when the cluster has GPUs) parses its batch, checks each row
+(:func:`spladeray.index.documents.check_row`), encodes it with its own :class:`SpladeEncoder`
+and bulk-writes it to the backend itself, returning only counts and failures. With ``resume``
+the ids already in the index are skipped (re-indexing an id would overwrite it, so a resumed run
+never duplicates; it only saves the encoding). Rows that are not valid JSON or are not usable
+documents are counted as rejected, never silently dropped.
+
+:func:`run_index` is the stage (``jobs/index.py``); it returns an :class:`IndexSummary`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from spladeray.raycluster import check_capacity, cluster_gpus, ensure_ray
+
+logger = logging.getLogger(__name__)
+
+MAX_REPORTED = 20
+"""Failures and rejects listed in a summary (all are counted)."""
+
+
+@dataclass
+class IndexSummary:
+    """What a bulk indexing run did."""
+
+    index: str
+    backend: str
+    indexed: int = 0  # documents written
+    skipped: int = 0  # already in the index (resume)
+    failed: int = 0  # refused by the index (reason per id in ``failures``)
+    rejected: int = 0  # rows that are no usable document (reasons in ``rejects``)
+    failures: list[list[str]] = field(default_factory=list)  # [id, error], first MAX_REPORTED
+    rejects: list[str] = field(default_factory=list)  # first MAX_REPORTED reasons
+    seconds: float = 0.0
+    docs_per_s: float = 0.0
+    count: int = 0  # documents the index holds afterwards
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def report(self) -> str:
+        """A few human-readable lines: the totals, then each listed failure and reject."""
+        lines = [
+            f"indexed {self.indexed} into {self.backend} index {self.index!r} in {self.seconds}s "
+            f"({self.docs_per_s} docs/s); skipped {self.skipped} already indexed, failed "
+            f"{self.failed}, rejected rows {self.rejected}; the index now holds {self.count} "
+            "documents"
+        ]
+        lines += [f"  failed {doc_id}: {error}" for doc_id, error in self.failures]
+        lines += [f"  rejected: {reason}" for reason in self.rejects]
+        return "\n".join(lines)
+
+
+class EncodeAndWrite:
+    """Ray Data actor: parse -> check -> encode -> ``index.add`` for one batch of corpus lines."""
+
+    def __init__(self, cfg, skip_ref: list) -> None:
+        import ray
+
+        from spladeray.index import open_index
+        from spladeray.model import load_encoder_from_config
+        from spladeray.raycluster import resolve_device
+
+        self.cfg = cfg
+        device = str(resolve_device(cfg.model.device))  # cuda only when this actor holds a GPU
+        self.encoder = load_encoder_from_config(cfg.model.model_copy(update={"device": device}))
+        self.encoder.check_servable(cfg.model.allow_random_head)
+        self.index = open_index(cfg.index, tokenizer=self.encoder.tokenizer)
+        self.skip: set[str] = ray.get(skip_ref[0]) if skip_ref else set()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from spladeray.index.base import Failure, IndexUnavailableError
+        from spladeray.index.documents import check_row
+
+        docs, rejected, skipped = [], [], 0
+        for line in batch["text"]:
+            line = str(line)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                rejected.append(f"invalid JSON: {exc.msg}")
+                continue
+            doc = check_row(row)
+            if isinstance(doc, Failure):
+                rejected.append(f"{doc.id}: {doc.error}" if doc.id.strip() else doc.error)
+            elif doc.id in self.skip:
+                skipped += 1
+            else:
+                docs.append(doc)
+        indexed, failures = 0, []
+        if docs:
+            vectors = self.encoder.encode_documents([d.encode_text for d in docs])
+            ids, fields = [d.id for d in docs], [d.fields() for d in docs]
+            try:
+                result = self.index.add(self.cfg.index.name, ids, vectors, fields)
+            except IndexUnavailableError as exc:
+                result = exc.result  # what was confirmed before the failure
+                if result is None:
+                    raise
+                logger.error("%s", exc)
+            indexed = result.indexed
+            failures = [[f.id, f.error] for f in result.failed]
+        return {
+            "seen": np.array([len(batch["text"])]),
+            "indexed": np.array([indexed]),
+            "skipped": np.array([skipped]),
+            "failed": np.array([json.dumps(failures)]),
+            "rejected": np.array([json.dumps(rejected)]),
+        }
+
+
+def _count_lines(path) -> int:
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def run_index(
+    cfg, *, resume: bool | None = None, limit: int | None = None, show_progress: bool = True
+) -> IndexSummary:
+    """Index ``cfg.data``'s corpus into ``cfg.index`` with a Ray Data actor pool."""
+    import ray
+    from tqdm.auto import tqdm
+
+    from spladeray.index import open_index
+
+    if cfg.data is None:
+        raise ValueError(f"{cfg.source}: indexing needs a data section (a BEIR directory)")
+    resume = cfg.index.resume if resume is None else resume
+    limit = limit or cfg.data.corpus_limit
+    corpus = cfg.data.beir_dir / "corpus.jsonl"
+    if not corpus.is_file():
+        raise FileNotFoundError(f"{corpus} not found")
+    ensure_ray(cfg.ray)
+    gpus_per_actor = 1 if cluster_gpus() > 0 else 0
+    actors = cfg.index.actors
+    check_capacity(
+        f"the indexing job ({actors} encoder actors)",
+        cpus=actors,
+        gpus=actors * gpus_per_actor,
+        hint="lower index.actors",
+    )
+    name = cfg.index.name
+    index = open_index(cfg.index, tokenizer=cfg.model.path)
+    index.create(name)
+    skip: set[str] = set()
+    if resume:
+        skip = index.ids(name)
+        logger.info("resume: %d documents already in %r are skipped", len(skip), name)
+    total = _count_lines(corpus)
+    if limit:
+        total = min(total, limit)
+    ds = ray.data.read_text(str(corpus))
+    if limit:
+        ds = ds.limit(limit)
+    out = ds.map_batches(
+        EncodeAndWrite,
+        fn_constructor_kwargs={"cfg": cfg, "skip_ref": [ray.put(skip)]},
+        batch_size=cfg.index.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=1,
+        num_gpus=gpus_per_actor,
+    )
+    summary = IndexSummary(index=name, backend=cfg.index.backend)
+    start = time.perf_counter()
+    with tqdm(total=total, desc=f"index {name}", unit="doc", disable=not show_progress) as bar:
+        for row in out.iter_rows():
+            failures = json.loads(str(row["failed"]))
+            rejects = json.loads(str(row["rejected"]))
+            summary.indexed += int(row["indexed"])
+            summary.skipped += int(row["skipped"])
+            summary.failed += len(failures)
+            summary.rejected += len(rejects)
+            summary.failures.extend(failures[: max(MAX_REPORTED - len(summary.failures), 0)])
+            summary.rejects.extend(rejects[: max(MAX_REPORTED - len(summary.rejects), 0)])
+            bar.update(int(row["seen"]))
+    index.refresh(name)
+    summary.seconds = round(time.perf_counter() - start, 2)
+    summary.docs_per_s = round(summary.indexed / max(summary.seconds, 1e-9), 1)
+    summary.count = index.count(name)
+    index.close()
+    return summary
