@@ -158,5 +158,3 @@ def test_negative_miner_takes_the_typed_config_section(tmp_path):
     typed = NegativeMiner(str(tmp_path), neg)(batch)
     assert typed.column("negative_ids").to_pylist() == [["cats"], []]
     assert typed.column("negatives").to_pylist() == [[TEXTS[0]], []]
-    legacy = NegativeMiner(str(tmp_path), neg.model_dump())(batch)  # the transition form
-    assert legacy.equals(typed)
