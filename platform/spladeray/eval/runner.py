@@ -241,7 +241,7 @@ def build_retriever(
 
             return IndexedSparseRetriever(
                 encoder,
-                open_index(system.index),
+                open_index(system.index, tokenizer=encoder.tokenizer),
                 system.name,
                 encode_fn=encode_fn,
                 show_progress=show_progress,

@@ -8,8 +8,9 @@ files and readers pick up new segments before every search. A later segment's co
 replaces the earlier one, so re-indexing overwrites instead of duplicating.
 
 Text search (:meth:`LocalIndex.text_search`, the lexical leg of hybrid search) is BM25 over the
-stored title and text (:class:`~spladeray.index.bm25.TextBM25`, stemming and stopwords in
-``text_language``), built on first use and rebuilt whenever the index changes.
+stored title and text (the project's one BM25, :class:`spladeray.retrieval.BM25Retriever`, with
+the stemmer and stopwords of ``text_language``), built on first use and rebuilt whenever the index
+changes.
 
 The embedded index has no aliases: its alias reads answer "no alias", its alias writes raise
 :class:`~spladeray.index.base.AliasesUnsupportedError` (rollouts need OpenSearch).
@@ -74,7 +75,7 @@ class _Store:
         self.matrix: sp.csc_matrix | None = None
         self.live: np.ndarray | None = None
         self.seismic = None  # SeismicSearcher, built on demand
-        self.bm25 = None  # TextBM25 over the live rows, built on demand
+        self.bm25 = None  # BM25Retriever over the live rows, built on demand
         self.bm25_rows: list[int] = []
 
     def append(self, table: pa.Table) -> None:
@@ -304,23 +305,26 @@ class LocalIndex:
 
     def text_search(self, name: str, text: str, size: int = 10) -> list[Hit]:
         """BM25 over the stored title and text (rebuilt after every change to the index)."""
-        from spladeray.index.bm25 import TextBM25
+        from spladeray.retrieval import BM25Retriever
 
         with self._lock:
             store = self._store(name)
+            if not store.row_of or size <= 0:
+                return []
             if store.bm25 is None:
                 rows = sorted(store.row_of.values())
                 texts = []
                 for r in rows:
                     f = json.loads(store.fields[r])
                     texts.append(f"{f.get('title') or ''} {f.get('text') or ''}".strip())
-                store.bm25 = TextBM25(texts, self.text_language)
+                store.bm25 = BM25Retriever.for_language(self.text_language).index(None, texts)
                 store.bm25_rows = rows
             bm25, rows = store.bm25, store.bm25_rows
             ids, fields = store.ids, store.fields
+        hits, scores = bm25.search_rows([text], size)[0]
         return [
-            Hit(ids[rows[i]], score, json.loads(fields[rows[i]]))
-            for i, score in bm25.search(text, size)
+            Hit(ids[rows[i]], float(score), json.loads(fields[rows[i]]))
+            for i, score in zip(hits.tolist(), scores.tolist(), strict=True)
         ]
 
     def count(self, name: str) -> int:

@@ -42,8 +42,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from spladeray.index import open_index
 from spladeray.index.base import Failure, Hit, IndexNotFoundError, IndexUnavailableError
 from spladeray.index.documents import check_document
+from spladeray.retrieval.fusion import rrf
 from spladeray.serving.encoder import ModelLoadError
-from spladeray.serving.hybrid import rrf
 from spladeray.serving.limits import BodyLimitMiddleware, truncate_texts
 from spladeray.serving.metrics import CONTENT_TYPE, IngressMetrics
 from spladeray.serving.schemas import (
@@ -435,9 +435,11 @@ class Ingress:
         by_id = {h.id: h for h in lexical} | {h.id: h for h in sparse}
         sparse_scores = {h.id: h.score for h in sparse}
         bm25_scores = {h.id: h.score for h in lexical}
-        fused = rrf([sparse, lexical], k=self.limits.rrf_k, size=size)
+        ranked = [[h.id for h in sparse], [h.id for h in lexical]]
+        fused = rrf(ranked, k=self.limits.rrf_k, depth=size)
         return [
-            (Hit(d, s, by_id[d].fields), sparse_scores.get(d), bm25_scores.get(d)) for d, s in fused
+            (Hit(d, s, by_id[d].fields), sparse_scores.get(d), bm25_scores.get(d))
+            for d, s in fused.items()
         ]
 
     def _explain(self, name, qvec, hits) -> list[list[Contribution]]:
