@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install install-test demo test lint format bench clean
+.PHONY: help install install-test demo test test-unit test-e2e lint format bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,24 +26,33 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-demo: install
+help:  ## this list
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+demo: install  ## the whole main job on the embedded default (CPU, offline)
 	$(PY) jobs/demo.py --config configs/demo.yaml
 
-test: install-test
+test: install-test  ## ruff + the whole pytest suite (what CI runs)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-lint: install-test
+test-unit: install-test  ## every test except tests/e2e (whole jobs, subprocesses, clusters)
+	$(PY) -m pytest -q --ignore=tests/e2e $(PYTEST_ARGS)
+
+test-e2e: install-test  ## only the end-to-end tests in tests/e2e
+	$(PY) -m pytest -q tests/e2e $(PYTEST_ARGS)
+
+lint: install-test  ## ruff check + format check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-format: install-test
+format: install-test  ## ruff --fix + ruff format
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-bench: install-test
+bench: install-test  ## all benchmarks, one report (bench/REPORT.md)
 	$(PY) bench/run_all.py
 
-clean:
+clean:  ## remove .venv and run outputs
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -8,6 +8,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+ROOT = Path(__file__).resolve().parents[1]
+"""The checkout root (tests live one or two levels below it)."""
+
 
 def tiny_tokenizer(splade_tiny: Path):
     """The real BERT WordPiece tokenizer shipped with splade-tiny (30,522 entries)."""

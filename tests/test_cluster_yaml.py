@@ -11,7 +11,8 @@ import jsonschema
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 EIGHT_GPU_INSTANCES = {
     "p4d.24xlarge",
     "p4de.24xlarge",

@@ -9,7 +9,7 @@ import pytest
 from spladeray.config import ConfigError, expand_env, load_config
 from spladeray.paths import assets_root
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -19,7 +19,6 @@ import logging
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from opensearchpy import OpenSearch
@@ -32,7 +31,9 @@ from spladeray.mlcommons import (
     redact,
 )
 
-DATA = Path(__file__).parent / "data" / "mlcommons"
+from helpers import ROOT
+
+DATA = ROOT / "tests" / "recorded" / "mlcommons"
 SECRET = "s3cr3t-Pa55word"
 
 

@@ -18,7 +18,8 @@ import pytest
 import yaml
 from test_train_data import write_prepared
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 pytestmark = pytest.mark.timeout(600)
 
 

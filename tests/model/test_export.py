@@ -25,6 +25,8 @@ from spladeray.model.export import (
     trace_encoder,
 )
 
+from helpers import ROOT
+
 TEXTS = [
     "Learned sparse retrieval expands documents with related terms.",
     "p53 mutations in mice",
@@ -171,9 +173,8 @@ def test_export_job_runs_on_its_default_config(tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     env = {**os.environ, "PYTHONPATH": str(root / "platform")}
     out_dir = tmp_path / "export"
     proc = subprocess.run(

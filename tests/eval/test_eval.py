@@ -24,7 +24,8 @@ from spladeray.eval.report import bench_markdown, parse_result_lines, update_rea
 from spladeray.eval.sparsity import active_dims, expected_flops, sparsity_stats
 from spladeray.retrieval.fusion import fuse, minmax, rrf, score_fusion
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

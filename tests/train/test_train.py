@@ -9,6 +9,8 @@ import pytest
 import torch
 from test_train_data import write_prepared
 
+from helpers import ROOT
+
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -342,7 +344,7 @@ def test_train_gpu_bench_builds_the_8gpu_config_on_cpu(tmp_path):
     (1 worker, NCCL, BF16, checkpoint + restart), checked where there is no GPU."""
     import importlib.util
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     spec = importlib.util.spec_from_file_location("bench_train_gpu", root / "bench/train_gpu.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -21,6 +21,8 @@ from spladeray.config import ConfigError, OpenSearchConfig, parse_config
 from spladeray.index.opensearch import build_client
 from spladeray.mlcommons import MLCommonsClient, MLCommonsError, redact, redact_url
 
+from helpers import ROOT
+
 SECRET = "hunter2-Sup3r-Secret"
 ENV = {"OPENSEARCH_USERNAME": "spladeray", "OPENSEARCH_PASSWORD": SECRET}
 SECRET_FORMS = (SECRET, base64.b64encode(f"spladeray:{SECRET}".encode()).decode())
@@ -161,9 +163,8 @@ def test_bearer_token_on_index_is_checked_in_constant_time(monkeypatch):
 
 
 def test_ray_cluster_config_and_docs_hold_no_secret():
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     for path in (root / "cluster.yaml", root / "docs" / "production.md"):
         text = path.read_text()
         assert "OPENSEARCH_PASSWORD=" not in text.replace("OPENSEARCH_PASSWORD=...", "")

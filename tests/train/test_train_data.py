@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import ROOT
+
 WORDS = [
     "cell",
     "protein",
@@ -108,7 +110,7 @@ def test_collator_shapes_and_negative_cycling(splade_tiny):
 def test_training_configs_load(name):
     from spladeray.config import load_config
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     assert cfg.train is not None and cfg.train.losses
     if name == "train_8gpu":
         assert cfg.train.num_workers == 8 and cfg.train.use_gpu
