@@ -269,9 +269,10 @@ def stop_cluster(cluster: LocalCluster) -> None:
     for proc in reversed(cluster.procs):  # workers first, the head last
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
+    deadline = time.time() + 15  # then the sweep below stops whatever still runs
     for proc in reversed(cluster.procs):
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
+            proc.wait(timeout=max(0.1, deadline - time.time()))
     for sig in (signal.SIGTERM, signal.SIGKILL):
         pids = cluster_pids(cluster.temp_dir)
         for pid in pids:
