@@ -11,8 +11,11 @@ through ``serve deploy`` exactly as on a real cluster (docs/cluster.md).
 - Token auth (Ray 2.60) is on, with a token of this session's own (``RAY_AUTH_MODE=token`` +
   ``RAY_AUTH_TOKEN``): it never reads nor writes ``~/.ray/auth_token``. Every node and every CLI
   call gets the same two variables through :attr:`LocalCluster.env`.
-- One dedicated ``--temp-dir``: teardown stops the processes of THIS cluster only (their command
-  lines name that dir). A bare ``ray stop`` would stop every Ray cluster on the machine.
+- One dedicated temp dir, with a ``--temp-dir`` of its own under it for each node: nodes sharing
+  one session dir on one host share its ``runtime_resources`` too, and one node's runtime-env
+  agent then replaces a job's unpacked working dir under the other node's running workers
+  (``FileNotFoundError`` from ``os.getcwd()``). Teardown stops the processes of THIS cluster only
+  (their command lines name that dir); a bare ``ray stop`` would stop every Ray on the machine.
 - ``PYTHONPATH`` is dropped from the nodes' environment, so a job imports the project's code only
   through what its own runtime env says (the way a user's job does on a real cluster).
 """
@@ -54,6 +57,8 @@ class LocalCluster:
     dashboard_url: str
     env: dict[str, str]
     procs: list[subprocess.Popen] = field(default_factory=list)
+    # each node's Prometheus endpoint (``--metrics-export-port``), the head's first
+    metrics_urls: list[str] = field(default_factory=list)
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -159,9 +164,9 @@ def worker_port_ranges(count: int, size: int = 40) -> list[tuple[int, int]]:
     return ranges
 
 
-def _node_ports(range_: tuple[int, int]) -> list[str]:
+def _node_ports(range_: tuple[int, int], metrics: int) -> list[str]:
     """The per-raylet ports that two raylets on one host must not share."""
-    agent, agent_grpc, metrics, nm, om, rt = free_ports(6)
+    agent, agent_grpc, nm, om, rt = free_ports(5)
     return [
         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
         f"--metrics-export-port={metrics}", f"--node-manager-port={nm}",
@@ -186,17 +191,28 @@ def cluster_env(token: str) -> dict[str, str]:
     return env
 
 
+def _log_tails(logs: Path, lines: int = 15) -> str:
+    """The end of each ``ray start`` log (the temp dir is gone by the time a test fails)."""
+    return "\n".join(
+        f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        for log in sorted(logs.glob("*.log"))
+    )
+
+
 def _wait_for(what: str, check, timeout: float, procs: list[subprocess.Popen], logs: Path):
     deadline = time.time() + timeout
     while time.time() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                raise RuntimeError(f"a ray start process exited ({proc.args}); see {logs}")
+                raise RuntimeError(
+                    f"a ray start process exited while waiting for {what}: {proc.args}\n"
+                    + _log_tails(logs)
+                )
         with contextlib.suppress(OSError, urllib.error.URLError, KeyError, ValueError):
             if check():
                 return
         time.sleep(1)
-    raise TimeoutError(f"{what} not ready after {timeout}s; logs in {logs}")
+    raise TimeoutError(f"{what} not ready after {timeout}s\n" + _log_tails(logs))
 
 
 def start_cluster(temp_dir: str) -> LocalCluster:
@@ -205,29 +221,33 @@ def start_cluster(temp_dir: str) -> LocalCluster:
     token = uuid.uuid4().hex + uuid.uuid4().hex
     env = cluster_env(token)
     gcs, dash, client = free_ports(3)
+    metrics = free_ports(1 + WORKER_NODES)
     ranges = worker_port_ranges(1 + WORKER_NODES)
     logs = Path(temp_dir) / "start-logs"
     logs.mkdir(parents=True)
     common = [
-        "--block", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
-        f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats",
+        "--block", "--node-ip-address=127.0.0.1", f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats",
     ]  # fmt: skip
     head = [
         str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--num-cpus=0", "--num-gpus=0",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-        f"--ray-client-server-port={client}", *_node_ports(ranges[0]), *common,
+        f"--ray-client-server-port={client}", *_node_ports(ranges[0], metrics[0]),
+        f"--temp-dir={temp_dir}/head", *common,
     ]  # fmt: skip
     cluster = LocalCluster(
         temp_dir=temp_dir,
         gcs_address=f"127.0.0.1:{gcs}",
         dashboard_url=f"http://127.0.0.1:{dash}",
         env=env,
+        metrics_urls=[f"http://127.0.0.1:{port}/metrics" for port in metrics],
     )
 
     def spawn(cmd: list[str], name: str) -> None:
-        out = open(logs / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
         # cwd outside the checkout: Ray workers inherit it, and nothing may import from it by accident
-        proc = subprocess.Popen(cmd, env=env, cwd=temp_dir, stdout=out, stderr=subprocess.STDOUT)
+        with open(logs / f"{name}.log", "w") as out:
+            proc = subprocess.Popen(
+                cmd, env=env, cwd=temp_dir, stdout=out, stderr=subprocess.STDOUT
+            )
         cluster.procs.append(proc)
 
     spawn(head, "head")
@@ -236,11 +256,12 @@ def start_cluster(temp_dir: str) -> LocalCluster:
         worker = [
             str(BIN / "ray"), "start", f"--address={cluster.gcs_address}",
             f"--num-cpus={CPUS_PER_WORKER_NODE}", "--num-gpus=0",
-            *_node_ports(ranges[1 + i]), *common,
+            *_node_ports(ranges[1 + i], metrics[1 + i]), f"--temp-dir={temp_dir}/node{i}",
+            *common,
         ]  # fmt: skip
         spawn(worker, f"worker{i}")
-        # one node at a time: raylets starting together on one host race for the same socket
-        # and log file names in the shared session dir ("bind: Address already in use")
+        # one node at a time: raylets starting together in one session dir race for the same
+        # socket and log file names ("bind: Address already in use"); gentler on 2 cores too
         _wait_for(
             f"worker node {i}", lambda n=2 + i: len(cluster.nodes()) == n, 180, cluster.procs, logs
         )
