@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-pytest_plugins: list[str] = ["fixtures_osmem", "fixtures_s3"]
+pytest_plugins: list[str] = ["fixtures_osmem", "fixtures_s3", "fixtures_cluster"]
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 BIN = Path(sys.executable).parent
 WORKER_NODES = 2
 CPUS_PER_WORKER_NODE = 2

@@ -42,8 +42,27 @@ ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 """A filesystem path; relative values are resolved against the project root at load time."""
 
 
+def _is_uri(value: str) -> bool:
+    return "://" in value and not value.startswith("file://")
+
+
+def _resolve_uri(value: str, info: ValidationInfo) -> str:
+    """A URI (``s3://``, ``gs://``) is kept; a local path is resolved like :data:`ConfigPath`."""
+    if _is_uri(value):
+        return value
+    return str(_resolve_path(Path(value.removeprefix("file://")), info))
+
+
+StorageURI = Annotated[str, AfterValidator(_resolve_uri)]
+"""A local path (resolved like :data:`ConfigPath`) or an object-store URI (``s3://bucket/x``),
+read and written through :mod:`spladeray.storage`."""
+
+
 def _resolve_model_ref(value: str, info: ValidationInfo) -> str:
-    """A local model path is resolved like :data:`ConfigPath`; a hub id (``org/name``) is kept."""
+    """A local model path is resolved like :data:`ConfigPath`; a hub id (``org/name``) and a URI
+    (``s3://bucket/model``, fetched to a local cache when loaded) are kept."""
+    if _is_uri(value):
+        return value
     base = (info.context or {}).get("base_dir")
     looks_local = value.startswith((".", "/", "~")) or value.count("/") != 1
     if base is not None and (looks_local or (Path(base) / value).exists()):
@@ -394,16 +413,19 @@ class TrainConfig(Section):
     output_dir: ConfigPath = Field(
         Path("runs/train"), description="<output_dir>/<name>/model is the exported final model"
     )
-    data_dir: ConfigPath = Field(
-        Path("runs/prepared"), description="output_dir of jobs/prepare.py (shards/*.parquet)"
+    data_dir: StorageURI = Field(
+        "runs/prepared",
+        description="output_dir of jobs/prepare.py (shards/*.parquet): a local path or a URI",
     )
     name: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$",
         description="Ray Train run name; re-running the same name resumes. None = run_name",
     )
-    storage_path: str | None = Field(
-        None, description="local dir or cloud URI for checkpoints; None = <output_dir>/ray"
+    storage_path: StorageURI | None = Field(
+        None,
+        description="local dir or URI (s3://...) for checkpoints and baselines.json; "
+        "None = <output_dir>/ray",
     )
     num_workers: int = Field(1, gt=0)
     use_gpu: bool = False
@@ -438,6 +460,12 @@ class TrainConfig(Section):
     mlflow: TrainMlflowConfig | None = None
     max_failures: int = Field(0, ge=-1, description="worker-group restarts; -1 = unlimited")
     debug: TrainDebugConfig = Field(default_factory=TrainDebugConfig)
+
+    @property
+    def checkpoint_root(self) -> str:
+        """Where Ray Train keeps the run (checkpoints) and the run's ``baselines.json``:
+        ``storage_path``, else ``<output_dir>/ray``."""
+        return self.storage_path or str(self.output_dir / "ray")
 
     @property
     def teachers(self) -> tuple[str, ...]:

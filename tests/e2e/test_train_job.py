@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_train_data import write_prepared
 
-from helpers import ROOT
+from helpers import ROOT, write_prepared
 
 pytestmark = pytest.mark.timeout(600)
 

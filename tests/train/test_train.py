@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_data import write_prepared
 
-from helpers import ROOT
+from helpers import ROOT, write_prepared
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -82,7 +81,7 @@ def test_resume_same_name_continues_at_checkpoint_step(
     checkpoint's parameters and ends at max_steps, with every step applied exactly once. The BM25
     baseline measured at step 0 of the first attempt is still in the resumed run's final report."""
     from spladeray.train import run_train
-    from spladeray.train.reporter import BASELINES_FILE
+    from spladeray.train.reporter import baselines_uri
 
     dump = tmp_path / "dump"
     evaluation = {"beir_dir": str(scifact), "split": "dev", "corpus_limit": 40, "bm25": True}
@@ -97,7 +96,7 @@ def test_resume_same_name_continues_at_checkpoint_step(
         run_train(crash)
     assert [p.name for p in _checkpoints(crash)] == ["checkpoint_0000002"]
 
-    baselines = json.loads((crash.train.output_dir / "t" / BASELINES_FILE).read_text())
+    baselines = json.loads(Path(baselines_uri(crash.train, "t")).read_text())
     assert 0.0 <= baselines["bm25/nDCG@10"] <= 1.0
 
     again = cfg(dump_dir=str(dump))
@@ -150,7 +149,7 @@ def test_two_worker_ddp_survives_a_worker_failure_and_exports(
         "resume_step2_rank1.pt",
     ]
     m = result.metrics
-    assert m["step"] == 4 and m["world_size"] == 2
+    assert m["step"] == 4 and m["world_size"] == 2 and m["resumes"] == 1
     for key in (
         "loss",
         "loss/infonce",
@@ -357,3 +356,11 @@ def test_train_gpu_bench_builds_the_8gpu_config_on_cpu(tmp_path):
     assert cfg.ray.address is None and tc.storage_path == str(tmp_path / "ray")
     with pytest.raises(SystemExit):
         bench.parse_args(["--steps", "1"])
+
+
+def test_ray_metric_names_are_prometheus_identifiers():
+    from spladeray.train.metrics import ray_metric_name
+
+    assert ray_metric_name("loss/infonce") == "spladeray_train_loss_infonce"
+    assert ray_metric_name("eval/nDCG@10") == "spladeray_train_eval_nDCG_at_10"
+    assert ray_metric_name("step") == "spladeray_train_step"

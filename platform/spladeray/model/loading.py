@@ -39,7 +39,13 @@ LEGACY_HEAD_FILE = "neural_sparse_head.pt"
 
 
 def resolve_model_dir(path_or_hub_id: str) -> Path:
-    """A local directory for a path or a Hugging Face hub id (downloaded with huggingface_hub)."""
+    """A local directory for a path, a URI (``s3://bucket/model``: downloaded to a local cache
+    keyed by the URI and its objects' ETags, see :func:`spladeray.storage.local_copy`) or a
+    Hugging Face hub id (downloaded with huggingface_hub)."""
+    from spladeray import storage
+
+    if storage.is_remote(path_or_hub_id):
+        return storage.local_copy(path_or_hub_id)
     local = Path(path_or_hub_id).expanduser()
     if local.is_dir():
         return local

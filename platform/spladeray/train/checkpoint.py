@@ -30,6 +30,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
+    resumes: int = 0  # times this run restarted from a checkpoint (a failure or a re-run)
 
 
 def rng_file(rank: int) -> str:

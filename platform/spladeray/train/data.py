@@ -26,26 +26,37 @@ logger = logging.getLogger(__name__)
 def open_prepared(data_dir: str | Path, teachers: list[str]):
     """The prepared rows as a Ray Dataset with only the columns training needs.
 
+    ``data_dir`` is a local path or a URI (``s3://bucket/prepared``), read through
+    :mod:`spladeray.storage` and the same pyarrow filesystem in Ray Data's read tasks.
+
     Rows without a hard negative are skipped (every row must have the same number of
     candidates); how many is logged as a warning.
     """
     import pyarrow.parquet as pq
     import ray.data
 
-    root = Path(data_dir)
-    shards = root / schema.SHARDS_DIR
-    files = sorted(shards.glob("*.parquet")) if shards.is_dir() else []
-    if not files:
+    from spladeray import storage
+
+    root = str(data_dir)
+    shards = storage.join(root, schema.SHARDS_DIR)
+    names = (
+        [f for f in storage.list_files(shards) if f.endswith(".parquet")]
+        if storage.exists(shards)
+        else []
+    )
+    if not names:
         raise FileNotFoundError(
             f"no prepared training data in {shards}; run jobs/prepare.py first "
             "(train.data_dir must be prepare.output_dir)"
         )
-    if not (root / schema.SUCCESS_FILE).exists():
+    if not storage.exists(storage.join(root, schema.SUCCESS_FILE)):
         raise FileNotFoundError(
             f"{root}/{schema.SUCCESS_FILE} is missing: the prepare run did not finish"
         )
+    fs, shard_path = storage.resolve(shards)
+    files = [f"{shard_path}/{name}" for name in names]
     columns = [*schema.TEXT_COLUMNS, *(schema.score_column(t) for t in teachers)]
-    available = set(pq.read_schema(files[0]).names)
+    available = set(pq.read_schema(files[0], filesystem=fs).names)
     missing = [c for c in columns if c not in available]
     if missing:
         raise ValueError(
@@ -56,7 +67,7 @@ def open_prepared(data_dir: str | Path, teachers: list[str]):
 
     without = sum(
         int(pc.sum(pc.equal(pc.list_value_length(t.column("negatives")), 0)).as_py() or 0)
-        for t in (pq.read_table(f, columns=["negatives"]) for f in files)
+        for t in (pq.read_table(f, columns=["negatives"], filesystem=fs) for f in files)
     )
     if without:  # counted and said, never dropped silently
         logger.warning(
@@ -67,7 +78,7 @@ def open_prepared(data_dir: str | Path, teachers: list[str]):
             schema.REJECTS_FILE,
             schema.MANIFEST_FILE,
         )
-    ds = ray.data.read_parquet([str(f) for f in files], columns=columns)
+    ds = ray.data.read_parquet(files, columns=columns, filesystem=fs)
     return ds.filter(lambda row: len(row["negatives"]) > 0)
 
 

@@ -8,6 +8,7 @@ controller-side :class:`ProgressCallback` prints one progress line per report on
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +27,28 @@ def active_dims(vectors: torch.Tensor) -> torch.Tensor:
 
 
 class MetricsWriter:
-    """Scalars to TensorBoard and MLflow; a no-op on ranks other than 0."""
+    """Scalars to TensorBoard, MLflow and Ray's metrics; a no-op on ranks other than 0.
+
+    Ray metrics (``ray.util.metrics`` gauges, exported by every node's metrics agent to Prometheus
+    and the dashboard's Metrics view next to Serve's and Ray Data's): one gauge per scalar, named
+    ``spladeray_train_<key>`` with ``/``, ``@`` and other non-identifier characters as ``_``
+    (``loss/infonce`` -> ``spladeray_train_loss_infonce``, ``step`` -> ``spladeray_train_step``),
+    tagged with the run name.
+    """
 
     def __init__(
         self, enabled: bool, tb_dir: Path | None, mlflow_cfg=None, run_name: str = ""
     ) -> None:
         self._tb = None
         self._mlflow = None
+        self._gauges: dict[str, Any] | None = None
+        self.run_name = run_name
         if not enabled:
             return
+        import ray
+
+        if ray.is_initialized():
+            self._gauges = {}
         if tb_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -56,6 +70,8 @@ class MetricsWriter:
         scalars = {
             k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "step"
         }
+        if self._gauges is not None:
+            self._set_gauges({**scalars, "step": float(step)})
         if self._tb is not None:
             for key, value in scalars.items():
                 self._tb.add_scalar(key, value, step)
@@ -65,11 +81,27 @@ class MetricsWriter:
                 {k.replace("@", "_at_"): v for k, v in scalars.items()}, step=step
             )
 
+    def _set_gauges(self, scalars: dict[str, float]) -> None:
+        from ray.util.metrics import Gauge
+
+        for key, value in scalars.items():
+            name = ray_metric_name(key)
+            gauge = self._gauges.get(name)
+            if gauge is None:
+                gauge = Gauge(name, description=f"spladeray training: {key}", tag_keys=("run",))
+                self._gauges[name] = gauge
+            gauge.set(value, tags={"run": self.run_name})
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
         if self._mlflow is not None:
             self._mlflow.end_run()
+
+
+def ray_metric_name(key: str) -> str:
+    """``loss/infonce`` -> ``spladeray_train_loss_infonce`` (Prometheus identifier characters)."""
+    return "spladeray_train_" + re.sub(r"[^A-Za-z0-9_]+", "_", key.replace("@", "_at_")).strip("_")
 
 
 def format_progress(m: dict[str, Any], max_steps: int) -> str:

@@ -14,7 +14,6 @@ comparison table jobs/train.py prints) still has them.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from spladeray import storage
 from spladeray.train.checkpoint import MODEL_DIR, TrainState, save_checkpoint
 from spladeray.train.metrics import MetricsWriter, active_dims
 
@@ -32,20 +32,26 @@ logger = logging.getLogger(__name__)
 BASELINES_FILE = "baselines.json"  # BM25 and start-of-run evaluation, for resumed runs
 
 
-def load_baselines(path: Path, step: int, *, warn: bool = True) -> dict[str, float]:
+def baselines_uri(train_cfg, run_name: str) -> str:
+    """``<checkpoint_root>/<run>/baselines.json``: next to the run's checkpoints, so a resume on
+    any node (``train.storage_path`` on shared storage or ``s3://``) finds it."""
+    return storage.join(train_cfg.checkpoint_root, run_name, BASELINES_FILE)
+
+
+def load_baselines(uri: str | Path, step: int, *, warn: bool = True) -> dict[str, float]:
     """The BM25 / start-of-run metrics a resumed run (now at ``step``) carries into its reports.
 
-    Missing file: a warning and ``{}``, e.g. a multi-node resume whose rank 0 landed on a node
-    without the first attempt's ``output_dir``; training goes on, the final table lacks those rows.
+    Missing file: a warning and ``{}``, e.g. a resume whose ``train.storage_path`` is a local
+    directory that this node does not have; training goes on, the final table lacks those rows.
     """
-    if path.is_file():
-        return json.loads(path.read_text())
+    if storage.exists(uri):
+        return storage.read_json(uri)
     if warn:
         logger.warning(
             "resumed at step %d but %s is missing: the final report will not have the BM25 / "
-            "start-of-run rows (put train.output_dir on shared storage to keep them)",
+            "start-of-run rows (put train.storage_path on shared storage to keep them)",
             step,
-            path,
+            uri,
         )
     return {}
 
@@ -74,6 +80,7 @@ class Reporter:
         self.rank, self.world, self.device = rank, world, device
         self.encoder, self.model = encoder, model
         self.optimizer, self.scheduler, self.objective = optimizer, scheduler, objective
+        self.run_name = run_name
         self.run_dir = train_cfg.output_dir / run_name
         self.writer = MetricsWriter(
             enabled=rank == 0,
@@ -154,7 +161,7 @@ class Reporter:
         ev = self.tc.eval
         if ev is None or not (ev.at_start or ev.bm25):
             return
-        path = self.run_dir / BASELINES_FILE
+        path = baselines_uri(self.tc, self.run_name)
         if self.state.step > 0:
             self.last_eval.update(load_baselines(path, self.state.step, warn=self.rank == 0))
             return
@@ -169,8 +176,7 @@ class Reporter:
             if ev.at_start:
                 start.update(self.evaluate("eval_start"))
             self.writer.write(start, 0)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(start, indent=2))
+            storage.write_json(path, start)
         self.last_eval.update(start)
         import ray.train
 
@@ -197,6 +203,7 @@ class Reporter:
             samples_per_s=samples / elapsed,
             steps_per_s=n_micro / self.world / tc.grad_accum_steps / elapsed,
             world_size=self.world,
+            resumes=self.state.resumes,
             # wall time of this attempt's training, evaluation excluded
             train_seconds=now - self.t_start - self.eval_seconds,
             **self.objective.lambdas(step),

@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spladeray import storage
 from spladeray.raycluster import ensure_ray
 
 logger = logging.getLogger(__name__)
 
 
 def storage_path(cfg) -> str:
-    tc = cfg.train
-    return tc.storage_path or str(tc.output_dir / "ray")
+    """``train.storage_path`` (a local path or ``s3://`` URI), else ``<output_dir>/ray``."""
+    return cfg.train.checkpoint_root
 
 
 def run_name(cfg) -> str:
@@ -66,7 +67,7 @@ def build_trainer(cfg, *, callbacks: list | None = None, datasets: dict | None =
         ),
         run_config=RunConfig(
             name=run_name(cfg),
-            storage_path=storage_path(cfg),
+            **storage.run_config_storage(storage_path(cfg)),
             failure_config=FailureConfig(max_failures=tc.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=ckpt.num_to_keep,
@@ -110,6 +111,12 @@ def run_train(
     when its output is complete and up to date (same config hash): so ``python jobs/train.py``
     works on a fresh checkout, and never trains on data prepared with another config.
     """
+    # Fail here, naming the URI, not minutes later inside a worker. A local data_dir that is
+    # missing gets open_prepared's "run jobs/prepare.py first" instead.
+    remote_data = [cfg.train.data_dir] if storage.is_remote(cfg.train.data_dir) else []
+    storage.preflight(
+        read=[] if prepare and prepares_train_data(cfg) else remote_data, write=[storage_path(cfg)]
+    )
     ensure_ray(cfg.ray)
     if prepare and prepares_train_data(cfg):
         from spladeray.data.pipeline import run_prepare

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures_cluster import ROOT, free_ports, multinode_cluster  # noqa: F401 (fixture)
+from fixtures_cluster import free_ports
+
+from helpers import ROOT, write_prepared
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -53,7 +55,7 @@ def _succeeded(cluster, sid: str) -> dict:
     return job
 
 
-def test_submitted_job_runs_on_worker_nodes_with_the_uploaded_code(multinode_cluster):  # noqa: F811
+def test_submitted_job_runs_on_worker_nodes_with_the_uploaded_code(multinode_cluster):
     cluster = multinode_cluster
     sid = cluster.submit(["python", "-c", PROBE], env_vars=JOB_ENV)
     _succeeded(cluster, sid)
@@ -74,8 +76,7 @@ def test_submitted_job_runs_on_worker_nodes_with_the_uploaded_code(multinode_clu
         assert not module.is_relative_to(ROOT), proc
 
 
-def test_train_job_runs_on_worker_nodes(multinode_cluster, tmp_path, splade_tiny):  # noqa: F811
-    from test_train_data import write_prepared
+def test_train_job_runs_on_worker_nodes(multinode_cluster, tmp_path, splade_tiny):
 
     from helpers import build_tiny_mlm, tiny_tokenizer
 
@@ -110,6 +111,27 @@ def test_train_job_runs_on_worker_nodes(multinode_cluster, tmp_path, splade_tiny
     train_workers = [a for a in cluster.actors(job["job_id"]) if "TrainWorker" in a["class_name"]]
     assert len(train_workers) == 2, [a["class_name"] for a in cluster.actors(job["job_id"])]
     assert all(a["node_id"] != head for a in train_workers)
+    # the per-step training metrics reached a node's Prometheus endpoint (ray.util.metrics)
+    step = _scrape(cluster, "ray_spladeray_train_step{", 'run="job"')
+    assert step and float(step.rsplit(" ", 1)[1]) == 2.0, step
+
+
+def _scrape(cluster, *needles: str, timeout: float = 120.0) -> str | None:
+    """The first metrics line holding every needle, polled on every node until ``timeout``
+    (each node's agent exports what its processes recorded every few seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for url in cluster.metrics_urls:
+            try:
+                with urllib.request.urlopen(url, timeout=10) as resp:
+                    text = resp.read().decode()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if all(n in line for n in needles):
+                    return line
+        time.sleep(2)
+    return None
 
 
 def _serve_status(cluster) -> dict:
@@ -125,7 +147,7 @@ def _http_json(url: str, body: dict | None = None, timeout: float = 60):
         return resp.status, json.loads(resp.read())
 
 
-def test_serve_deploy_under_token_auth(multinode_cluster, tmp_path, splade_tiny):  # noqa: F811
+def test_serve_deploy_under_token_auth(multinode_cluster, tmp_path, splade_tiny):
     """``serve deploy`` + ``serve status`` + an HTTP request, against the multi-node cluster.
 
     The app imports the installed package (``spladeray.serving.app:app_builder``), not the

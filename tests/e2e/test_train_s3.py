@@ -1,0 +1,127 @@
+"""Training with everything it reads and writes in object storage, on a real S3 API (moto).
+
+The prepared data, the base model, the checkpoints and ``baselines.json`` live under ``s3://``
+URIs; the job runs as a subprocess that starts its own local Ray cluster, so the Ray Train workers
+inherit the S3 endpoint and credentials from the environment, as on a cluster whose nodes have
+them. Nothing of the run may land on local disk except the exported model copy the config asks for.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from helpers import ROOT, build_tiny_mlm, tiny_tokenizer, write_prepared
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _train_cfg(bucket: str, out, **train) -> dict:
+    return {
+        "run_name": "s3job",
+        "model": {"path": f"{bucket}/models/tiny"},
+        "ray": {"num_cpus": 3, "include_dashboard": False},
+        "train": {
+            "output_dir": str(out),
+            "data_dir": f"{bucket}/prepared",
+            "storage_path": f"{bucket}/runs",
+            "num_workers": 2,
+            "cpus_per_worker": 1,
+            "batch_size": 4,
+            "num_negatives": 1,
+            "max_steps": 2,
+            "max_query_length": 16,
+            "max_document_length": 24,
+            "log_every_steps": 1,
+            "tensorboard": False,
+            "checkpoint": {"every_steps": 2},
+            **train,
+        },
+    }
+
+
+def test_two_workers_train_from_and_to_s3(s3, s3_bucket, tmp_path, splade_tiny):
+    from spladeray import storage
+    from spladeray.model import SpladeEncoder
+
+    model = build_tiny_mlm("bert", tiny_tokenizer(splade_tiny), tmp_path / "mlm")
+    storage.upload(model, f"{s3_bucket}/models/tiny")
+    storage.upload(
+        write_prepared(tmp_path / "prepared", n_rows=16, n_neg=1), f"{s3_bucket}/prepared"
+    )
+    work = tmp_path / "work"  # the job's cwd: a relative runs/ would land here
+    work.mkdir()
+    cfg_path = tmp_path / "train.yaml"
+    cfg_path.write_text(yaml.safe_dump(_train_cfg(s3_bucket, tmp_path / "out")))
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "platform"),
+        "SPLADERAY_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "train.py"),
+            "--config",
+            str(cfg_path),
+            "--no-prepare",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=800,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "[train] done: step 2" in out, out[-4000:]
+
+    run = storage.list_files(f"{s3_bucket}/runs/s3job")
+    assert any(f.startswith("checkpoint_0000002/") and f.endswith("train_state.pt") for f in run), (
+        run
+    )
+    assert any(f.startswith("checkpoint_0000002/model/") for f in run), run
+    assert not (work / "runs").exists() and not (tmp_path / "out" / "ray").exists()
+    # the model came from s3:// through the local cache, and the trained one loads
+    assert any((tmp_path / "cache").rglob("config.json"))
+    trained = SpladeEncoder.from_pretrained(str(tmp_path / "out" / "s3job" / "model"))
+    assert trained.encode_documents(["a cat on a mat"])[0]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("data_dir", "s3://no-such-bucket-spladeray/prepared", "no-such-bucket-spladeray"),
+        ("data_dir", "{bucket}/prepraed", "prepraed"),
+    ],
+    ids=["missing-bucket", "typo-in-prefix"],
+)
+def test_a_bad_s3_uri_fails_before_any_work_naming_it(s3, s3_bucket, tmp_path, field, value, named):
+    from spladeray import storage
+    from spladeray.config import parse_config
+    from spladeray.train import run_train
+
+    storage.write_text(f"{s3_bucket}/prepared/_SUCCESS", "x\n")
+    cfg = parse_config(
+        _train_cfg(s3_bucket, tmp_path / "out", **{field: value.format(bucket=s3_bucket)})
+    )
+    with pytest.raises(storage.StorageError, match=named) as err:
+        run_train(cfg)  # raises before Ray starts: no cluster, no worker stack trace
+    assert value.format(bucket=s3_bucket) in str(err.value)
+
+
+def test_missing_credentials_are_named_before_any_work(s3, s3_bucket, tmp_path, monkeypatch):
+    from spladeray import storage
+    from spladeray.config import parse_config
+    from spladeray.train import run_train
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = parse_config(_train_cfg(s3_bucket, tmp_path / "out"))
+    with pytest.raises(storage.StorageError, match="no AWS credentials for s3://"):
+        run_train(cfg)
