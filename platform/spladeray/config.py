@@ -312,7 +312,9 @@ TeacherName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$"), AfterValidator
 class PrepareConfig(Section):
     """Training-data preparation (jobs/prepare.py): readers, negatives, teachers, output."""
 
-    output_dir: ConfigPath = Path("runs/prepared")
+    output_dir: StorageURI = Field(
+        "runs/prepared", description="where the shards, manifest and rejects go: a path or a URI"
+    )
     source: PrepareSourceConfig = Field(default_factory=PrepareSourceConfig)
     negatives: NegativesConfig = Field(default_factory=NegativesConfig)
     teachers: dict[TeacherName, TeacherConfig] = Field(

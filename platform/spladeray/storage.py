@@ -26,9 +26,10 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -271,6 +272,25 @@ def download(uri: str | os.PathLike, local_path: str | os.PathLike) -> None:
         )
     except OSError as e:
         raise StorageError(f"cannot download {uri} to {dst}: {e}") from e
+
+
+@contextlib.contextmanager
+def staged_dir(uri: str | os.PathLike) -> Iterator[Path]:
+    """A local directory to write what belongs under ``uri``: the directory itself for a local
+    ``uri`` (created), else a temporary one that is uploaded to ``uri`` when the block ends
+    without an error, and removed either way."""
+    uri = str(uri)
+    if not is_remote(uri):
+        local = Path(resolve(uri)[1])
+        local.mkdir(parents=True, exist_ok=True)
+        yield local
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="spladeray-stage-"))
+    try:
+        yield tmp
+        upload(tmp, uri)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def default_cache_dir() -> Path:

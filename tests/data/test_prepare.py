@@ -234,7 +234,7 @@ def test_one_row_per_qrels_pair(prepared):
     assert len(rows) == len(GOOD_PAIRS) == prepared["manifest"]["rows"]
     result = prepared["result"]
     assert result.rows == len(GOOD_PAIRS) and not result.skipped
-    assert result.output_dir == Path(prepared["cfg"].output_dir)
+    assert result.output_dir == str(prepared["cfg"].output_dir)
     for r in rows:
         assert r["query"] == QUERIES[r["query_id"]]
         assert r["positive"] == doc_text(r["positive_id"])

@@ -15,7 +15,7 @@ import sys
 import pytest
 import yaml
 
-from helpers import ROOT, build_tiny_mlm, tiny_tokenizer, write_prepared
+from helpers import ROOT, build_tiny_mlm, tiny_tokenizer, write_beir, write_prepared
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -58,25 +58,7 @@ def test_two_workers_train_from_and_to_s3(s3, s3_bucket, tmp_path, splade_tiny):
     cfg_path = tmp_path / "train.yaml"
     cfg_path.write_text(yaml.safe_dump(_train_cfg(s3_bucket, tmp_path / "out")))
 
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT / "platform"),
-        "SPLADERAY_CACHE_DIR": str(tmp_path / "cache"),
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "jobs" / "train.py"),
-            "--config",
-            str(cfg_path),
-            "--no-prepare",
-        ],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=800,
-    )
+    proc = _run_job(cfg_path, work, tmp_path, "--no-prepare")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "[train] done: step 2" in out, out[-4000:]
@@ -91,6 +73,71 @@ def test_two_workers_train_from_and_to_s3(s3, s3_bucket, tmp_path, splade_tiny):
     assert any((tmp_path / "cache").rglob("config.json"))
     trained = SpladeEncoder.from_pretrained(str(tmp_path / "out" / "s3job" / "model"))
     assert trained.encode_documents(["a cat on a mat"])[0]
+
+
+TOPICS = {
+    "cells": "cells divide by mitosis and meiosis in tissue",
+    "heart": "the heart pumps blood through arteries and veins",
+    "neuron": "neurons transmit electrical signals along axons",
+    "insulin": "insulin regulates blood glucose in the liver",
+    "virus": "a virus infects host cells and replicates",
+    "bone": "bone marrow makes red and white blood cells",
+}
+
+
+def test_prepare_to_s3_then_train_from_it(s3, s3_bucket, tmp_path, splade_tiny):
+    """jobs/train.py with prepare.output_dir == train.data_dir == an s3:// URI: prepare writes the
+    shards, manifest, rejects and _SUCCESS there (its miners read the work files by URI), then
+    2 workers train from it; no run file lands on local disk."""
+    from spladeray import storage
+
+    corpus = [{"_id": f"d{i}", "title": k, "text": v} for i, (k, v) in enumerate(TOPICS.items())]
+    corpus += [
+        {"_id": f"x{i}", "text": f"{v} and more {k}"} for i, (k, v) in enumerate(TOPICS.items())
+    ]
+    queries = [{"_id": f"q{i}", "text": f"what about {k}"} for i, k in enumerate(TOPICS)]
+    qrels = {"train": [(f"q{i}", f"d{i}", 1) for i in range(len(TOPICS))]}
+    beir = write_beir(tmp_path / "beir", corpus, queries, qrels)
+    model = build_tiny_mlm("bert", tiny_tokenizer(splade_tiny), tmp_path / "mlm")
+    storage.upload(model, f"{s3_bucket}/models/tiny")
+    cfg = _train_cfg(s3_bucket, tmp_path / "out")
+    cfg["prepare"] = {
+        "output_dir": f"{s3_bucket}/prepared",
+        "source": {"format": "beir", "path": str(beir), "split": "train"},
+        "negatives": {"method": "bm25", "num_negatives": 1, "depth": 10},
+        "teachers": {},
+        "batch_size": 2,
+        "progress": False,
+    }
+    cfg["train"]["batch_size"] = 2
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg_path = tmp_path / "train.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    proc = _run_job(cfg_path, work, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "prepare: 6 rows" in out and "[train] done: step 2" in out, out[-4000:]
+
+    prepared = storage.list_files(f"{s3_bucket}/prepared")
+    assert {"_SUCCESS", "manifest.json", "rejects.jsonl"} <= set(prepared), prepared
+    assert any(f.startswith("shards/") and f.endswith(".parquet") for f in prepared), prepared
+    assert not any(f.startswith("_work") for f in prepared), prepared  # removed when done
+    manifest = storage.read_json(f"{s3_bucket}/prepared/manifest.json")
+    assert manifest["rows"] == 6 and manifest["output_dir"] == f"{s3_bucket}/prepared"
+    runs = storage.list_files(f"{s3_bucket}/runs/s3job")
+    assert any(f.startswith("checkpoint_0000002/") for f in runs), runs
+    assert not (work / "runs").exists() and not (tmp_path / "out" / "ray").exists()
+
+
+def _run_job(cfg_path, cwd, tmp_path, *flags: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "platform"),
+        "SPLADERAY_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    command = [sys.executable, str(ROOT / "jobs" / "train.py"), "--config", str(cfg_path), *flags]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=800)
 
 
 @pytest.mark.parametrize(

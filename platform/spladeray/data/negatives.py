@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from spladeray import storage
 from spladeray.config import NegativesConfig
 from spladeray.data.docstore import DocStore
 
@@ -90,12 +91,18 @@ def load_retriever(method: str, index_dir: str | Path, model: str | None, batch_
 
 # ---------------------------------------------------------------------------- building
 def build_bm25(store_path: str | Path, index_dir: str | Path, stemmer: str | None, stopwords):
-    """Index every document of the store (row order) with bm25s and save it to ``index_dir``."""
+    """Index every document of the store (row order) with bm25s and save it to ``index_dir``.
+
+    Both may be URIs (``s3://.../_work/corpus.arrow``): this runs as a Ray task on any node, so
+    it reads the store through the node's cache and uploads the index it built.
+    """
     from spladeray.retrieval import BM25Retriever
 
-    store = DocStore(store_path)
+    store = DocStore(storage.local_copy(store_path))
     texts = store.table.column("text").to_pylist()
-    BM25Retriever(stemmer=stemmer, stopwords=stopwords).index(None, texts).save(index_dir)
+    retriever = BM25Retriever(stemmer=stemmer, stopwords=stopwords).index(None, texts)
+    with storage.staged_dir(index_dir) as local:
+        retriever.save(local)
     return {"docs": len(texts)}
 
 
@@ -175,10 +182,11 @@ class NegativeMiner:
 
     def __init__(self, work_dir: str, cfg: NegativesConfig, stats=None):
         self.cfg, self.stats = cfg, stats
-        self.store = DocStore(Path(work_dir) / "corpus.arrow")
+        work = storage.local_copy(work_dir)  # a URI: fetched once per node into its cache
+        self.store = DocStore(work / "corpus.arrow")
         self.retriever = None
         if cfg.method != "none":
-            index_dir = Path(work_dir) / "index"
+            index_dir = work / "index"
             self.retriever = load_retriever(cfg.method, index_dir, cfg.model, cfg.batch_size)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 import time
 from collections import Counter, defaultdict
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from spladeray import storage
 from spladeray.config import PrepareConfig, TeacherConfig
 from spladeray.data import schema
 from spladeray.data.docstore import DocStore, DocStoreWriter
@@ -177,30 +179,34 @@ def read_pairs(source, work: Path, rejects: RejectLog) -> SourceData:
 
 
 # ---------------------------------------------------------------------------- step 2: index
-def build_index(cfg: PrepareConfig, work: Path) -> dict:
+def build_index(cfg: PrepareConfig, work: Path, work_uri: str) -> dict:
+    """The mining index under ``<work_uri>/index``. ``work`` is the driver's local copy of the
+    work files (the same folder when the output is local)."""
     import ray
 
     from spladeray.data import negatives
 
     neg = cfg.negatives
-    store, index_dir = work / "corpus.arrow", work / "index"
     if neg.method == "bm25":
-        # max_calls=1: the worker exits afterwards instead of being reused with the index's memory
+        # A task on any node (reads the store by URI, uploads the index); max_calls=1: the worker
+        # exits afterwards instead of being reused with the index's memory.
         task = ray.remote(num_cpus=neg.num_cpus, max_calls=1)(negatives.build_bm25)
-        return ray.get(task.remote(str(store), str(index_dir), neg.stemmer, neg.stopwords))
+        store, index_dir = storage.join(work_uri, "corpus.arrow"), storage.join(work_uri, "index")
+        return ray.get(task.remote(store, index_dir, neg.stemmer, neg.stopwords))
     if neg.method in ("dense", "sparse"):
         if neg.model is None:
             raise ValueError(f"prepare.negatives.model is required for method {neg.method!r}")
-        return negatives.build_model_index(
-            neg.method,
-            store,
-            index_dir,
-            neg.model,
-            neg.batch_size,
-            neg.actors,
-            neg.num_cpus,
-            neg.num_gpus,
-        )
+        with storage.staged_dir(storage.join(work_uri, "index")) as index_dir:
+            return negatives.build_model_index(
+                neg.method,
+                work / "corpus.arrow",
+                index_dir,
+                neg.model,
+                neg.batch_size,
+                neg.actors,
+                neg.num_cpus,
+                neg.num_gpus,
+            )
     return {}
 
 
@@ -254,7 +260,9 @@ def check_pools(cfg: PrepareConfig) -> None:
     )
 
 
-def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: Path, stats) -> None:
+def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: str, stats) -> None:
+    """Mine, score and write the shards. ``work`` is the work files' path or URI: the miner
+    actors read it wherever they run (a URI through a per-node cache)."""
     import ray.data
 
     from spladeray.data.negatives import NegativeMiner
@@ -295,8 +303,10 @@ def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: Path, stats) -> None
         batch_format="pyarrow",
         num_cpus=SMALL_TASK_CPUS,
     )
+    fs, shards = storage.resolve(storage.join(cfg.output_dir, schema.SHARDS_DIR))
     ds.write_parquet(
-        str(Path(cfg.output_dir) / schema.SHARDS_DIR),
+        shards,
+        filesystem=fs,
         min_rows_per_file=cfg.rows_per_shard,
         ray_remote_args={"num_cpus": SMALL_TASK_CPUS},
     )
@@ -311,14 +321,14 @@ class PrepareResult:
     ``manifest`` is the content of ``manifest.json`` (plus ``skipped``).
     """
 
-    output_dir: Path
+    output_dir: str  # a local path or a URI
     rows: int
     skipped: bool
     manifest: dict
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> PrepareResult:
-        return cls(Path(manifest["output_dir"]), manifest["rows"], manifest["skipped"], manifest)
+        return cls(str(manifest["output_dir"]), manifest["rows"], manifest["skipped"], manifest)
 
 
 def _stamp(path: Path) -> list:
@@ -343,21 +353,23 @@ def config_hash(cfg: PrepareConfig) -> str:
 
 
 def load_manifest(output_dir: str | Path) -> dict | None:
-    path = Path(output_dir) / schema.MANIFEST_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    uri = storage.join(output_dir, schema.MANIFEST_FILE)
+    return storage.read_json(uri) if storage.exists(uri) else None
 
 
 def is_complete(output_dir: str | Path, digest: str) -> bool:
     manifest = load_manifest(output_dir)
-    done = (Path(output_dir) / schema.SUCCESS_FILE).is_file()
+    done = storage.exists(storage.join(output_dir, schema.SUCCESS_FILE))
     return done and manifest is not None and manifest.get("config_hash") == digest
 
 
-def _clear(out: Path) -> None:
-    for name in (schema.SHARDS_DIR, WORK_DIR):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in (schema.SUCCESS_FILE, schema.MANIFEST_FILE, schema.REJECTS_FILE):
-        (out / name).unlink(missing_ok=True)
+def _clear(out: str) -> None:
+    """Remove a previous run's output (``_SUCCESS`` first, so nothing half-deleted looks done)."""
+    names = (schema.SUCCESS_FILE, schema.MANIFEST_FILE, schema.REJECTS_FILE)
+    for name in (*names, schema.SHARDS_DIR, WORK_DIR):
+        uri = storage.join(out, name)
+        if storage.exists(uri):
+            storage.delete(uri)
 
 
 @contextmanager
@@ -395,9 +407,14 @@ def _timed(timings: dict, name: str):
     timings[name] = round(time.perf_counter() - start, 3)
 
 
-def _shard_rows(shards: Path) -> tuple[list[str], int]:
-    files = sorted(shards.glob("*.parquet"))
-    return [f.name for f in files], sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+def _shard_rows(shards: str) -> tuple[list[str], int]:
+    names = [n for n in storage.list_files(shards) if n.endswith(".parquet")]
+    fs, path = storage.resolve(shards)
+    rows = 0
+    for name in names:
+        with fs.open_input_file(f"{path}/{name}") as f:
+            rows += pq.ParquetFile(f).metadata.num_rows
+    return names, rows
 
 
 def run_prepare(
@@ -412,7 +429,10 @@ def run_prepare(
 
     from spladeray.data.stats import StageStats
 
-    out = Path(cfg.output_dir)
+    out = str(cfg.output_dir)
+    remote = storage.is_remote(out)
+    if remote:  # a bad bucket, prefix or credentials: one clear error before any work
+        storage.preflight(write=[out])
     digest = config_hash(cfg)
     if not (force or cfg.force) and is_complete(out, digest):
         manifest = {**load_manifest(out), "skipped": True}
@@ -424,10 +444,15 @@ def run_prepare(
     ensure_ray(ray_config)
     check_pools(cfg)
     _clear(out)
-    work = out / WORK_DIR
+    # The driver reads the source and writes rejects and the doc store to a local folder: the
+    # output folder itself, or for a URI a staging folder whose work files are uploaded to
+    # <uri>/_work for the actors (on any node) and which is removed at the end.
+    local = Path(tempfile.mkdtemp(prefix="spladeray-prepare-")) if remote else Path(out)
+    work = local / WORK_DIR
     work.mkdir(parents=True)
+    work_uri = storage.join(out, WORK_DIR)
     timings: dict[str, float] = {}
-    rejects = RejectLog(out / schema.REJECTS_FILE)
+    rejects = RejectLog(local / schema.REJECTS_FILE)
     start = time.perf_counter()
     stats = StageStats.remote()
     try:
@@ -436,23 +461,29 @@ def run_prepare(
                 reader = read_beir if cfg.source.format == "beir" else read_pairs
                 source = reader(cfg.source, work, rejects)
             with _timed(timings, "index"):
-                index_info = build_index(cfg, work)
+                if remote:  # the doc store, for the index builder and the miners on any node
+                    storage.upload(work, work_uri)
+                index_info = build_index(cfg, work, work_uri)
             with _timed(timings, "pipeline"):
-                run_pipeline(cfg, source.pairs, work, stats)
+                run_pipeline(cfg, source.pairs, work_uri, stats)
         stages = ray.get(stats.summary.remote())
         for stage, pool in pool_sizes(cfg).items():
             stages.setdefault(stage, {})["pool"] = pool
     finally:
         rejects.close()
         ray.kill(stats)
-    shard_dir = out / schema.SHARDS_DIR
+    shard_dir = storage.join(out, schema.SHARDS_DIR)
     shards, rows = _shard_rows(shard_dir)
     timings["total"] = round(time.perf_counter() - start, 3)
     teachers = list(enabled_teachers(cfg))
+    columns = []
+    if shards:
+        fs, path = storage.resolve(shard_dir)
+        columns = pq.read_schema(f"{path}/{shards[0]}", filesystem=fs).names
     manifest = {
         "schema_version": schema.SCHEMA_VERSION,
         "config_hash": digest,
-        "output_dir": str(out),
+        "output_dir": out,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "rows": rows,
         "pairs_accepted": source.pairs.num_rows,
@@ -467,7 +498,7 @@ def run_prepare(
             "scale": cfg.ensemble.scale,
         },
         "num_negatives": cfg.negatives.num_negatives,
-        "columns": pq.read_schema(shard_dir / shards[0]).names if shards else [],
+        "columns": columns,
         "shards": shards,
         "timings_s": timings,
         "stages": stages,
@@ -475,9 +506,13 @@ def run_prepare(
     }
     if rows != source.pairs.num_rows:
         raise RuntimeError(f"wrote {rows} rows but accepted {source.pairs.num_rows} pairs")
-    (out / schema.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-    shutil.rmtree(work, ignore_errors=True)
-    (out / schema.SUCCESS_FILE).write_text(digest + "\n")
+    if remote:
+        storage.upload(local / schema.REJECTS_FILE, storage.join(out, schema.REJECTS_FILE))
+    storage.write_json(storage.join(out, schema.MANIFEST_FILE), manifest)
+    storage.delete(work_uri)
+    if remote:
+        shutil.rmtree(local, ignore_errors=True)
+    storage.write_text(storage.join(out, schema.SUCCESS_FILE), digest + "\n")  # last: done
     echo(summary_line(manifest))
     return PrepareResult.from_manifest(manifest)
 

@@ -97,7 +97,7 @@ def prepares_train_data(cfg) -> bool:
     return (
         cfg.prepare is not None
         and cfg.train is not None
-        and Path(cfg.prepare.output_dir).resolve() == Path(cfg.train.data_dir).resolve()
+        and str(cfg.prepare.output_dir).rstrip("/") == str(cfg.train.data_dir).rstrip("/")
     )
 
 
