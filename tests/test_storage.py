@@ -424,3 +424,14 @@ def test_remote_filesystem_pickles_without_keys(s3_bucket):
     assert b"testing" not in blob  # the fake secret key never travels with the filesystem
     with pickle.loads(blob).open_input_stream(path) as f:
         assert f.read() == b"hello"
+
+
+def test_upload_a_flat_directory_to_a_new_nested_local_folder(tmp_path):
+    """What training does with the final model: a folder of files into <out>/<run>/model."""
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "spladeray.json").write_text("{}")
+    (src / "config.json").write_text('{"dim": 8}')
+    dst = tmp_path / "out" / "run" / "model"
+    storage.upload(src, str(dst))
+    assert storage.list_files(str(dst)) == ["config.json", "spladeray.json"]

@@ -48,6 +48,8 @@ def _is_uri(value: str) -> bool:
 
 def _resolve_uri(value: str, info: ValidationInfo) -> str:
     """A URI (``s3://``, ``gs://``) is kept; a local path is resolved like :data:`ConfigPath`."""
+    if not value.strip():
+        raise ValueError("an empty path (an unset ${VAR:-}?): give a path or a URI")
     if _is_uri(value):
         return value
     return str(_resolve_path(Path(value.removeprefix("file://")), info))
@@ -412,8 +414,10 @@ class TrainDebugConfig(Section):
 class TrainConfig(Section):
     """Distributed training on Ray Train (jobs/train.py); see docs/train.md."""
 
-    output_dir: ConfigPath = Field(
-        Path("runs/train"), description="<output_dir>/<name>/model is the exported final model"
+    output_dir: StorageURI = Field(
+        "runs/train",
+        description="a path or URI: <output_dir>/<name>/model is the exported final model, "
+        "<output_dir>/<name>/tensorboard the event files",
     )
     data_dir: StorageURI = Field(
         "runs/prepared",
@@ -467,7 +471,7 @@ class TrainConfig(Section):
     def checkpoint_root(self) -> str:
         """Where Ray Train keeps the run (checkpoints) and the run's ``baselines.json``:
         ``storage_path``, else ``<output_dir>/ray``."""
-        return self.storage_path or str(self.output_dir / "ray")
+        return self.storage_path or f"{self.output_dir.rstrip('/')}/ray"
 
     @property
     def teachers(self) -> tuple[str, ...]:

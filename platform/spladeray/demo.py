@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from spladeray.config import Config
 from spladeray.data.beir import Rejects, doc_text, iter_corpus, load_qrels, load_queries
@@ -188,7 +189,9 @@ def run_full_demo(cfg: Config) -> dict:
     from spladeray.model.export import export_from_config
 
     t = time.perf_counter()
-    export_cfg = cfg.export or ExportConfig(output_dir=cfg.train.output_dir.parent / "export")
+    export_cfg = cfg.export or ExportConfig(
+        output_dir=str(Path(cfg.train.output_dir).parent / "export")
+    )
     exported = export_from_config(
         cfg.model_copy(
             update={"model": cfg.model.model_copy(update={"path": model_dir}), "export": export_cfg}

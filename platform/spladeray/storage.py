@@ -249,8 +249,8 @@ def upload(local_path: str | os.PathLike, uri: str | os.PathLike) -> None:
         raise StorageError(f"cannot upload {src} to {uri}: no such local file or directory")
     fs, path = resolve(uri)
     try:
-        if isinstance(fs, pafs.LocalFileSystem):
-            fs.create_dir(os.path.dirname(path), recursive=True)
+        if isinstance(fs, pafs.LocalFileSystem):  # copy_files does not create local folders
+            fs.create_dir(path if os.path.isdir(src) else os.path.dirname(path), recursive=True)
         pafs.copy_files(
             src, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
         )

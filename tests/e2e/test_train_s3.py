@@ -20,13 +20,13 @@ from helpers import ROOT, build_tiny_mlm, tiny_tokenizer, write_beir, write_prep
 pytestmark = pytest.mark.timeout(900)
 
 
-def _train_cfg(bucket: str, out, **train) -> dict:
+def _train_cfg(bucket: str, out: str, **train) -> dict:
     return {
         "run_name": "s3job",
         "model": {"path": f"{bucket}/models/tiny"},
         "ray": {"num_cpus": 3, "include_dashboard": False},
         "train": {
-            "output_dir": str(out),
+            "output_dir": out,
             "data_dir": f"{bucket}/prepared",
             "storage_path": f"{bucket}/runs",
             "num_workers": 2,
@@ -45,6 +45,7 @@ def _train_cfg(bucket: str, out, **train) -> dict:
 
 
 def test_two_workers_train_from_and_to_s3(s3, s3_bucket, tmp_path, splade_tiny):
+    """Model, prepared data, checkpoints, baselines, TensorBoard and the exported model: all s3://."""
     from spladeray import storage
     from spladeray.model import SpladeEncoder
 
@@ -56,7 +57,8 @@ def test_two_workers_train_from_and_to_s3(s3, s3_bucket, tmp_path, splade_tiny):
     work = tmp_path / "work"  # the job's cwd: a relative runs/ would land here
     work.mkdir()
     cfg_path = tmp_path / "train.yaml"
-    cfg_path.write_text(yaml.safe_dump(_train_cfg(s3_bucket, tmp_path / "out")))
+    cfg = _train_cfg(s3_bucket, f"{s3_bucket}/out", tensorboard=True)
+    cfg_path.write_text(yaml.safe_dump(cfg))
 
     proc = _run_job(cfg_path, work, tmp_path, "--no-prepare")
     out = proc.stdout + proc.stderr
@@ -68,10 +70,13 @@ def test_two_workers_train_from_and_to_s3(s3, s3_bucket, tmp_path, splade_tiny):
         run
     )
     assert any(f.startswith("checkpoint_0000002/model/") for f in run), run
-    assert not (work / "runs").exists() and not (tmp_path / "out" / "ray").exists()
-    # the model came from s3:// through the local cache, and the trained one loads
+    outputs = storage.list_files(f"{s3_bucket}/out/s3job")
+    assert any(f.startswith("tensorboard/events.out.tfevents") for f in outputs), outputs
+    assert "model/modules.json" in outputs, outputs
+    assert not (work / "runs").exists() and not any(tmp_path.glob("**/tfevents*"))
+    # the base model came from s3:// through the local cache; the trained one loads from s3://
     assert any((tmp_path / "cache").rglob("config.json"))
-    trained = SpladeEncoder.from_pretrained(str(tmp_path / "out" / "s3job" / "model"))
+    trained = SpladeEncoder.from_pretrained(f"{s3_bucket}/out/s3job/model")
     assert trained.encode_documents(["a cat on a mat"])[0]
 
 
@@ -100,7 +105,7 @@ def test_prepare_to_s3_then_train_from_it(s3, s3_bucket, tmp_path, splade_tiny):
     beir = write_beir(tmp_path / "beir", corpus, queries, qrels)
     model = build_tiny_mlm("bert", tiny_tokenizer(splade_tiny), tmp_path / "mlm")
     storage.upload(model, f"{s3_bucket}/models/tiny")
-    cfg = _train_cfg(s3_bucket, tmp_path / "out")
+    cfg = _train_cfg(s3_bucket, str(tmp_path / "out"))
     cfg["prepare"] = {
         "output_dir": f"{s3_bucket}/prepared",
         "source": {"format": "beir", "path": str(beir), "split": "train"},
@@ -155,7 +160,7 @@ def test_a_bad_s3_uri_fails_before_any_work_naming_it(s3, s3_bucket, tmp_path, f
 
     storage.write_text(f"{s3_bucket}/prepared/_SUCCESS", "x\n")
     cfg = parse_config(
-        _train_cfg(s3_bucket, tmp_path / "out", **{field: value.format(bucket=s3_bucket)})
+        _train_cfg(s3_bucket, str(tmp_path / "out"), **{field: value.format(bucket=s3_bucket)})
     )
     with pytest.raises(storage.StorageError, match=named) as err:
         run_train(cfg)  # raises before Ray starts: no cluster, no worker stack trace
@@ -169,6 +174,6 @@ def test_missing_credentials_are_named_before_any_work(s3, s3_bucket, tmp_path, 
 
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
-    cfg = parse_config(_train_cfg(s3_bucket, tmp_path / "out"))
+    cfg = parse_config(_train_cfg(s3_bucket, str(tmp_path / "out")))
     with pytest.raises(storage.StorageError, match="no AWS credentials for s3://"):
         run_train(cfg)

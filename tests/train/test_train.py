@@ -70,7 +70,7 @@ def assert_collectives_on_worker_device(log_dir: Path, ranks: set[int]) -> None:
 
 def _checkpoints(cfg) -> list[Path]:
     return sorted(
-        p for p in (cfg.train.output_dir / "ray" / "t").glob("checkpoint_*") if p.is_dir()
+        p for p in (Path(cfg.train.output_dir) / "ray" / "t").glob("checkpoint_*") if p.is_dir()
     )
 
 
@@ -175,7 +175,7 @@ def test_two_worker_ddp_survives_a_worker_failure_and_exports(
     assert state["state"]["step"] == 4 and state["world_size"] == 2
     # the optimizer applied exactly max_steps updates to the final model
     assert all(int(s["step"]) == 4 for s in state["optimizer"]["state"].values())
-    assert any((cfg.train.output_dir / "t" / "tensorboard").iterdir())
+    assert any((Path(cfg.train.output_dir) / "t" / "tensorboard").iterdir())
 
     enc = SpladeEncoder.from_pretrained(str(result.model_dir))
     vec = enc.encode_documents(["cell protein gene"])[0]

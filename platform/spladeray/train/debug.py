@@ -30,16 +30,24 @@ class InjectedFailure(RuntimeError):
     """Raised by the test-only ``train.debug.fail_at_step`` hook."""
 
 
-def maybe_fail(debug, step: int, rank: int, marker_root: Path) -> None:
+def maybe_fail(debug, step: int, rank: int, marker_root: str | Path) -> None:
     """Raise :class:`InjectedFailure` after ``debug.fail_at_step`` on ``debug.fail_rank``, at most
-    ``debug.fail_times`` times over all attempts (counted by marker files in ``marker_root``)."""
+    ``debug.fail_times`` times over all attempts (counted by marker files under ``marker_root``,
+    a path or URI that every attempt sees)."""
+    from spladeray import storage
+
     if debug.fail_at_step != step or debug.fail_rank != rank:
         return
-    marker_root.mkdir(parents=True, exist_ok=True)
-    fired = sorted(marker_root.glob("failure_*"))
+    fired = (
+        [f for f in storage.list_files(marker_root) if f.startswith("failure_")]
+        if storage.exists(marker_root)
+        else []
+    )
     if len(fired) >= debug.fail_times:
         return
-    (marker_root / f"failure_{len(fired)}").write_text(f"step {step} rank {rank}\n")
+    storage.write_text(
+        storage.join(marker_root, f"failure_{len(fired)}"), f"step {step} rank {rank}\n"
+    )
     raise InjectedFailure(f"injected failure at step {step} on rank {rank} (train.debug)")
 
 

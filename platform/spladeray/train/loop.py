@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from spladeray import storage
 from spladeray.train.checkpoint import TrainState, load_checkpoint
 from spladeray.train.debug import maybe_fail, record_collectives
 from spladeray.train.objective import SpladeObjective
@@ -93,7 +94,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # ---------------------------------------------------------------- train
     autocast = autocast_context(device, tc.precision)
-    marker_root = tc.debug.marker_dir or (tc.output_dir / run_name / "debug")
+    marker_root = tc.debug.marker_dir or storage.join(tc.output_dir, run_name, "debug")
     model.train()
     optimizer.zero_grad(set_to_none=True)
     while state.step < tc.max_steps:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ class MetricsWriter:
     """
 
     def __init__(
-        self, enabled: bool, tb_dir: Path | None, mlflow_cfg=None, run_name: str = ""
+        self, enabled: bool, tb_dir: str | Path | None, mlflow_cfg=None, run_name: str = ""
     ) -> None:
         self._tb = None
         self._mlflow = None
@@ -49,11 +50,18 @@ class MetricsWriter:
 
         if ray.is_initialized():
             self._gauges = {}
+        self._tb_uri = None
         if tb_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            tb_dir.mkdir(parents=True, exist_ok=True)
-            self._tb = SummaryWriter(log_dir=str(tb_dir))
+            from spladeray import storage
+
+            local = Path(str(tb_dir))
+            if storage.is_remote(tb_dir):  # written here, uploaded by sync() and close()
+                self._tb_uri = str(tb_dir)
+                local = Path(tempfile.mkdtemp(prefix="spladeray-tb-"))
+            local.mkdir(parents=True, exist_ok=True)
+            self._tb = SummaryWriter(log_dir=str(local))
         if mlflow_cfg is not None:
             try:
                 import mlflow
@@ -92,8 +100,19 @@ class MetricsWriter:
                 self._gauges[name] = gauge
             gauge.set(value, tags={"run": self.run_name})
 
+    def sync(self) -> None:
+        """Flush the event files, and upload them when the TensorBoard dir is a URI."""
+        if self._tb is None:
+            return
+        self._tb.flush()
+        if self._tb_uri is not None:
+            from spladeray import storage
+
+            storage.upload(self._tb.log_dir, self._tb_uri)
+
     def close(self) -> None:
         if self._tb is not None:
+            self.sync()
             self._tb.close()
         if self._mlflow is not None:
             self._mlflow.end_run()

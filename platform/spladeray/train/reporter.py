@@ -81,10 +81,10 @@ class Reporter:
         self.encoder, self.model = encoder, model
         self.optimizer, self.scheduler, self.objective = optimizer, scheduler, objective
         self.run_name = run_name
-        self.run_dir = train_cfg.output_dir / run_name
+        self.run_dir = storage.join(train_cfg.output_dir, run_name)
         self.writer = MetricsWriter(
             enabled=rank == 0,
-            tb_dir=self.run_dir / "tensorboard" if train_cfg.tensorboard else None,
+            tb_dir=storage.join(self.run_dir, "tensorboard") if train_cfg.tensorboard else None,
             mlflow_cfg=train_cfg.mlflow,
             run_name=run_name,
         )
@@ -240,6 +240,7 @@ class Reporter:
             )
             if final and self.rank == 0:
                 self.encoder.save_pretrained(str(Path(tmp) / MODEL_DIR))
+            self.writer.sync()  # event files reach a remote output_dir at every checkpoint
             ray.train.report(
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),

@@ -9,7 +9,6 @@ from ``cfg.train`` and fits it. Ray Train V2 resumes by run identity: re-running
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +86,7 @@ class TrainResult:
 
     metrics: dict[str, Any]  # the last report: step, loss terms, eval/*, bm25/*, train_seconds...
     checkpoint_path: str | None
-    model_dir: Path | None  # <output_dir>/<name>/model, the exported final model
+    model_dir: str | None  # <output_dir>/<name>/model (a path or URI), the exported final model
     seconds: float  # wall time of the fit, evaluation included
     ray_result: Any
 
@@ -135,10 +134,10 @@ def run_train(
         with result.checkpoint.as_directory() as d:
             src = Path(d) / MODEL_DIR
             if src.is_dir():
-                model_dir = cfg.train.output_dir / name / MODEL_DIR
-                if model_dir.exists():
-                    shutil.rmtree(model_dir)
-                shutil.copytree(src, model_dir)
+                model_dir = storage.join(cfg.train.output_dir, name, MODEL_DIR)
+                if storage.exists(model_dir):
+                    storage.delete(model_dir)
+                storage.upload(src, model_dir)
     logger.info("training run %s done in %.1fs; model: %s", name, seconds, model_dir)
     return TrainResult(
         metrics=dict(result.metrics or {}),
