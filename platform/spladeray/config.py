@@ -18,6 +18,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -620,10 +621,21 @@ def _default_systems() -> list:
     return [EvalBM25Config(), EvalSparseConfig()]
 
 
+def _path_as_str(value: Any) -> Any:
+    """A ``pathlib.Path`` given in code (not YAML) for a :data:`StorageURI` field, as a string."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+OutputURI = Annotated[StorageURI, BeforeValidator(_path_as_str)]
+"""A stage's output directory: a local path (``Path`` or string) or a URI (``s3://bucket/x``)."""
+
+
 class EvaluateConfig(Section):
     """Evaluation (jobs/evaluate.py): systems x datasets, metrics, sparsity, latency, reports."""
 
-    output_dir: ConfigPath = Path("runs/eval")
+    output_dir: OutputURI = Field(
+        "runs/eval", description="local dir or URI (s3://...) for the reports and run files"
+    )
     datasets: list[EvalDatasetConfig] = Field(
         default_factory=list, description="empty: the top-level data section"
     )
@@ -684,7 +696,9 @@ class ExportMLCommonsConfig(Section):
 class ExportConfig(Section):
     """Model export to OpenSearch ML Commons (jobs/export.py)."""
 
-    output_dir: ConfigPath = Path("runs/export")
+    output_dir: OutputURI = Field(
+        "runs/export", description="local dir or URI (s3://...) for the zips and register bodies"
+    )
     name: str | None = Field(None, description="ML Commons model name; default: run_name")
     version: str = "1.0.0"
     description: str | None = None
