@@ -108,9 +108,10 @@ def test_reports_in_s3_match_a_local_evaluation(
     )
     assert remote_json["average"]["bm25"]["metrics"]["nDCG@10"] > 0.5
     assert storage.read_text(remote.paths["markdown"]) == results_markdown(remote)
-    assert storage.read_bytes(f"{uri}/runs/tiny/bm25.trec") == (
-        local_dir / "runs" / "tiny" / "bm25.trec"
-    ).read_bytes()
+    assert (
+        storage.read_bytes(f"{uri}/runs/tiny/bm25.trec")
+        == (local_dir / "runs" / "tiny" / "bm25.trec").read_bytes()
+    )
     assert storage.read_bytes(remote.paths["chart"])[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -37,12 +37,13 @@ def staging_root(tmp_path, monkeypatch):
     return root
 
 
-def _config(model, output_dir: str):
+def _config(model, output_dir: str, **sections):
     return parse_config(
         {
             "run_name": "tiny",
             "model": {"path": str(model), "device": "cpu"},
             "export": {"output_dir": output_dir, "name": "acme/tiny"},
+            **sections,
         }
     )
 
@@ -123,3 +124,28 @@ def test_missing_bucket_fails_before_any_work(s3, tiny_model, monkeypatch):
     encoder = SpladeEncoder.from_pretrained(str(tiny_model))
     with pytest.raises(storage.StorageError, match="bucket 'spladeray-no-such-bucket'.*does not"):
         export_ml_commons(encoder, uri, name="tiny")
+
+
+def test_register_uploads_the_zip_exported_to_s3(s3_bucket, tiny_model, tmp_path, monkeypatch):
+    """``jobs/export.py --register`` with an ``s3://`` output: ML Commons gets the zip's bytes
+    from a local copy of the uploaded object (no OpenSearch here: the client call is recorded)."""
+    from spladeray.mlcommons import Deployed, MLCommonsClient, run_export
+
+    monkeypatch.setenv("SPLADERAY_CACHE_DIR", str(tmp_path / "cache"))
+    sent = []
+
+    def register_and_deploy(self, body, *, zip_path=None, **kwargs):
+        sent.append((dict(body), zip_path.read_bytes()))
+        return Deployed("model-1", "group-1", "REGISTERED", reused=False)
+
+    monkeypatch.setattr(MLCommonsClient, "register_and_deploy", register_and_deploy)
+    uri = f"{s3_bucket}/export"
+    cfg = _config(
+        tiny_model, uri, index={"opensearch": {"username_env": None, "password_env": None}}
+    )
+    result = run_export(cfg, register=True, deploy=False)
+    ((body, data),) = sent
+    assert body == storage.read_json(f"{uri}/register-tiny.json")
+    assert data == storage.read_bytes(f"{uri}/tiny.zip")
+    assert hashlib.sha256(data).hexdigest() == body["model_content_hash_value"]
+    assert result.summary()["ml_commons"][0]["model_id"] == "model-1"
