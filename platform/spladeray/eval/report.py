@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spladeray import storage
 from spladeray.eval.metrics import display_name
 
 README_START = "<!-- bench:start -->"
@@ -122,26 +121,6 @@ def write_reports(results, output_dir: str | Path, *, chart: bool = True) -> dic
         )
         paths["chart"] = str(png)
     return paths
-
-
-def upload_reports(local_dir: str | Path, uri: str, paths: dict[str, str]) -> dict[str, str]:
-    """Upload an evaluation's local output directory (reports, ``runs/``) to ``uri``.
-
-    Everything is uploaded first and ``results.json`` last, so a reader that finds
-    ``results.json`` finds every other file too. ``local_dir`` is a staging directory: its
-    ``results.json`` is moved out of it. Returns ``paths`` (as from :func:`write_reports`, each
-    under ``local_dir``) pointing at the uploaded copies.
-    """
-    local_dir = Path(local_dir)
-    marker = local_dir / "results.json"
-    summary = marker.read_bytes()
-    marker.unlink()
-    storage.upload(local_dir, uri)
-    storage.write_bytes(storage.join(uri, marker.name), summary)
-    return {
-        kind: storage.join(uri, Path(path).relative_to(local_dir).as_posix())
-        for kind, path in paths.items()
-    }
 
 
 # ----------------------------------------------------------------------------- bench report

@@ -25,11 +25,9 @@ per-query latencies plus the fusion, its dimensions and FLOPS the sums of its pa
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -548,7 +546,7 @@ def run_evaluation(
     local paths, or URIs when ``output_dir`` (else ``evaluate.output_dir``) is a URI.
     """
     from spladeray import storage
-    from spladeray.eval.report import upload_reports, write_reports
+    from spladeray.eval.report import write_reports
 
     evaluate = evaluate or cfg.evaluate or EvaluateConfig()
     if systems is not None:
@@ -559,13 +557,7 @@ def run_evaluation(
     remote = storage.is_remote(uri)
     if remote:
         storage.preflight(write=[uri])
-    staging = (
-        tempfile.TemporaryDirectory(prefix="spladeray-eval-")
-        if remote
-        else contextlib.nullcontext(uri)
-    )
-    with staging as local_dir:
-        out = Path(local_dir)
+    with storage.staged_dir(uri) as out:  # uploaded to a remote uri when the block ends
         results = evaluate_systems(
             dataset_configs(cfg, evaluate),
             evaluate.systems,
@@ -582,8 +574,15 @@ def run_evaluation(
         )
         results.paths = write_reports(results, out, chart=evaluate.chart)
         results.paths["runs"] = str(out / "runs")
-        if remote:
-            results.paths = upload_reports(out, uri, results.paths)
+        if remote:  # held back from the upload: written last, it marks the evaluation complete
+            summary = (out / "results.json").read_bytes()
+            (out / "results.json").unlink()
+    if remote:
+        storage.write_bytes(storage.join(uri, "results.json"), summary)
+        results.paths = {
+            kind: storage.join(uri, Path(path).relative_to(out).as_posix())
+            for kind, path in results.paths.items()
+        }
     if echo:
         print()
         print(results.markdown())

@@ -26,7 +26,6 @@ before any work starts, so a missing bucket or missing credentials fail at once,
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import json
@@ -355,13 +354,7 @@ def export_ml_commons(
     if remote:
         storage.preflight(write=[uri])
     start = time.perf_counter()
-    staging = (
-        tempfile.TemporaryDirectory(prefix="spladeray-export-out-")
-        if remote
-        else contextlib.nullcontext(uri)
-    )
-    with staging as local_dir:
-        out = Path(local_dir)
+    with storage.staged_dir(uri) as out:  # uploaded to a remote uri when the block ends
         result = _write_zips(
             encoder,
             out,
@@ -374,9 +367,8 @@ def export_ml_commons(
             check_texts=check_texts,
             tolerance=tolerance,
         )
-        if remote:
-            storage.upload(out, uri)
-            _point_at(result, out, uri)
+    if remote:
+        _point_at(result, out, uri)
     summary_uri = storage.join(uri, "export.json") if remote else out / "export.json"
     result.export_seconds = time.perf_counter() - start
     storage.write_json(summary_uri, result.summary())  # last: marks the export complete
