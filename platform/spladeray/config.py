@@ -18,6 +18,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -55,7 +56,12 @@ def _resolve_uri(value: str, info: ValidationInfo) -> str:
     return str(_resolve_path(Path(value.removeprefix("file://")), info))
 
 
-StorageURI = Annotated[str, AfterValidator(_resolve_uri)]
+def _path_as_str(value: Any) -> Any:
+    """A ``pathlib.Path`` given in code (not YAML) for a :data:`StorageURI` field, as a string."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+StorageURI = Annotated[str, BeforeValidator(_path_as_str), AfterValidator(_resolve_uri)]
 """A local path (resolved like :data:`ConfigPath`) or an object-store URI (``s3://bucket/x``),
 read and written through :mod:`spladeray.storage`."""
 
@@ -627,7 +633,9 @@ def _default_systems() -> list:
 class EvaluateConfig(Section):
     """Evaluation (jobs/evaluate.py): systems x datasets, metrics, sparsity, latency, reports."""
 
-    output_dir: ConfigPath = Path("runs/eval")
+    output_dir: StorageURI = Field(
+        "runs/eval", description="local dir or URI (s3://...) for the reports and run files"
+    )
     datasets: list[EvalDatasetConfig] = Field(
         default_factory=list, description="empty: the top-level data section"
     )
@@ -688,7 +696,9 @@ class ExportMLCommonsConfig(Section):
 class ExportConfig(Section):
     """Model export to OpenSearch ML Commons (jobs/export.py)."""
 
-    output_dir: ConfigPath = Path("runs/export")
+    output_dir: StorageURI = Field(
+        "runs/export", description="local dir or URI (s3://...) for the zips and register bodies"
+    )
     name: str | None = Field(None, description="ML Commons model name; default: run_name")
     version: str = "1.0.0"
     description: str | None = None

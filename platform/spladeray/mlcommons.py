@@ -562,10 +562,12 @@ def register_exported(
 
     Settings, model group and timeouts come from ``cfg.export.ml_commons``; a zip with ``url``
     in its register body is downloaded by the cluster, any other is uploaded in chunks. Deploys
-    when both ``deploy`` and ``export.ml_commons.deploy`` say so. With ``predict`` each deployed
+    when both ``deploy`` and ``export.ml_commons.deploy`` say so. A zip exported to a URI
+    (``s3://...``) is uploaded from its local cached copy (:func:`spladeray.storage.local_copy`). With ``predict`` each deployed
     model encodes that text once (``sparse_encoding`` / ``sparse_tokenize``), as a smoke test.
     Credentials come from the environment (see :class:`spladeray.config.OpenSearchConfig`).
     """
+    from spladeray import storage
     from spladeray.config import ExportConfig
     from spladeray.index.opensearch import build_client
 
@@ -578,7 +580,7 @@ def register_exported(
         body = exported.register_body
         deployed = client.register_and_deploy(
             body,
-            zip_path=None if body.get("url") else exported.path,
+            zip_path=None if body.get("url") else storage.local_copy(exported.path),
             model_group=mc.model_group,
             model_group_description=mc.model_group_description,
             cluster_settings=mc.cluster_settings,
@@ -607,7 +609,8 @@ def run_export(
 
     ``url_prefix`` replaces ``export.url_prefix`` (where the zips will be served). With
     ``register`` the zips are then registered (and deployed) by :func:`register_exported`, and
-    ``result.registered`` lists them.
+    ``result.registered`` lists them. ``export.output_dir`` may be a URI (``s3://...``): it is
+    checked for writing before the model is loaded, and the paths in the result are URIs.
     """
     from spladeray.model.export import export_from_config
 

@@ -7,7 +7,10 @@ evaluation (:mod:`spladeray.train.evaluation`) all run it, with the retrievers o
 ``run_evaluation(cfg)`` is what ``jobs/evaluate.py`` and the demo call: it reads the
 ``evaluate:`` section, runs every system on every dataset, averages over datasets (BEIR-style
 macro average), prints the table and writes ``results.json``, ``results.md``, ``quality_vs_dims.png``
-and one TREC run file per dataset and system under ``evaluate.output_dir``.
+and one TREC run file per dataset and system under ``evaluate.output_dir``: a local directory
+or a URI (``s3://bucket/prefix``). A URI is checked for writing before any work starts; the files
+are written to a local staging directory exactly as for a local run, then uploaded, with
+``results.json`` last (it marks the evaluation complete).
 
 Per system and dataset:
 
@@ -23,6 +26,7 @@ per-query latencies plus the fusion, its dimensions and FLOPS the sums of its pa
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -530,7 +534,7 @@ def run_evaluation(
     evaluate: EvaluateConfig | None = None,
     systems: Sequence | None = None,
     encoders: Mapping[str, Any] | None = None,
-    output_dir: str | Path | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
     echo: bool = True,
     show_progress: bool = True,
 ) -> EvalResults:
@@ -538,8 +542,10 @@ def run_evaluation(
 
     ``systems`` replaces ``evaluate.systems`` (e.g. the demo's before/after pair) and
     ``encoders`` supplies loaded sparse encoders by system name. Returns the results, with
-    ``results.paths`` naming the files written (``json``, ``markdown``, ``chart``, ``runs``).
+    ``results.paths`` naming the files written (``json``, ``markdown``, ``chart``, ``runs``):
+    local paths, or URIs when ``output_dir`` (else ``evaluate.output_dir``) is a URI.
     """
+    from spladeray import storage
     from spladeray.eval.report import write_reports
 
     evaluate = evaluate or cfg.evaluate or EvaluateConfig()
@@ -547,23 +553,36 @@ def run_evaluation(
         evaluate = EvaluateConfig.model_validate(
             {**evaluate.model_dump(exclude={"systems"}), "systems": list(systems)}
         )
-    out = Path(output_dir or evaluate.output_dir)
-    results = evaluate_systems(
-        dataset_configs(cfg, evaluate),
-        evaluate.systems,
-        default_model=cfg.model,
-        encoders=encoders,
-        measures=evaluate.measures,
-        depth=evaluate.depth,
-        latency_queries=evaluate.latency_queries,
-        distributed=evaluate,
-        ray_cfg=cfg.ray,
-        runs_dir=out / "runs",
-        title=evaluate.title or f"{cfg.run_name}: evaluation",
-        show_progress=show_progress,
-    )
-    results.paths = write_reports(results, out, chart=evaluate.chart)
-    results.paths["runs"] = str(out / "runs")
+    uri = os.fspath(output_dir or evaluate.output_dir)
+    remote = storage.is_remote(uri)
+    if remote:
+        storage.preflight(write=[uri])
+    with storage.staged_dir(uri) as out:  # uploaded to a remote uri when the block ends
+        results = evaluate_systems(
+            dataset_configs(cfg, evaluate),
+            evaluate.systems,
+            default_model=cfg.model,
+            encoders=encoders,
+            measures=evaluate.measures,
+            depth=evaluate.depth,
+            latency_queries=evaluate.latency_queries,
+            distributed=evaluate,
+            ray_cfg=cfg.ray,
+            runs_dir=out / "runs",
+            title=evaluate.title or f"{cfg.run_name}: evaluation",
+            show_progress=show_progress,
+        )
+        results.paths = write_reports(results, out, chart=evaluate.chart)
+        results.paths["runs"] = str(out / "runs")
+        if remote:  # held back from the upload: written last, it marks the evaluation complete
+            summary = (out / "results.json").read_bytes()
+            (out / "results.json").unlink()
+    if remote:
+        storage.write_bytes(storage.join(uri, "results.json"), summary)
+        results.paths = {
+            kind: storage.join(uri, Path(path).relative_to(out).as_posix())
+            for kind, path in results.paths.items()
+        }
     if echo:
         print()
         print(results.markdown())

@@ -16,6 +16,12 @@ Each zip comes with its ``Register Model API`` body (``register-*.json``): ``nam
 zip, which ML Commons checks on deploy: a mismatch fails with "model content changed") and
 ``model_content_size_in_bytes``. Add ``url`` (register from URL) or use
 :mod:`spladeray.mlcommons` (chunked upload of the local zip).
+
+``output_dir`` is a local directory or a URI (``s3://bucket/prefix``, see :mod:`spladeray.storage`).
+For a URI the zips and bodies are written to a local staging directory exactly as for a local
+export, uploaded, and ``export.json`` (the summary, which marks the export complete) is written
+last; the staging directory is then removed. A remote ``output_dir`` is checked for writing
+before any work starts, so a missing bucket or missing credentials fail at once, naming the URI.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from spladeray import storage
 from spladeray.model.encoder import SpladeEncoder
 from spladeray.model.idf import save_idf
 from spladeray.model.pooling import splade_activation
@@ -110,14 +117,18 @@ class TorchScriptSplade(nn.Module):
 
 @dataclass
 class ExportedZip:
-    """One ML Commons model zip and the body to register it with."""
+    """One ML Commons model zip and the body to register it with.
 
-    path: Path
+    ``path`` and ``register_body_path`` are local ``Path`` objects for a local export and URIs
+    (``s3://...`` strings) for an export to object storage.
+    """
+
+    path: Path | str
     function_name: str
     sha256: str
     size_bytes: int
     register_body: dict[str, Any]
-    register_body_path: Path
+    register_body_path: Path | str
 
 
 @dataclass
@@ -133,7 +144,7 @@ class ExportResult:
     max_abs_diff: float = 0.0
     export_seconds: float = 0.0
     device_portable: bool = True
-    files: list[Path] = field(default_factory=list)
+    files: list[Path | str] = field(default_factory=list)
     registered: list[RegisteredModel] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -327,15 +338,78 @@ def export_ml_commons(
     allow_random_head: bool = False,
 ) -> ExportResult:
     """Write ``<name>.zip`` (``SPARSE_ENCODING``) and, for doc-only models, ``<name>-query.zip``
-    (``SPARSE_TOKENIZE``), each with its ``register-*.json`` body, into ``output_dir``.
+    (``SPARSE_TOKENIZE``), each with its ``register-*.json`` body, then ``export.json`` (the
+    summary) into ``output_dir``: a local directory or a URI (``s3://bucket/prefix``).
 
     The traced model is checked against the encoder on ``check_texts`` (batches of other shapes
     than the traced one); a difference above ``tolerance`` is an :class:`ExportError`.
     ``url_prefix`` (e.g. ``https://models.example.com/spladeray/``) fills ``url`` in the bodies.
+    For a URI the files are staged locally and uploaded, ``export.json`` last, and the paths in
+    the result are URIs; a URI that cannot be written is a ``storage.StorageError`` naming it,
+    raised before any tracing.
     """
     encoder.check_servable(allow_random_head)
+    uri = os.fspath(output_dir)
+    remote = storage.is_remote(uri)
+    if remote:
+        storage.preflight(write=[uri])
     start = time.perf_counter()
-    out = Path(output_dir)
+    with storage.staged_dir(uri) as out:  # uploaded to a remote uri when the block ends
+        result = _write_zips(
+            encoder,
+            out,
+            name=name,
+            version=version,
+            description=description,
+            url_prefix=url_prefix,
+            apply_pruning=apply_pruning,
+            max_length=max_length,
+            check_texts=check_texts,
+            tolerance=tolerance,
+        )
+    if remote:
+        _point_at(result, out, uri)
+    summary_uri = storage.join(uri, "export.json") if remote else out / "export.json"
+    result.export_seconds = time.perf_counter() - start
+    storage.write_json(summary_uri, result.summary())  # last: marks the export complete
+    logger.info(
+        "exported %s (%d bytes, sha256 %s) in %.1fs; max |TorchScript - encoder| = %.2e",
+        result.encoder_zip.path,
+        result.encoder_zip.size_bytes,
+        result.encoder_zip.sha256[:12],
+        result.export_seconds,
+        result.max_abs_diff,
+    )
+    return result
+
+
+def _point_at(result: ExportResult, staging: Path, uri: str) -> None:
+    """Replace every staged local path in ``result`` by its uploaded copy under ``uri``."""
+
+    def moved(path: Path | str) -> str:
+        return storage.join(uri, Path(path).relative_to(staging).as_posix())
+
+    for exported in (result.encoder_zip, result.tokenizer_zip):
+        if exported is not None:
+            exported.path = moved(exported.path)
+            exported.register_body_path = moved(exported.register_body_path)
+    result.files = [moved(p) for p in result.files]
+
+
+def _write_zips(
+    encoder: SpladeEncoder,
+    out: Path,
+    *,
+    name: str,
+    version: str,
+    description: str | None,
+    url_prefix: str | None,
+    apply_pruning: bool,
+    max_length: int | None,
+    check_texts: list[str] | None,
+    tolerance: float,
+) -> ExportResult:
+    """Trace, check and zip the encoder into the local directory ``out`` (zips and bodies)."""
     out.mkdir(parents=True, exist_ok=True)
     stem = _safe_stem(name)
     device = encoder.device
@@ -406,32 +480,26 @@ def export_ml_commons(
     finally:
         encoder.to(device=device, dtype=dtype)
         encoder.train(was_training)
-    result = ExportResult(
+    return ExportResult(
         encoder_zip=encoder_zip,
         tokenizer_zip=tokenizer_zip,
         max_abs_diff=diff,
-        export_seconds=time.perf_counter() - start,
         device_portable=not pinned,
         files=files,
     )
-    (out / "export.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
-    logger.info(
-        "exported %s (%d bytes, sha256 %s) in %.1fs; max |TorchScript - encoder| = %.2e",
-        encoder_zip.path,
-        encoder_zip.size_bytes,
-        encoder_zip.sha256[:12],
-        result.export_seconds,
-        diff,
-    )
-    return result
 
 
 def export_from_config(cfg, *, url_prefix: str | None = None) -> ExportResult:
-    """Load ``cfg.model`` and export it as ``cfg.export`` says (defaults when absent)."""
+    """Load ``cfg.model`` and export it as ``cfg.export`` says (defaults when absent).
+
+    A remote ``export.output_dir`` is checked for writing before the model is loaded.
+    """
     from spladeray.config import ExportConfig
     from spladeray.model.loading import load_encoder_from_config
 
     ecfg = cfg.export or ExportConfig()
+    if storage.is_remote(ecfg.output_dir):
+        storage.preflight(write=[ecfg.output_dir])
     model_cfg = cfg.model.model_copy(update={"device": "cpu", "dtype": "float32"})
     encoder = load_encoder_from_config(model_cfg)
     return export_ml_commons(
