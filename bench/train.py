@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -26,77 +25,6 @@ sys.path.insert(0, str(ROOT / "platform"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-WORDS = [
-    "cell",
-    "protein",
-    "gene",
-    "virus",
-    "cancer",
-    "brain",
-    "heart",
-    "blood",
-    "immune",
-    "tumor",
-    "dose",
-    "trial",
-    "mouse",
-    "human",
-    "vaccine",
-    "insulin",
-    "kidney",
-    "liver",
-    "lung",
-    "bone",
-    "drug",
-    "therapy",
-    "receptor",
-    "enzyme",
-    "signal",
-    "neuron",
-    "membrane",
-    "plasma",
-    "mutation",
-    "pathway",
-    "infection",
-    "antibody",
-    "clinical",
-    "cohort",
-    "risk",
-    "outcome",
-    "mortality",
-    "expression",
-]
-
-
-def write_data(out: Path, rows: int, n_neg: int, seed: int = 0) -> Path:
-    """Synthetic prepared data in the schema of docs/prepared-data.md."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rng = random.Random(seed)
-
-    def text(n: int) -> str:
-        return " ".join(rng.choice(WORDS) for _ in range(n))
-
-    table = pa.table(
-        {
-            "query_id": [f"q{i}" for i in range(rows)],
-            "query": [text(8) for _ in range(rows)],
-            "positive_id": [f"d{i}" for i in range(rows)],
-            "positive": [text(60) for _ in range(rows)],
-            "negative_ids": [[f"n{i}_{j}" for j in range(n_neg)] for i in range(rows)],
-            "negatives": [[text(60) for _ in range(n_neg)] for _ in range(rows)],
-            "score_ensemble": pa.array(
-                [[1.0] + [rng.random() for _ in range(n_neg)] for _ in range(rows)],
-                pa.list_(pa.float32()),
-            ),
-        }
-    )
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, out / "shards" / "part-00000.parquet")
-    (out / "_SUCCESS").write_text("")
-    return out
 
 
 def make_config(args, data: Path, out: Path, steps: int, log_every: int):
@@ -163,7 +91,7 @@ def plain_loop(cfg, warmup: int, steps: int, threads: int) -> float:
     optimizer = build_optimizer(encoder, tc)
     scheduler = build_scheduler(optimizer, tc)
     collate = training_collator(encoder, tc)
-    table = pq.read_table(tc.data_dir / "shards").to_pydict()
+    table = pq.read_table(Path(tc.data_dir) / "shards").to_pydict()
     n_rows = len(table["query"])
     b = tc.batch_size
     t0 = None
@@ -208,7 +136,9 @@ def main() -> None:
         # every measured step in one epoch: an epoch boundary restarts the Ray Data stream (about
         # a second), which a real run pays once per thousands of steps, not every 8
         rows = (2 * args.steps + 1) * args.batch_size
-        data = write_data(Path(tmp) / "data", rows=rows, n_neg=args.negatives)
+        from spladeray.data.synthetic import write_bench_data
+
+        data = write_bench_data(Path(tmp) / "data", rows, args.negatives)
         cfg = make_config(args, data, Path(tmp) / "out", 2 * args.steps, log_every=args.steps)
         plain = plain_loop(cfg, args.steps, args.steps, args.threads)
         print(f"plain PyTorch loop: {plain:.3f} steps/s", flush=True)

@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         print("SKIP no CUDA device here; bench/train_gpu.py needs 1 GPU")
         return
     import ray
-    from train import write_data  # bench/train.py
 
+    from spladeray.data.synthetic import write_bench_data
     from spladeray.train import run_train
 
     steps = args.steps
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         model_dir, bert = build_model(work)
         rows = args.batch_size * (3 * steps + 1)  # every step in one epoch
-        data = write_data(work / "data", rows=rows, n_neg=args.negatives)
+        data = write_bench_data(work / "data", rows, args.negatives)
         cfg = gpu_config(args, model_dir=model_dir, data_dir=data, work=work)
         tc = cfg.train
         print(

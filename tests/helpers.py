@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from transformers import AutoTokenizer
 
@@ -94,73 +91,27 @@ def write_beir(root: Path, corpus: list[dict], queries: list[dict], qrels: dict)
     return root
 
 
-WORDS = [
-    "cell",
-    "protein",
-    "gene",
-    "virus",
-    "cancer",
-    "brain",
-    "heart",
-    "blood",
-    "immune",
-    "tumor",
-    "dose",
-    "trial",
-    "mouse",
-    "human",
-    "vaccine",
-    "insulin",
-    "kidney",
-    "liver",
-    "lung",
-    "bone",
-    "drug",
-    "therapy",
-    "receptor",
-    "enzyme",
-    "signal",
-    "neuron",
-]
-
-
-def write_prepared(
-    out: Path,
-    n_rows: int = 32,
-    n_neg: int = 2,
-    teachers: tuple[str, ...] = ("dense", "ensemble"),
-    shards: int = 2,
-    seed: int = 0,
-) -> Path:
+def write_prepared(out: Path, n_rows: int = 32, n_neg: int = 2, **kwargs) -> Path:
     """A prepared-data folder in the schema of docs/prepared-data.md (synthetic texts)."""
-    from spladeray.data import schema
+    from spladeray.data.synthetic import write_prepared as write
 
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n_rows):
-        topic = rng.sample(WORDS, 3)
-        negs = [" ".join(rng.sample(WORDS, 6)) for _ in range(n_neg)]
-        row = {
-            "query_id": f"q{i}",
-            "query": " ".join(topic),
-            "positive_id": f"d{i}",
-            "positive": " ".join(topic + rng.sample(WORDS, 4)),
-            "negative_ids": [f"n{i}_{j}" for j in range(n_neg)],
-            "negatives": negs,
-            "query_positive_ids": [f"d{i}"],
-        }
-        for t in teachers:
-            row[schema.score_column(t)] = [10.0] + [float(rng.uniform(0, 8)) for _ in range(n_neg)]
-        rows.append(row)
-    (out / schema.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    table_schema = schema.arrow_schema(teachers)
-    per = (n_rows + shards - 1) // shards
-    for s in range(shards):
-        part = rows[s * per : (s + 1) * per]
-        table = pa.table({k: [r[k] for r in part] for k in table_schema.names}, schema=table_schema)
-        pq.write_table(table, out / schema.SHARDS_DIR / f"part-{s:05d}.parquet")
-    manifest = {"schema_version": schema.SCHEMA_VERSION, "rows": n_rows, "teachers": list(teachers)}
-    (out / schema.MANIFEST_FILE).write_text(json.dumps(manifest))
-    (out / schema.REJECTS_FILE).write_text("")
-    (out / schema.SUCCESS_FILE).write_text("")
-    return out
+    return write(out, n_rows, n_neg, **kwargs)
+
+
+def tiny_train_section(output_dir, data_dir, **overrides) -> dict:
+    """The ``train:`` section of a job-sized run: 2 workers x 2 steps of a tiny model."""
+    return {
+        "output_dir": str(output_dir),
+        "data_dir": str(data_dir),
+        "num_workers": 2,
+        "cpus_per_worker": 1,
+        "batch_size": 4,
+        "num_negatives": 1,
+        "max_steps": 2,
+        "max_query_length": 16,
+        "max_document_length": 24,
+        "log_every_steps": 1,
+        "tensorboard": False,
+        "checkpoint": {"every_steps": 2},
+        **overrides,
+    }

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from fixtures_cluster import free_ports
 
-from helpers import ROOT, write_prepared
+from helpers import ROOT, tiny_train_section, write_prepared
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -84,20 +84,7 @@ def test_train_job_runs_on_worker_nodes(multinode_cluster, tmp_path, splade_tiny
     model = build_tiny_mlm("bert", tiny_tokenizer(splade_tiny), tmp_path / "mlm")
     data = write_prepared(tmp_path / "prepared", n_rows=16, n_neg=1)
     cfg_path = tmp_path / "train.yaml"
-    train = {
-        "output_dir": str(tmp_path / "out"),
-        "data_dir": str(data),
-        "num_workers": 2,
-        "cpus_per_worker": 1,
-        "batch_size": 4,
-        "num_negatives": 1,
-        "max_steps": 2,
-        "max_query_length": 16,
-        "max_document_length": 24,
-        "log_every_steps": 1,
-        "tensorboard": False,
-        "checkpoint": {"every_steps": 2},
-    }
+    train = tiny_train_section(tmp_path / "out", data)
     cfg_path.write_text(
         yaml.safe_dump({"run_name": "job", "model": {"path": str(model)}, "train": train})
     )

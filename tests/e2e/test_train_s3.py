@@ -15,7 +15,14 @@ import sys
 import pytest
 import yaml
 
-from helpers import ROOT, build_tiny_mlm, tiny_tokenizer, write_beir, write_prepared
+from helpers import (
+    ROOT,
+    build_tiny_mlm,
+    tiny_tokenizer,
+    tiny_train_section,
+    write_beir,
+    write_prepared,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -25,22 +32,9 @@ def _train_cfg(bucket: str, out: str, **train) -> dict:
         "run_name": "s3job",
         "model": {"path": f"{bucket}/models/tiny"},
         "ray": {"num_cpus": 3, "include_dashboard": False},
-        "train": {
-            "output_dir": out,
-            "data_dir": f"{bucket}/prepared",
-            "storage_path": f"{bucket}/runs",
-            "num_workers": 2,
-            "cpus_per_worker": 1,
-            "batch_size": 4,
-            "num_negatives": 1,
-            "max_steps": 2,
-            "max_query_length": 16,
-            "max_document_length": 24,
-            "log_every_steps": 1,
-            "tensorboard": False,
-            "checkpoint": {"every_steps": 2},
-            **train,
-        },
+        "train": tiny_train_section(
+            out, f"{bucket}/prepared", storage_path=f"{bucket}/runs", **train
+        ),
     }
 
 
