@@ -61,8 +61,10 @@ def test_cpu_head_and_autoscaling_8_gpu_workers(config):
 
 def test_nodes_install_the_package_and_keep_secrets_out(config):
     mounts = config["file_mounts"]
-    ((remote, local),) = mounts.items()
-    assert local == "." and remote.endswith("/spladeray")
+    ((remote, local),) = [(r, src) for r, src in mounts.items() if src == "."]
+    assert remote.endswith("/spladeray")
+    # Ray 2.60 token auth: every node gets the client's token and turns the mode on
+    assert mounts["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
     setup = "\n".join(config["setup_commands"])
     assert f'pip install -e "{remote}"' in setup
     text = (ROOT / "cluster.yaml").read_text()
@@ -70,6 +72,9 @@ def test_nodes_install_the_package_and_keep_secrets_out(config):
         assert needle not in text
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
     assert any("secrets.env" in c and "ray start" in c for c in starts)
+    ray_starts = [c for c in starts if "ray start" in c]
+    assert len(ray_starts) == 2
+    assert all("RAY_AUTH_MODE=token" in c and "SPLADERAY_RUNS=s3://" in c for c in ray_starts)
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
 
 
