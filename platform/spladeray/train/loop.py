@@ -149,7 +149,14 @@ def restore(tc, pair, optimizer, scheduler, *, rank: int, device) -> TrainState:
             scheduler=scheduler,
             device=device,
         )
-    logger.info("rank %d resumed at step %d (epoch %d)", rank, state.step, state.epoch)
+    state.resumes += 1
+    logger.info(
+        "rank %d resumed at step %d (epoch %d, resume %d)",
+        rank,
+        state.step,
+        state.epoch,
+        state.resumes,
+    )
     if tc.debug.dump_dir is not None:
         tc.debug.dump_dir.mkdir(parents=True, exist_ok=True)
         torch.save(

@@ -197,6 +197,7 @@ class Reporter:
             samples_per_s=samples / elapsed,
             steps_per_s=n_micro / self.world / tc.grad_accum_steps / elapsed,
             world_size=self.world,
+            resumes=self.state.resumes,
             # wall time of this attempt's training, evaluation excluded
             train_seconds=now - self.t_start - self.eval_seconds,
             **self.objective.lambdas(step),
