@@ -16,6 +16,9 @@ through ``serve deploy`` exactly as on a real cluster (docs/cluster.md).
   agent then replaces a job's unpacked working dir under the other node's running workers
   (``FileNotFoundError`` from ``os.getcwd()``). Teardown stops the processes of THIS cluster only
   (their command lines name that dir); a bare ``ray stop`` would stop every Ray on the machine.
+- Node loss (tests/e2e/test_node_loss.py): :meth:`LocalCluster.kill_node` SIGKILLs one node's
+  whole process tree at once (a spot reclaim), :meth:`LocalCluster.add_worker_node` joins a new
+  worker node (what an autoscaler does). A session's later tests still see a head + 2 workers.
 - ``PYTHONPATH`` is dropped from the nodes' environment, so a job imports the project's code only
   through what its own runtime env says (the way a user's job does on a real cluster).
 """
@@ -60,6 +63,68 @@ class LocalCluster:
     procs: list[subprocess.Popen] = field(default_factory=list)
     # each node's Prometheus endpoint (``--metrics-export-port``), the head's first
     metrics_urls: list[str] = field(default_factory=list)
+    # each node's ``ray start`` process by node name: "head", "node0", "node1", ...
+    node_procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # the worker port ranges given out so far (a node added later gets a disjoint one)
+    port_ranges: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def logs(self) -> Path:
+        """Where each node's ``ray start`` output goes (``<node name>.log``)."""
+        return Path(self.temp_dir) / "start-logs"
+
+    def spawn_node(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        """Start one node's ``ray start --block`` process, its output in ``logs/<name>.log``."""
+        # cwd outside the checkout: Ray workers inherit it, and nothing may import from it by accident
+        with open(self.logs / f"{name}.log", "w") as out:
+            proc = subprocess.Popen(
+                cmd, env=self.env, cwd=self.temp_dir, stdout=out, stderr=subprocess.STDOUT
+            )
+        self.procs.append(proc)
+        self.node_procs[name] = proc
+        return proc
+
+    def add_worker_node(self, timeout: float = 180) -> str:
+        """Join one more worker node (2 CPUs, its own ports and ``--temp-dir``), as an autoscaler
+        replacing a lost node would; wait until the state API lists it alive. Returns its node id."""
+        before = {n["node_id"] for n in self.nodes()}
+        index = sum(1 for name in self.node_procs if name.startswith("node"))
+        (metrics,) = free_ports(1)
+        (range_,) = worker_port_ranges(1, exclude=self.port_ranges)
+        self.port_ranges.append(range_)
+        self.metrics_urls.append(f"http://127.0.0.1:{metrics}/metrics")
+        proc = self.spawn_node(f"node{index}", worker_node_command(self, index, range_, metrics))
+        new: list[str] = []
+
+        def joined() -> bool:
+            new[:] = [n["node_id"] for n in self.nodes() if n["node_id"] not in before]
+            return bool(new)
+
+        # only the new node's process: a killed node's ``ray start`` has exited, by design
+        _wait_for(f"worker node {index}", joined, timeout, [proc], self.logs)
+        return new[0]
+
+    def node_name(self, node_id: str) -> str:
+        """The name ("node0", ...) of the node with this Ray node id: the one whose processes
+        name the id on their command line (its raylet gets ``--node_id``, its agents ``--node-id``)."""
+        for name, proc in self.node_procs.items():
+            tree = process_tree(proc.pid)
+            if any(node_id in _cmdline(pid) for pid in tree):
+                return name
+        raise LookupError(f"no node of this cluster runs node id {node_id}")
+
+    def kill_node(self, name: str) -> list[int]:
+        """SIGKILL one node at once, as a spot reclaim does: its ``ray start`` process, its raylet
+        and every other process below it (agents, Ray workers). Nothing gets to clean up.
+        Returns the killed pids."""
+        proc = self.node_procs[name]
+        pids = process_tree(proc.pid)  # collected first: children re-parent once a parent dies
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        return pids
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -153,12 +218,16 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-def worker_port_ranges(count: int, size: int = 40) -> list[tuple[int, int]]:
-    """``count`` disjoint ranges of free ports below the ephemeral range, one per node."""
+def worker_port_ranges(
+    count: int, size: int = 40, exclude: list[tuple[int, int]] = ()
+) -> list[tuple[int, int]]:
+    """``count`` disjoint ranges of free ports below the ephemeral range, one per node, none
+    overlapping a range in ``exclude`` (given to running nodes, whose ports may be free yet)."""
     ranges: list[tuple[int, int]] = []
     low = 20000 + (os.getpid() % 50) * 200
     while len(ranges) < count and low < 32000:
-        if all(_port_is_free(p) for p in range(low, low + size)):
+        taken = any(low <= hi and lo <= low + size - 1 for lo, hi in exclude)
+        if not taken and all(_port_is_free(p) for p in range(low, low + size)):
             ranges.append((low, low + size - 1))
         low += size
     assert len(ranges) == count, "no free worker port ranges below 32000"
@@ -174,6 +243,48 @@ def _node_ports(range_: tuple[int, int], metrics: int) -> list[str]:
         f"--object-manager-port={om}", f"--runtime-env-agent-port={rt}",
         f"--min-worker-port={range_[0]}", f"--max-worker-port={range_[1]}",
     ]  # fmt: skip
+
+
+def worker_node_command(
+    cluster: LocalCluster, index: int, range_: tuple[int, int], metrics: int
+) -> list[str]:
+    """``ray start --address`` of worker node ``index`` (2 CPUs, ``--temp-dir=<temp>/node<i>``)."""
+    return [
+        str(BIN / "ray"), "start", f"--address={cluster.gcs_address}",
+        f"--num-cpus={CPUS_PER_WORKER_NODE}", "--num-gpus=0",
+        *_node_ports(range_, metrics), f"--temp-dir={cluster.temp_dir}/node{index}",
+        "--block", "--node-ip-address=127.0.0.1", f"--object-store-memory={OBJECT_STORE_BYTES}",
+        "--disable-usage-stats",
+    ]  # fmt: skip
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its live descendants (from ``/proc/<pid>/stat``'s parent pid)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(proc.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
 
 
 def cluster_env(token: str) -> dict[str, str]:
@@ -241,26 +352,14 @@ def start_cluster(temp_dir: str) -> LocalCluster:
         dashboard_url=f"http://127.0.0.1:{dash}",
         env=env,
         metrics_urls=[f"http://127.0.0.1:{port}/metrics" for port in metrics],
+        port_ranges=list(ranges),
     )
-
-    def spawn(cmd: list[str], name: str) -> None:
-        # cwd outside the checkout: Ray workers inherit it, and nothing may import from it by accident
-        with open(logs / f"{name}.log", "w") as out:
-            proc = subprocess.Popen(
-                cmd, env=env, cwd=temp_dir, stdout=out, stderr=subprocess.STDOUT
-            )
-        cluster.procs.append(proc)
-
-    spawn(head, "head")
+    cluster.spawn_node("head", head)
     _wait_for("GCS", lambda: not _port_is_free(gcs), 120, cluster.procs, logs)
     for i in range(WORKER_NODES):
-        worker = [
-            str(BIN / "ray"), "start", f"--address={cluster.gcs_address}",
-            f"--num-cpus={CPUS_PER_WORKER_NODE}", "--num-gpus=0",
-            *_node_ports(ranges[1 + i], metrics[1 + i]), f"--temp-dir={temp_dir}/node{i}",
-            *common,
-        ]  # fmt: skip
-        spawn(worker, f"worker{i}")
+        cluster.spawn_node(
+            f"node{i}", worker_node_command(cluster, i, ranges[1 + i], metrics[1 + i])
+        )
         # one node at a time: raylets starting together in one session dir race for the same
         # socket and log file names ("bind: Address already in use"); gentler on 2 cores too
         _wait_for(

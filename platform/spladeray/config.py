@@ -415,6 +415,13 @@ class TrainDebugConfig(Section):
         description="record every torch.distributed collective (op, tensor device, training "
         "device) to <dir>/rank<R>_<pid>.jsonl",
     )
+    hold_after_step: int | None = Field(
+        None,
+        gt=0,
+        description="after this optimizer step (and its report) every rank waits until "
+        "hold_file exists, at most 10 minutes: a test kills a node while the run is held",
+    )
+    hold_file: ConfigPath | None = Field(None, description="the file that releases the hold")
 
 
 class TrainConfig(Section):

@@ -4,7 +4,7 @@ A checkpoint directory (one per report, merged from all workers by Ray Train) ho
 
 - ``train_state.pt`` (rank 0): model and optimizer and scheduler state, ``step`` (optimizer
   steps done), ``epoch`` and ``batch_in_epoch`` (micro-batches of that epoch consumed: the data
-  position), ``world_size``;
+  position), ``resumes`` (how many times the run restarted from a checkpoint), ``world_size``;
 - ``rng_rank<R>.pt`` (every rank): Python, NumPy, torch RNG states of that rank, and the CUDA
   state of that rank's own GPU;
 - ``model/`` (final checkpoint only): the exported model, loadable by
@@ -30,7 +30,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    resumes: int = 0  # times this run restarted from a checkpoint (a failure or a re-run)
+    resumes: int = 0  # restarts from a checkpoint so far (worker-group restarts and re-runs)
 
 
 def rng_file(rank: int) -> str:

@@ -1,4 +1,5 @@
-"""Test-only hooks of ``train.debug``: injected failures and a record of every collective.
+"""Test-only hooks of ``train.debug``: injected failures, a hold mid-run, a record of every
+collective.
 
 Leave ``train.debug`` empty in real runs.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -49,6 +51,18 @@ def maybe_fail(debug, step: int, rank: int, marker_root: str | Path) -> None:
         storage.join(marker_root, f"failure_{len(fired)}"), f"step {step} rank {rank}\n"
     )
     raise InjectedFailure(f"injected failure at step {step} on rank {rank} (train.debug)")
+
+
+def maybe_hold(debug, step: int, timeout_s: float = 600) -> None:
+    """After ``debug.hold_after_step``, wait until ``debug.hold_file`` exists (at most
+    ``timeout_s``). A node-loss test kills a node while the run is held there, so the kill lands
+    mid-run at a known step however fast the steps are; it then creates the file, and the
+    restarted run passes the same step without waiting."""
+    if debug.hold_after_step != step or debug.hold_file is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while not Path(debug.hold_file).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _tensors(value) -> list[torch.Tensor]:

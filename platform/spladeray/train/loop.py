@@ -22,7 +22,7 @@ from torch import nn
 
 from spladeray import storage
 from spladeray.train.checkpoint import TrainState, load_checkpoint
-from spladeray.train.debug import maybe_fail, record_collectives
+from spladeray.train.debug import maybe_fail, maybe_hold, record_collectives
 from spladeray.train.objective import SpladeObjective
 from spladeray.train.optim import build_optimizer, build_scheduler
 from spladeray.train.reporter import Reporter
@@ -125,6 +125,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if reporter.due(state.step):
             reporter.report()
         maybe_fail(tc.debug, state.step, rank, marker_root)
+        maybe_hold(tc.debug, state.step)
 
     if resumed_done:
         ray.train.report({"step": state.step, "epoch": state.epoch, "already_done": 1})

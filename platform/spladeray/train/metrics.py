@@ -135,6 +135,8 @@ def format_progress(m: dict[str, Any], max_steps: int) -> str:
     ):
         if key in m:
             parts.append(fmt.format(m[key]))
+    if m.get("resumes"):
+        parts.append(f"resumes {int(m['resumes'])}")
     return "[train] " + " | ".join(parts)
 
 
