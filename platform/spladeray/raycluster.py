@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+
+logger = logging.getLogger(__name__)
+
+AUTOSCALING_ENV = "SPLADERAY_AUTOSCALING"
+"""Set (``1``) on clusters whose autoscaler adds nodes on demand: capacity checks only warn."""
 
 
 def ensure_ray(ray_cfg=None, *, log_to_driver: bool = True) -> None:
@@ -87,6 +93,8 @@ def check_capacity(what: str, *, cpus: float = 0.0, gpus: float = 0.0, hint: str
 
     Ray Data and Ray Train wait forever for resources that never come; a clear error now is
     better. Checks the cluster's totals (not what is free right now: others may be finishing).
+    On a cluster that adds nodes on demand (``cluster.yaml`` sets ``SPLADERAY_AUTOSCALING=1``)
+    the missing capacity may still come, so the shortfall is logged as a warning instead.
     """
     import ray
 
@@ -96,5 +104,12 @@ def check_capacity(what: str, *, cpus: float = 0.0, gpus: float = 0.0, hint: str
         short.append(f"{cpus:g} CPUs but the cluster has {res.get('CPU', 0.0):g}")
     if gpus > res.get("GPU", 0.0) + 1e-9:
         short.append(f"{gpus:g} GPUs but the cluster has {res.get('GPU', 0.0):g}")
-    if short:
-        raise RuntimeError(f"{what} needs " + " and ".join(short) + (f"; {hint}" if hint else ""))
+    if not short:
+        return
+    message = f"{what} needs " + " and ".join(short)
+    if os.environ.get(AUTOSCALING_ENV, "").lower() in ("1", "true", "yes"):
+        logger.warning(
+            "%s; waiting for the autoscaler to add nodes (%s is set)", message, AUTOSCALING_ENV
+        )
+        return
+    raise RuntimeError(message + (f"; {hint}" if hint else ""))
