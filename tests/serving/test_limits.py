@@ -157,9 +157,9 @@ def doc_only(splade_tiny, tmp_path_factory):
     for token in sorted(tokenizer.get_vocab()):
         if len(words) == N_TERMS:
             break
-        if token.isalpha() and token.islower() and len(token) > 3:
-            if tokenizer.tokenize(token) == [token]:  # a whole word that stays one token
-                words.append(token)
+        plain = token.isalpha() and token.islower() and len(token) > 3
+        if plain and tokenizer.tokenize(token) == [token]:  # a whole word that stays one token
+            words.append(token)
     assert len(words) == N_TERMS
     idf = {w: 1.0 + i / N_TERMS for i, w in enumerate(words)}
     idf.update({w: 100.0 for w in words[-HEAVY:]})
