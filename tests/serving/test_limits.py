@@ -24,7 +24,7 @@ from spladeray.index.opensearch import (
     OpenSearchIndex,
     limit_query,
 )
-from spladeray.serving.limits import document_bytes, query_warnings
+from spladeray.serving.limits import document_bytes, lexical_query, query_warnings
 
 APP = "spladeray-limits"
 PREFIX = "/limits"
@@ -139,6 +139,15 @@ def test_serve_config_limits_and_protect():
             parse_config({"model": {"path": "m"}, "serve": bad})
 
 
+def test_lexical_query_stays_within_the_clause_limit():
+    """multi_match over title and text: one clause per word and field."""
+    text = " ".join(f"w{i}" for i in range(600))
+    cut, warning = lexical_query(text, 1024)
+    assert cut.split() == [f"w{i}" for i in range(512)]
+    assert warning["code"] == "lexical_query_truncated" and warning["count"] == 88
+    assert lexical_query("short query", 1024) == ("short query", None)
+
+
 def test_document_bytes_counts_utf8_json():
     assert document_bytes({"text": "é"}) == len('{"text": "é"}'.encode())
 
@@ -219,6 +228,12 @@ def test_search_with_more_terms_than_max_clause_count(app, doc_only):
     assert len(tokens) == 1024
     assert set(tokens) == set(words[-1024:])  # the heaviest IDF weights
     assert max(tokens.values()) == 64.0
+    # hybrid: the BM25 leg is cut to what multi_match over two fields may hold
+    r = httpx.post(f"{app}/search", json={"query": query, "size": 3, "hybrid": True}, timeout=120)
+    assert r.status_code == 200, r.text[:500]
+    codes = {w["code"]: w["count"] for w in r.json()["warnings"]}
+    assert codes["query_terms_pruned"] == N_TERMS - 1024
+    assert codes["lexical_query_truncated"] == N_TERMS - 512
     # a short query is not changed and says so
     r = httpx.post(f"{app}/search", json={"query": words[0], "size": 3}, timeout=60)
     assert r.status_code == 200 and r.json()["warnings"] == []

@@ -57,6 +57,7 @@ from spladeray.serving.encoder import ModelLoadError
 from spladeray.serving.limits import (
     BodyLimitMiddleware,
     document_bytes,
+    lexical_query,
     query_warnings,
     truncate_texts,
 )
@@ -444,8 +445,12 @@ class Ingress:
         qvec, report = limit_query(encoded, self.limits.max_query_terms)
         warnings = query_warnings(report, self.limits.max_query_terms)
         hybrid = self.limits.hybrid if body.hybrid is None else body.hybrid
+        text = query[0]
+        if hybrid:
+            text, cut = lexical_query(text, self.limits.max_query_terms)
+            warnings += [cut] if cut else []
         try:
-            hits = await asyncio.to_thread(self._search, name, qvec, query[0], body.size, hybrid)
+            hits = await asyncio.to_thread(self._search, name, qvec, text, body.size, hybrid)
             explanations = None
             if body.explain:
                 explanations = await asyncio.to_thread(self._explain, name, qvec, hits)

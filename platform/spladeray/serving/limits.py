@@ -15,10 +15,18 @@ answers do not depend on the backend); :func:`query_warnings` turns what changed
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from spladeray.index.opensearch import MAX_FEATURE_NAME_BYTES, MAX_QUERY_WEIGHT, QueryLimitReport
+from spladeray.index.opensearch import (
+    MAX_FEATURE_NAME_BYTES,
+    MAX_QUERY_WEIGHT,
+    TEXT_FIELDS,
+    QueryLimitReport,
+)
+
+WORD = re.compile(r"\w+")
 
 Scope = dict[str, Any]
 
@@ -138,3 +146,24 @@ def document_bytes(fields: Mapping[str, Any]) -> int:
     """Size of a document's stored fields as UTF-8 JSON (what the backend stores besides the
     vector)."""
     return len(json.dumps(fields, ensure_ascii=False, default=str).encode("utf-8"))
+
+
+def lexical_query(text: str, max_clauses: int) -> tuple[str, dict[str, Any] | None]:
+    """The BM25 leg's query text within OpenSearch's clause limit, and a warning if it was cut.
+
+    ``multi_match`` over the text fields makes one clause per word and field, so at most
+    ``max_clauses // len(TEXT_FIELDS)`` words are kept (words as the standard analyzer roughly
+    splits them: runs of letters and digits), the first ones.
+    """
+    keep = max(1, max_clauses // len(TEXT_FIELDS))
+    words = WORD.findall(text)
+    if len(words) <= keep:
+        return text, None
+    dropped = len(words) - keep
+    warning = {
+        "code": "lexical_query_truncated",
+        "count": dropped,
+        "message": f"the BM25 query had {len(words)} words; the last {dropped} were dropped to "
+        f"keep {keep} ({len(TEXT_FIELDS)} fields each, within serve.max_query_terms)",
+    }
+    return " ".join(words[:keep]), warning
