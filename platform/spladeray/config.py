@@ -546,8 +546,28 @@ class ServeConfig(Section):
     hybrid: bool = Field(False, description="/search fuses BM25 by RRF unless the request says")
     rrf_k: float = Field(60.0, gt=0)
     refresh_after_index: bool = Field(True, description="/index makes documents searchable")
+    max_query_terms: int = Field(
+        1024,
+        gt=0,
+        description="/search keeps the heaviest N query terms (OpenSearch's "
+        "indices.query.bool.max_clause_count, 1024 by default) and warns how many it dropped",
+    )
+    max_document_bytes: int = Field(
+        5 * 1024 * 1024,
+        gt=0,
+        description="/index fails (by id) a document whose stored fields exceed N bytes of JSON",
+    )
     bearer_token_env: str | None = Field(
-        None, description="env var holding a token that /index requires (Authorization: Bearer)"
+        None,
+        description="env var holding a token that the routes in `protect` require "
+        "(Authorization: Bearer)",
+    )
+    protect: Annotated[
+        list[Literal["index", "search", "encode"]], AfterValidator(lambda r: sorted(set(r)))
+    ] = Field(
+        default_factory=lambda: ["index"],
+        description="routes that need the bearer token when bearer_token_env is set: index, "
+        "search, encode (encode also covers the ML Commons _predict routes)",
     )
     alias_cache_s: float = Field(
         5.0,
@@ -562,6 +582,18 @@ class ServeConfig(Section):
             raise ValueError("target_ongoing_requests must be below max_ongoing_requests")
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+    @model_validator(mode="after")
+    def _check_protect(self) -> ServeConfig:
+        if self.bearer_token_env and not self.protect:
+            raise ValueError("serve.bearer_token_env is set but serve.protect lists no route")
+        # the default [index] may stand without a token (a dumped config reloads); more may not
+        if not self.bearer_token_env and set(self.protect) - {"index"}:
+            raise ValueError(
+                f"serve.protect lists {self.protect} but serve.bearer_token_env is not set, "
+                "so nothing would be protected"
+            )
         return self
 
 

@@ -1,5 +1,7 @@
 """Security defaults: TLS verification on unless explicitly (and loudly) turned off, credentials
-only from the environment, constant-time bearer check on /index, no secret in logs or errors.
+only from the environment, constant-time bearer check on the protected routes (``serve.protect``,
+default /index; never a token from the URL), no secret in logs or errors. The same check over
+real HTTP, with the Ray session's logs grepped: ``tests/serving/test_auth_http.py``.
 
 The OpenSearch connection is built by ``spladeray.index.opensearch.build_client`` (used by the
 index backend, jobs/index.py and jobs/export.py --register); ML Commons calls go through
@@ -147,9 +149,10 @@ def test_bearer_token_on_index_is_checked_in_constant_time(monkeypatch):
     real = hmac.compare_digest
     monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
 
-    def request(header: str | None) -> Request:
+    def request(header: str | None, query: str = "") -> Request:
         headers = [(b"authorization", header.encode())] if header is not None else []
-        return Request({"type": "http", "method": "POST", "path": "/index", "headers": headers})
+        scope = {"type": "http", "method": "POST", "path": "/index", "headers": headers}
+        return Request(scope | {"query_string": query.encode()})
 
     owner = SimpleNamespace(_token=SECRET.encode())
     check(owner, request(f"Bearer {SECRET}"))
@@ -159,7 +162,23 @@ def test_bearer_token_on_index_is_checked_in_constant_time(monkeypatch):
             check(owner, request(bad))
         assert err.value.status_code == 401
         _no_secret(str(err.value.detail))
+    for query in (f"token={SECRET}", f"access_token={SECRET}"):  # never from the URL
+        for header in (None, f"Bearer {SECRET}"):
+            with pytest.raises(HTTPException) as err:
+                check(owner, request(header, query))
+            assert err.value.status_code == 401 and "URL" in err.value.detail
+            _no_secret(str(err.value.detail))
     check(SimpleNamespace(_token=None), request(None))  # no token configured: open
+
+    # serve.protect: only the listed routes ask for the token
+    authorize = Ingress.func_or_class._authorize
+    guard = SimpleNamespace(_token=SECRET.encode(), _protected=frozenset({"index", "search"}))
+    guard._check_token = lambda r: check(guard, r)
+    authorize(guard, request(None), "encode")
+    authorize(guard, request(f"Bearer {SECRET}"), "search")
+    for route in ("index", "search"):
+        with pytest.raises(HTTPException):
+            authorize(guard, request(None), route)
 
 
 def test_ray_cluster_config_and_docs_hold_no_secret():

@@ -15,6 +15,14 @@ finite, positive normal floats; a query weight must be in (0, 64]. So document w
 below the smallest normal float) are dropped, negative / NaN / infinite ones fail that document
 (by id, with the reason), and query weights are clamped to (0, 64].
 
+**Query limits** (:func:`limit_query`, applied by :meth:`OpenSearchIndex.query_body` and, with
+warnings for the client, by the Serve ``/search`` route before any backend call): one query
+clause per token, and OpenSearch refuses a query with more clauses than
+``indices.query.bool.max_clause_count`` (1,024 by default), so only the heaviest
+``max_clause_count`` tokens are kept; weights above 64 are clipped to 64, weights that are not
+finite and positive are dropped, and so are feature names longer than Lucene's term limit
+(:data:`MAX_FEATURE_NAME_BYTES` of UTF-8, escaped). Such a query is answered, never refused.
+
 Feature names become Lucene field names ``<vector_field>.<token>``: a ``.`` inside a token
 ("." and "..." are BERT tokens) would be read as an object path, so ``%`` and ``.`` are
 percent-escaped (``%25``, ``%2E``) on the way in and unescaped on the way out. The mapping is
@@ -43,6 +51,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -61,6 +70,10 @@ logger = logging.getLogger(__name__)
 
 MAX_QUERY_WEIGHT = 64.0
 """Lucene ``FeatureField.newLinearQuery`` accepts weights in (0, 64]."""
+MAX_CLAUSE_COUNT = 1024
+"""OpenSearch's default ``indices.query.bool.max_clause_count``: clauses (tokens) per query."""
+MAX_FEATURE_NAME_BYTES = 32766
+"""Lucene's ``IndexWriter.MAX_TERM_LENGTH``: a feature name is a term of at most this many bytes."""
 MIN_NORMAL_FLOAT = 1.1754944e-38
 """FeatureField rejects values below the smallest positive normal float32."""
 MAX_FLOAT32 = 3.4028235e38
@@ -109,19 +122,70 @@ def safe_document_vector(vector: Any) -> tuple[dict[str, float] | None, str | No
     return out, None
 
 
-def safe_query_vector(query: Mapping[str, float]) -> dict[str, float]:
-    """Query weights FeatureField accepts: finite, > 0, clamped to 64; other entries dropped."""
-    out: dict[str, float] = {}
+@dataclass
+class QueryLimitReport:
+    """What :func:`limit_query` changed in a query vector (all zero: nothing)."""
+
+    terms: int = 0  # terms in the query as given
+    pruned: int = 0  # the lightest terms dropped beyond ``max_terms``
+    clipped: int = 0  # weights above MAX_QUERY_WEIGHT set to it
+    bad_weights: int = 0  # weights that are not finite positive numbers, dropped
+    long_names: int = 0  # feature names over MAX_FEATURE_NAME_BYTES (escaped, UTF-8), dropped
+    bad_names: int = 0  # feature names that are not non-empty strings, dropped
+
+    @property
+    def changed(self) -> bool:
+        return any((self.pruned, self.clipped, self.bad_weights, self.long_names, self.bad_names))
+
+
+def limit_query(
+    query: Mapping[str, float], max_terms: int = MAX_CLAUSE_COUNT
+) -> tuple[dict[str, float], QueryLimitReport]:
+    """``(query within OpenSearch's limits, what changed)``; tokens stay unescaped.
+
+    In order: names that are not non-empty strings or are longer than
+    :data:`MAX_FEATURE_NAME_BYTES` once escaped are dropped; weights that are not finite and
+    positive are dropped; weights above :data:`MAX_QUERY_WEIGHT` are clipped to it; then the
+    ``max_terms`` heaviest terms (by the weight as given; ties by token) are kept.
+    """
+    if max_terms < 1:
+        raise ValueError("max_terms must be positive")
+    report = QueryLimitReport(terms=len(query))
+    weights: dict[str, float] = {}
     for token, weight in query.items():
         if not isinstance(token, str) or not token:
+            report.bad_names += 1
+            continue
+        if len(escape_token(token).encode("utf-8")) > MAX_FEATURE_NAME_BYTES:
+            report.long_names += 1
             continue
         if isinstance(weight, bool) or not isinstance(weight, int | float):
+            report.bad_weights += 1
             continue
         w = float(weight)
         if not math.isfinite(w) or w <= 0:
+            report.bad_weights += 1
             continue
-        out[escape_token(token)] = min(w, MAX_QUERY_WEIGHT)
-    return out
+        weights[token] = w
+    if len(weights) > max_terms:
+        heaviest = sorted(weights.items(), key=lambda tw: (-tw[1], tw[0]))[:max_terms]
+        report.pruned = len(weights) - max_terms
+        weights = dict(heaviest)
+    out: dict[str, float] = {}
+    for token, w in weights.items():
+        if w > MAX_QUERY_WEIGHT:
+            report.clipped += 1
+            w = MAX_QUERY_WEIGHT
+        out[token] = w
+    return out, report
+
+
+def safe_query_vector(
+    query: Mapping[str, float], max_terms: int = MAX_CLAUSE_COUNT
+) -> dict[str, float]:
+    """Query weights FeatureField accepts, tokens escaped: :func:`limit_query`, then escaped."""
+    limited, _ = limit_query(query, max_terms)
+    return {escape_token(token): w for token, w in limited.items()}
 
 
 # --------------------------------------------------------------------------- connection
@@ -236,6 +300,7 @@ class OpenSearchIndex:
         token_ids: Mapping[str, int] | None = None,
         sparse_vector_method: Mapping[str, Any] | None = None,
         neural_sparse_method_parameters: Mapping[str, Any] | None = None,
+        max_clause_count: int = MAX_CLAUSE_COUNT,
     ) -> None:
         if field_type not in ("rank_features", "sparse_vector"):
             raise ValueError(f"unknown field_type {field_type!r}")
@@ -256,6 +321,9 @@ class OpenSearchIndex:
         )
         self.neural_sparse_method_parameters = dict(neural_sparse_method_parameters or {})
         self.token_ids = dict(token_ids) if token_ids is not None else None
+        if max_clause_count < 1:
+            raise ValueError("max_clause_count must be positive")
+        self.max_clause_count = max_clause_count
         self._id_tokens: dict[str, str] | None = None
         self._known: set[str] = set()  # indexes created (or seen) by this instance
         if field_type == "sparse_vector" and self.token_ids is None:
@@ -332,9 +400,17 @@ class OpenSearchIndex:
         return {"settings": settings, "mappings": {"properties": properties}}
 
     def query_body(self, query: Mapping[str, float], size: int) -> dict[str, Any]:
-        """The ``_search`` body of a sparse query (weights made safe, tokens escaped)."""
+        """The ``_search`` body of a sparse query (weights made safe, tokens escaped).
+
+        The query is first brought within OpenSearch's limits by :func:`limit_query` (at most
+        ``max_clause_count`` terms, the heaviest), so it never fails with ``too_many_clauses``.
+        """
+        limited, report = limit_query(query, self.max_clause_count)
+        if report.changed:  # the Serve /search route reports this to the client as warnings
+            logger.debug("query brought within OpenSearch's limits: %s", report)
         weights: dict[str, float] = {}
-        for escaped, w in safe_query_vector(query).items():
+        for token, w in limited.items():
+            escaped = escape_token(token)
             key = self._feature_key(escaped)
             if key is not None:
                 weights[key] = w

@@ -1,10 +1,19 @@
 """The HTTP ingress: ``/encode``, ``/index``, ``/search``, ``/healthz``, ``/metrics``, ``/docs``.
 
 Errors are JSON ``{"error": message, "detail": ...}`` with a 4xx status: 400 unreadable JSON,
-401 missing/wrong bearer token (``/index``, when ``serve.bearer_token_env`` is set), 404 unknown
-index, 413 too many documents or too many bytes, 422 invalid fields, 503 when the encoder is at
-capacity (back-pressure), the index backend is unreachable, or the model of the live index
-cannot be loaded.
+401 missing/wrong bearer token, or a token in the URL (the routes in ``serve.protect``, default
+``/index``, when ``serve.bearer_token_env`` is set), 404 unknown index, 413 too many documents or
+too many bytes, 422 invalid fields, 503 when the encoder is at capacity (back-pressure), the
+index backend is unreachable, or the model of the live index cannot be loaded.
+
+**Limits OpenSearch enforces** never reach it as errors: ``/search`` brings the query vector
+within them before any backend call (:func:`spladeray.index.opensearch.limit_query`: at most
+``serve.max_query_terms`` terms, the heaviest; weights clipped to (0, 64]; over-long feature
+names dropped) and says what it changed in ``warnings``; ``/index`` fails a document whose
+stored fields exceed ``serve.max_document_bytes`` by id, with the reason.
+
+The bearer token is compared in constant time and never logged or echoed; a token in the query
+string (``?token=``, ``?access_token=``) is refused, since URLs end up in logs and histories.
 
 **Reading through a rollout alias.** On OpenSearch, when the index name (``index.name`` or a
 request's ``index``) is an alias that :func:`spladeray.index.rollout.rollout` manages (its one
@@ -42,9 +51,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from spladeray.index import open_index
 from spladeray.index.base import Failure, Hit, IndexNotFoundError, IndexUnavailableError
 from spladeray.index.documents import check_document
+from spladeray.index.opensearch import limit_query
 from spladeray.retrieval.fusion import rrf
 from spladeray.serving.encoder import ModelLoadError
-from spladeray.serving.limits import BodyLimitMiddleware, truncate_texts
+from spladeray.serving.limits import (
+    BodyLimitMiddleware,
+    document_bytes,
+    lexical_query,
+    query_warnings,
+    truncate_texts,
+)
 from spladeray.serving.metrics import CONTENT_TYPE, IngressMetrics
 from spladeray.serving.schemas import (
     Contribution,
@@ -62,8 +78,12 @@ from spladeray.serving.schemas import (
 
 logger = logging.getLogger(__name__)
 
+URL_TOKEN_PARAMS = ("token", "access_token")
+"""Query parameters a client might put a token in; refused on protected routes."""
+
 ERRORS = {
     400: {"model": ErrorResponse},
+    401: {"model": ErrorResponse},
     413: {"model": ErrorResponse},
     422: {"model": ErrorResponse},
     503: {"model": ErrorResponse},
@@ -179,6 +199,7 @@ class Ingress:
         self.metrics = IngressMetrics()
         self._created: set[str] = set()
         self._token: bytes | None = None
+        self._protected: frozenset[str] = frozenset()
         if cfg.serve.bearer_token_env:
             token = os.environ.get(cfg.serve.bearer_token_env)
             if not token:  # fail closed: a configured but missing token never opens /index
@@ -186,6 +207,7 @@ class Ingress:
                     f"serve.bearer_token_env names ${cfg.serve.bearer_token_env}, which is not set"
                 )
             self._token = token.encode()
+            self._protected = frozenset(cfg.serve.protect)
         self.index = open_index(cfg.index, tokenizer=cfg.model.path)
         self.default_model = str(cfg.model.path)
         self.router = IndexRouter(self.index, self.default_model, cfg.serve.alias_cache_s)
@@ -235,9 +257,22 @@ class Ingress:
                 f"{n} {what} in one request; the limit is {limit} (serve.max_documents_per_request)",
             )
 
+    def _authorize(self, request: Request, route: str) -> None:
+        """401 unless ``route`` is unprotected or the request carries the bearer token."""
+        if route in self._protected:
+            self._check_token(request)
+
     def _check_token(self, request: Request) -> None:
+        """The token must come in ``Authorization: Bearer``, never in the URL; compared in
+        constant time. Neither the token nor what was sent appears in the error."""
         if self._token is None:
             return
+        if any(name in request.query_params for name in URL_TOKEN_PARAMS):
+            raise HTTPException(
+                401,
+                "a token in the URL is refused (URLs are logged); send Authorization: Bearer",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -273,9 +308,10 @@ class Ingress:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     @api.post("/encode", response_model=None, responses={200: {"model": EncodeResponse}, **ERRORS})
-    async def encode(self, body: EncodeRequest) -> dict[str, Any]:
+    async def encode(self, body: EncodeRequest, request: Request) -> dict[str, Any]:
         """Sparse vectors ``{token: weight}`` for documents or queries."""
         started = time.perf_counter()
+        self._authorize(request, "encode")
         self._check_count(len(body.items), "texts")
         texts, cut = truncate_texts(body.items, self.limits.max_text_chars)
         self.metrics.truncated.inc(len(cut))
@@ -289,8 +325,11 @@ class Ingress:
 
     @api.post("/_plugins/_ml/_predict/sparse_encoding", include_in_schema=False)
     @api.post("/_plugins/_ml/_predict/sparse_encoding/{model_id}", responses=ERRORS)
-    async def ml_commons_encode(self, body: MLCommonsRequest, model_id: str = "") -> dict:
+    async def ml_commons_encode(
+        self, body: MLCommonsRequest, request: Request, model_id: str = ""
+    ) -> dict:
         """OpenSearch ML Commons ``_predict/sparse_encoding``, answered in its shape."""
+        self._authorize(request, "encode")
         self._check_count(len(body.text_docs), "texts")
         texts, cut = truncate_texts(body.text_docs, self.limits.max_text_chars)
         route = await self._route(self.cfg.index.name)
@@ -298,21 +337,22 @@ class Ingress:
         return ml_commons_shape([i["vector"] for i in infos])
 
     @api.post("/_plugins/_ml/_predict/sparse_tokenize/{model_id}", responses=ERRORS)
-    async def ml_commons_tokenize(self, body: MLCommonsRequest, model_id: str = "") -> dict:
+    async def ml_commons_tokenize(
+        self, body: MLCommonsRequest, request: Request, model_id: str = ""
+    ) -> dict:
         """ML Commons ``sparse_tokenize`` (query side of inference-free models)."""
+        self._authorize(request, "encode")
         self._check_count(len(body.text_docs), "texts")
         texts, _ = truncate_texts(body.text_docs, self.limits.max_text_chars)
         route = await self._route(self.cfg.index.name)
         infos = await self._encode(texts, "query", route.model)
         return ml_commons_shape([i["vector"] for i in infos])
 
-    @api.post(
-        "/index", response_model=IndexResponse, responses={401: {"model": ErrorResponse}, **ERRORS}
-    )
+    @api.post("/index", response_model=IndexResponse, responses=ERRORS)
     async def index_documents(self, body: IndexRequest, request: Request):
         """Encode and bulk-write documents by id; failures are listed by id with the reason."""
         started = time.perf_counter()
-        self._check_token(request)
+        self._authorize(request, "index")
         self._check_count(len(body.documents), "documents")
         name = body.index or self.cfg.index.name
         failed: list[Failure] = []
@@ -321,6 +361,16 @@ class Ingress:
             doc = check_document(raw.id, raw.title, raw.text, raw.model_extra)
             if isinstance(doc, Failure):
                 failed.append(doc)
+                continue
+            size = document_bytes(doc.fields())
+            if size > self.limits.max_document_bytes:
+                failed.append(
+                    Failure(
+                        doc.id,
+                        f"the document is {size} bytes of JSON; the limit is "
+                        f"{self.limits.max_document_bytes} (serve.max_document_bytes)",
+                    )
+                )
                 continue
             ids.append(doc.id)
             texts.append(doc.encode_text)
@@ -375,9 +425,13 @@ class Ingress:
         response_model=SearchResponse,
         responses={404: {"model": ErrorResponse}, **ERRORS},
     )
-    async def search(self, body: SearchRequest):
-        """Top documents for a query; ``explain`` adds each hit's matching tokens."""
+    async def search(self, body: SearchRequest, request: Request):
+        """Top documents for a query; ``explain`` adds each hit's matching tokens.
+
+        The query vector is brought within OpenSearch's limits first; ``warnings`` says how.
+        """
         started = time.perf_counter()
+        self._authorize(request, "search")
         if body.size > self.limits.max_search_size:
             raise HTTPException(
                 422, f"size {body.size} is above the limit of {self.limits.max_search_size}"
@@ -387,10 +441,16 @@ class Ingress:
         route = await self._route(body.index or self.cfg.index.name)
         name = route.index
         query, _ = truncate_texts([body.query], self.limits.max_text_chars)
-        qvec = (await self._encode(query, "query", route.model))[0]["vector"]
+        encoded = (await self._encode(query, "query", route.model))[0]["vector"]
+        qvec, report = limit_query(encoded, self.limits.max_query_terms)
+        warnings = query_warnings(report, self.limits.max_query_terms)
         hybrid = self.limits.hybrid if body.hybrid is None else body.hybrid
+        text = query[0]
+        if hybrid:
+            text, cut = lexical_query(text, self.limits.max_query_terms)
+            warnings += [cut] if cut else []
         try:
-            hits = await asyncio.to_thread(self._search, name, qvec, query[0], body.size, hybrid)
+            hits = await asyncio.to_thread(self._search, name, qvec, text, body.size, hybrid)
             explanations = None
             if body.explain:
                 explanations = await asyncio.to_thread(self._explain, name, qvec, hits)
@@ -420,6 +480,7 @@ class Ingress:
             model=route.model or self.default_model,
             alias=route.alias,
             query_tokens=qvec if body.explain else None,
+            warnings=warnings,
         )
 
     def _search(

@@ -109,12 +109,26 @@ class SearchHit(BaseModel):
     bm25_score: float | None = None
 
 
+class LimitWarning(BaseModel):
+    """A limit the request ran into that changed the answer without failing it."""
+
+    code: str = Field(description="e.g. query_terms_pruned, query_weights_clipped")
+    count: int = Field(description="how many terms (or weights) were affected")
+    message: str
+
+
 class SearchResponse(BaseModel):
     hits: list[SearchHit]
     index: str = Field(description="the index searched (the concrete index behind an alias)")
     model: str | None = Field(None, description="the model that encoded the query")
     alias: str | None = Field(None, description="the rollout alias the index was resolved through")
-    query_tokens: dict[str, float] | None = None
+    query_tokens: dict[str, float] | None = Field(
+        None, description="explain: the query terms searched with (after the limits)"
+    )
+    warnings: list[LimitWarning] = Field(
+        default_factory=list,
+        description="limits the query ran into (terms dropped, weights clipped); empty if none",
+    )
 
 
 class ErrorResponse(BaseModel):
