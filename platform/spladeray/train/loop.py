@@ -132,11 +132,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 )
             )
 
-        grad_norm = None
-        if tc.max_grad_norm is not None:
+        grad_norm, bad_norm = None, torch.zeros((), device=device)
+        if tc.max_grad_norm is not None:  # gradients are all-reduced: the same on every rank
             grad_norm = torch.nn.utils.clip_grad_norm_(pair.parameters(), tc.max_grad_norm)
-            nonfinite = torch.maximum(nonfinite, nonfinite_flag(grad_norm))
-        if any_rank(nonfinite):  # the same decision on every rank: DDP stays in sync
+            bad_norm = nonfinite_flag(grad_norm)
+        if any_rank(torch.maximum(nonfinite, bad_norm)):  # one decision for all ranks (DDP)
             handle_nonfinite(
                 tc,
                 state,

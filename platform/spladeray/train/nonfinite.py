@@ -54,12 +54,12 @@ def handle_nonfinite(
 ) -> None:
     """After all ranks agreed that optimizer step ``step`` had a non-finite loss: count it in
     ``state.nonfinite_steps`` and warn, or raise :class:`NonFiniteLoss` (``stop``, or over the
-    limit). ``local``: whether this rank's own loss was the non-finite one; the message then
-    names this rank's query ids."""
+    limit). ``local``: whether this rank's own loss was the non-finite one (the message then
+    names this rank's query ids), else another rank's loss or the gradient norm was."""
     where = (
         f"non-finite loss at step {step} on rank {rank}, queries {describe_queries(query_ids)}"
         if local
-        else f"non-finite loss at step {step} on another rank (rank {rank} was finite)"
+        else f"non-finite loss or gradient at step {step} (rank {rank}'s loss was finite)"
     )
     if train_cfg.nonfinite == "stop":
         raise NonFiniteLoss(f"{where}; train.nonfinite is stop")
