@@ -422,6 +422,10 @@ class TrainDebugConfig(Section):
         "hold_file exists, at most 10 minutes: a test kills a node while the run is held",
     )
     hold_file: ConfigPath | None = Field(None, description="the file that releases the hold")
+    nan_at_steps: list[int] = Field(
+        default_factory=list,
+        description="make the loss of these optimizer steps (1-based) NaN on fail_rank",
+    )
 
 
 class TrainConfig(Section):
@@ -478,6 +482,14 @@ class TrainConfig(Section):
     tensorboard: bool = True
     mlflow: TrainMlflowConfig | None = None
     max_failures: int = Field(0, ge=-1, description="worker-group restarts; -1 = unlimited")
+    nonfinite: Literal["skip", "stop"] = Field(
+        "skip",
+        description="a NaN/inf loss on any rank: skip that optimizer step (weights untouched), "
+        "or stop the run with an error",
+    )
+    max_nonfinite_steps: int = Field(
+        10, ge=0, description="skip: stop the run once more steps than this were skipped"
+    )
     debug: TrainDebugConfig = Field(default_factory=TrainDebugConfig)
 
     @property

@@ -7,13 +7,30 @@ A checkpoint directory (one per report, merged from all workers by Ray Train) ho
   position), ``resumes`` (how many times the run restarted from a checkpoint), ``world_size``;
 - ``rng_rank<R>.pt`` (every rank): Python, NumPy, torch RNG states of that rank, and the CUDA
   state of that rank's own GPU;
+- ``manifest_rank<R>.json`` (every rank, written after that rank's files): size and sha256 of
+  each file the rank wrote, so a truncated or corrupted file is detected before it is loaded;
 - ``model/`` (final checkpoint only): the exported model, loadable by
   ``SpladeEncoder.from_pretrained`` and ``sentence_transformers.SparseEncoder``.
+
+:func:`read_checkpoint` checks a directory before anything is restored: every manifest's files
+must be there with the recorded size and hash, and ``train_state.pt`` must unpickle. Checkpoints
+written before manifests existed have none and are checked by loading alone. A checkpoint that
+fails raises :class:`CheckpointCorrupt`; :func:`restore_latest_good` then walks back to the
+previous good checkpoint of the run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import logging
+import pickle
 import random
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +38,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from spladeray import storage
+
+logger = logging.getLogger(__name__)
+
 STATE_FILE = "train_state.pt"
 MODEL_DIR = "model"
+MANIFEST_PREFIX = "manifest_rank"
+CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)")  # Ray Train dirs: checkpoint_<step:07d>
+
+
+class CheckpointCorrupt(RuntimeError):
+    """A checkpoint directory that cannot be restored (truncated, corrupted or incomplete)."""
 
 
 @dataclass
@@ -31,10 +58,59 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     resumes: int = 0  # restarts from a checkpoint so far (worker-group restarts and re-runs)
+    nonfinite_steps: int = 0  # optimizer steps skipped for a NaN/inf loss (train.nonfinite)
 
 
 def rng_file(rank: int) -> str:
     return f"rng_rank{rank}.pt"
+
+
+def manifest_file(rank: int) -> str:
+    return f"{MANIFEST_PREFIX}{rank}.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, rank: int, names: list[str]) -> None:
+    """``manifest_rank<R>.json``: size and sha256 of ``names`` (files in ``directory``).
+
+    Written after the files it lists, so a checkpoint whose manifest is present but whose files
+    do not match it was truncated or altered after (or while) it was written.
+    """
+    files = {
+        name: {"size": (directory / name).stat().st_size, "sha256": _sha256(directory / name)}
+        for name in names
+    }
+    (directory / manifest_file(rank)).write_text(json.dumps({"rank": rank, "files": files}))
+
+
+def verify_manifests(directory: Path) -> None:
+    """Raise :class:`CheckpointCorrupt` unless every file each ``manifest_rank<R>.json`` lists
+    is in ``directory`` with the recorded size and sha256. No manifest (an older checkpoint)
+    passes: :func:`read_checkpoint` still has to load it."""
+    for manifest in sorted(directory.glob(f"{MANIFEST_PREFIX}*.json")):
+        try:
+            files = json.loads(manifest.read_text())["files"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointCorrupt(f"{manifest.name} is unreadable ({e})") from e
+        for name, expected in files.items():
+            path = directory / name
+            if not path.is_file():
+                raise CheckpointCorrupt(f"{name} is missing ({manifest.name} lists it)")
+            size = path.stat().st_size
+            if size != expected["size"]:
+                raise CheckpointCorrupt(
+                    f"{name} has {size} bytes, {manifest.name} recorded {expected['size']} "
+                    "(truncated?)"
+                )
+            if _sha256(path) != expected["sha256"]:
+                raise CheckpointCorrupt(f"{name} does not match its sha256 in {manifest.name}")
 
 
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:
@@ -80,10 +156,12 @@ def save_checkpoint(
     world_size: int,
     device: torch.device | None = None,
 ) -> None:
-    """Write this rank's part of a checkpoint into ``directory``."""
+    """Write this rank's part of a checkpoint into ``directory``, its manifest last."""
     directory.mkdir(parents=True, exist_ok=True)
+    written = [rng_file(rank)]
     torch.save(rng_state(device), directory / rng_file(rank))
     if rank == 0:
+        written.append(STATE_FILE)
         torch.save(
             {
                 "model": model.state_dict(),
@@ -94,6 +172,30 @@ def save_checkpoint(
             },
             directory / STATE_FILE,
         )
+    write_manifest(directory, rank, written)
+
+
+def read_checkpoint(directory: Path) -> dict[str, Any]:
+    """The verified contents of ``train_state.pt``; :class:`CheckpointCorrupt` when the
+    directory fails its manifests, lacks the file, or the file does not unpickle."""
+    verify_manifests(directory)
+    path = directory / STATE_FILE
+    if not path.is_file():
+        raise CheckpointCorrupt(f"{STATE_FILE} is missing")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+    ) as e:
+        raise CheckpointCorrupt(f"{STATE_FILE} does not load ({e})") from e
+    if not isinstance(blob, dict) or not {"model", "state"} <= blob.keys():
+        raise CheckpointCorrupt(f"{STATE_FILE} is not a training state")
+    return blob
 
 
 def load_checkpoint(
@@ -105,8 +207,11 @@ def load_checkpoint(
     scheduler: Any = None,
     device: torch.device | None = None,
 ) -> TrainState:
-    """Restore model/optimizer/scheduler (and this rank's RNG when present); the train state."""
-    blob = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+    """Restore model/optimizer/scheduler (and this rank's RNG when present); the train state.
+
+    The directory is verified first (:func:`read_checkpoint`): a :class:`CheckpointCorrupt`
+    leaves the model and optimizer untouched."""
+    blob = read_checkpoint(directory)
     model.load_state_dict(blob["model"])
     if optimizer is not None:
         optimizer.load_state_dict(blob["optimizer"])
@@ -116,3 +221,67 @@ def load_checkpoint(
     if rng_path.is_file():
         set_rng_state(torch.load(rng_path, map_location="cpu", weights_only=False), device)
     return TrainState(**blob["state"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume: the latest checkpoint, else the previous good one
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step in a Ray Train checkpoint dir name (``checkpoint_0000042`` -> 42), else None."""
+    match = CHECKPOINT_DIR.match(name)
+    return int(match.group(1)) if match else None
+
+
+def earlier_checkpoints(run_dir: str, before: str) -> list[str]:
+    """Names of the checkpoint dirs under ``run_dir`` (a path or URI) with a lower step than the
+    dir named ``before``, newest first."""
+    limit = checkpoint_step(before)
+    names = {rel.split("/", 1)[0] for rel in storage.list_files(run_dir) if "/" in rel}
+    steps = {name: checkpoint_step(name) for name in names}
+    older = [n for n, s in steps.items() if s is not None and (limit is None or s < limit)]
+    return sorted(older, key=lambda n: (steps[n], n), reverse=True)
+
+
+@contextlib.contextmanager
+def local_checkpoint(uri: str) -> Iterator[Path]:
+    """A local directory with the checkpoint at ``uri`` (itself, or a download of a remote one)."""
+    if not storage.is_remote(uri):
+        yield Path(storage.resolve(uri)[1])
+        return
+    with tempfile.TemporaryDirectory(prefix="spladeray-restore-") as tmp:
+        storage.download(uri, tmp)
+        yield Path(tmp)
+
+
+def restore_latest_good(
+    latest: Path, latest_name: str, run_dir: str, load: Callable[[Path], TrainState]
+) -> TrainState:
+    """``load(latest)``, or when the latest checkpoint is corrupt, ``load`` of the newest earlier
+    checkpoint of the run (``run_dir``, listed through :mod:`spladeray.storage`) that verifies,
+    with a warning naming both. :class:`CheckpointCorrupt` when none does: every candidate and
+    why is in the message (so a restart fails the same way, it does not train from scratch)."""
+    try:
+        return load(latest)
+    except CheckpointCorrupt as e:
+        failures = [f"{latest_name}: {e}"]
+    for name in earlier_checkpoints(run_dir, latest_name):
+        try:
+            with local_checkpoint(storage.join(run_dir, name)) as directory:
+                state = load(directory)
+        except (CheckpointCorrupt, storage.StorageError) as e:
+            failures.append(f"{name}: {e}")
+            continue
+        logger.warning(
+            "latest checkpoint %s is unusable; resuming from the previous good checkpoint %s "
+            "(step %d). Skipped: %s",
+            storage.join(run_dir, latest_name),
+            storage.join(run_dir, name),
+            state.step,
+            "; ".join(failures),
+        )
+        return state
+    raise CheckpointCorrupt(
+        f"no usable checkpoint in {run_dir}: " + "; ".join(failures) + ". Delete the broken "
+        "checkpoint dirs, or train under a new train.name"
+    )

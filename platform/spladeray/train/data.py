@@ -78,6 +78,8 @@ def open_prepared(data_dir: str | Path, teachers: list[str]):
             schema.REJECTS_FILE,
             schema.MANIFEST_FILE,
         )
+    if "query_id" in available:  # named in messages about a batch (e.g. a NaN loss)
+        columns.append("query_id")
     ds = ray.data.read_parquet(files, columns=columns, filesystem=fs)
     return ds.filter(lambda row: len(row["negatives"]) > 0)
 
@@ -122,6 +124,8 @@ class Collator(NumpyBatchCollateFn):
             "query": self._tok(queries, self.max_query_length, special=not self.doc_only),
             "document": self._tok(positives + negatives, self.max_document_length),
         }
+        if "query_id" in batch:
+            out["query_id"] = [str(q) for q in batch["query_id"]]
         for name in self.teachers:
             rows = []
             for scores in batch[schema.score_column(name)]:

@@ -3,7 +3,8 @@
 Phases: setup (rank, device, seed) -> model, objective, optimizer -> resume -> data -> baselines ->
 train. One optimizer step = ``grad_accum_steps`` micro-batches of ``batch_size`` queries per
 worker; each encodes queries and documents (positives, then hard negatives) in one DDP forward,
-computes :class:`SpladeObjective` and backpropagates. Then clip, step, schedule, and the
+computes :class:`SpladeObjective` and backpropagates. A NaN/inf loss on any rank skips the step
+or stops the run (:mod:`spladeray.train.nonfinite`). Then clip, step, schedule, and the
 :class:`Reporter` reports (metrics every ``log_every_steps``, a checkpoint every
 ``checkpoint.every_steps`` and at the end). The loop does not know which model or loss it trains:
 both come from the config.
@@ -21,8 +22,9 @@ import torch
 from torch import nn
 
 from spladeray import storage
-from spladeray.train.checkpoint import TrainState, load_checkpoint
+from spladeray.train.checkpoint import TrainState, load_checkpoint, restore_latest_good
 from spladeray.train.debug import maybe_fail, maybe_hold, record_collectives
+from spladeray.train.nonfinite import any_rank, handle_nonfinite, nonfinite_flag
 from spladeray.train.objective import SpladeObjective
 from spladeray.train.optim import build_optimizer, build_scheduler
 from spladeray.train.reporter import Reporter
@@ -69,7 +71,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     scheduler = build_scheduler(optimizer, tc)
 
     # ---------------------------------------------------------------- resume
-    state = restore(tc, pair, optimizer, scheduler, rank=rank, device=device)
+    state = restore(tc, run_name, pair, optimizer, scheduler, rank=rank, device=device)
     resumed_done = state.step >= tc.max_steps
 
     # ---------------------------------------------------------------- data
@@ -98,8 +100,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model.train()
     optimizer.zero_grad(set_to_none=True)
     while state.step < tc.max_steps:
+        nonfinite = torch.zeros((), device=device)  # any micro-batch's loss NaN/inf on this rank
+        seen: list = []  # (terms, q, d, masks) per micro-batch, reported if the step is applied
+        query_ids: list[str] = []
         for micro in range(tc.grad_accum_steps):
             batch = next(batches)
+            query_ids.extend(batch_query_ids(batch))
             query = to_device(batch["query"], device)
             document = to_device(batch["document"], device)
             last_micro = micro + 1 == tc.grad_accum_steps
@@ -111,14 +117,41 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 q, d = q.float(), d.float()
                 sb = sparse_batch(q, d, batch, encoder=encoder, train_cfg=tc)
                 out = objective(sb, state.step)
-                (out.total / tc.grad_accum_steps).backward()
-            reporter.add(out.terms)
-            reporter.add_batch(q, d, query["attention_mask"], document["attention_mask"])
+                total = out.total
+                if state.step + 1 in tc.debug.nan_at_steps and rank == tc.debug.fail_rank:
+                    total = total * float("nan")  # test-only injection (train.debug)
+                nonfinite = torch.maximum(nonfinite, nonfinite_flag(total))
+                (total / tc.grad_accum_steps).backward()
+            seen.append(
+                (
+                    out.terms,
+                    q.detach(),
+                    d.detach(),
+                    query["attention_mask"],
+                    document["attention_mask"],
+                )
+            )
 
-        if tc.max_grad_norm is not None:
+        grad_norm, bad_norm = None, torch.zeros((), device=device)
+        if tc.max_grad_norm is not None:  # gradients are all-reduced: the same on every rank
             grad_norm = torch.nn.utils.clip_grad_norm_(pair.parameters(), tc.max_grad_norm)
-            reporter.add({"grad_norm": grad_norm * tc.grad_accum_steps})
-        optimizer.step()
+            bad_norm = nonfinite_flag(grad_norm)
+        if any_rank(torch.maximum(nonfinite, bad_norm)):  # one decision for all ranks (DDP)
+            handle_nonfinite(
+                tc,
+                state,
+                step=state.step + 1,
+                rank=rank,
+                local=bool(nonfinite.item()),
+                query_ids=query_ids,
+            )
+        else:
+            for terms, q, d, query_mask, document_mask in seen:
+                reporter.add(terms)
+                reporter.add_batch(q, d, query_mask, document_mask)
+            if grad_norm is not None:
+                reporter.add({"grad_norm": grad_norm * tc.grad_accum_steps})
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
@@ -134,23 +167,36 @@ def train_loop_per_worker(loop_config: dict) -> None:
         logger.info("training finished at step %d (pid %d)", state.step, os.getpid())
 
 
-def restore(tc, pair, optimizer, scheduler, *, rank: int, device) -> TrainState:
-    """The state of the run's latest checkpoint (model, optimizer, scheduler, RNG restored), or a
+def batch_query_ids(batch: dict) -> list[str]:
+    """The micro-batch's query ids (``query_id`` from the collator), else its query positions."""
+    if "query_id" in batch:
+        return [str(q) for q in batch["query_id"]]
+    return [f"#{i}" for i in range(batch["query"]["input_ids"].shape[0])]
+
+
+def restore(tc, run_name: str, pair, optimizer, scheduler, *, rank: int, device) -> TrainState:
+    """The state of the run's latest checkpoint (model, optimizer, scheduler, RNG restored), or
+    of the previous good one when the latest is corrupt (:func:`restore_latest_good`), or a
     fresh :class:`TrainState`."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return TrainState()
-    with checkpoint.as_directory() as ckpt_dir:
-        state = load_checkpoint(
-            Path(ckpt_dir),
+
+    def load(directory: Path) -> TrainState:
+        return load_checkpoint(
+            directory,
             rank=rank,
             model=pair,
             optimizer=optimizer,
             scheduler=scheduler,
             device=device,
         )
+
+    run_dir = storage.join(tc.checkpoint_root, run_name)
+    with checkpoint.as_directory() as ckpt_dir:
+        state = restore_latest_good(Path(ckpt_dir), Path(checkpoint.path).name, run_dir, load)
     state.resumes += 1
     logger.info(
         "rank %d resumed at step %d (epoch %d, resume %d)",

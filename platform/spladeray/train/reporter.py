@@ -204,6 +204,7 @@ class Reporter:
             steps_per_s=n_micro / self.world / tc.grad_accum_steps / elapsed,
             world_size=self.world,
             resumes=self.state.resumes,
+            nonfinite_steps=self.state.nonfinite_steps,  # skipped for a NaN/inf loss, in all
             # wall time of this attempt's training, evaluation excluded
             train_seconds=now - self.t_start - self.eval_seconds,
             **self.objective.lambdas(step),
