@@ -99,59 +99,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     marker_root = tc.debug.marker_dir or storage.join(tc.output_dir, run_name, "debug")
     model.train()
     optimizer.zero_grad(set_to_none=True)
+    steps = StepContext(tc, rank, world, device, encoder, objective, autocast)
     while state.step < tc.max_steps:
-        nonfinite = torch.zeros((), device=device)  # any micro-batch's loss NaN/inf on this rank
-        seen: list = []  # (terms, q, d, masks) per micro-batch, reported if the step is applied
-        query_ids: list[str] = []
-        for micro in range(tc.grad_accum_steps):
-            batch = next(batches)
-            query_ids.extend(batch_query_ids(batch))
-            query = to_device(batch["query"], device)
-            document = to_device(batch["document"], device)
-            last_micro = micro + 1 == tc.grad_accum_steps
-            # DDP all-reduces gradients only on the step's last micro-batch
-            sync = contextlib.nullcontext() if last_micro or world == 1 else model.no_sync()
-            with sync:
-                with autocast:
-                    q, d = model(query, document)
-                q, d = q.float(), d.float()
-                sb = sparse_batch(q, d, batch, encoder=encoder, train_cfg=tc)
-                out = objective(sb, state.step)
-                total = out.total
-                if state.step + 1 in tc.debug.nan_at_steps and rank == tc.debug.fail_rank:
-                    total = total * float("nan")  # test-only injection (train.debug)
-                nonfinite = torch.maximum(nonfinite, nonfinite_flag(total))
-                (total / tc.grad_accum_steps).backward()
-            seen.append(
-                (
-                    out.terms,
-                    q.detach(),
-                    d.detach(),
-                    query["attention_mask"],
-                    document["attention_mask"],
-                )
-            )
-
-        grad_norm, bad_norm = None, torch.zeros((), device=device)
-        if tc.max_grad_norm is not None:  # gradients are all-reduced: the same on every rank
-            grad_norm = torch.nn.utils.clip_grad_norm_(pair.parameters(), tc.max_grad_norm)
-            bad_norm = nonfinite_flag(grad_norm)
-        if any_rank(torch.maximum(nonfinite, bad_norm)):  # one decision for all ranks (DDP)
-            handle_nonfinite(
-                tc,
-                state,
-                step=state.step + 1,
-                rank=rank,
-                local=bool(nonfinite.item()),
-                query_ids=query_ids,
-            )
-        else:
-            for terms, q, d, query_mask, document_mask in seen:
-                reporter.add(terms)
-                reporter.add_batch(q, d, query_mask, document_mask)
-            if grad_norm is not None:
-                reporter.add({"grad_norm": grad_norm * tc.grad_accum_steps})
-            optimizer.step()
+        nonfinite, seen, query_ids = steps.forward_backward(model, batches, state.step)
+        steps.apply_or_skip(pair, optimizer, reporter, state, nonfinite, seen, query_ids)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
@@ -165,6 +116,77 @@ def train_loop_per_worker(loop_config: dict) -> None:
     reporter.close()
     if rank == 0:
         logger.info("training finished at step %d (pid %d)", state.step, os.getpid())
+
+
+class StepContext:
+    """One optimizer step's two halves, so the loop above reads top to bottom."""
+
+    def __init__(self, tc, rank, world, device, encoder, objective, autocast) -> None:
+        self.tc, self.rank, self.world, self.device = tc, rank, world, device
+        self.encoder, self.objective, self.autocast = encoder, objective, autocast
+
+    def forward_backward(self, model, batches, step: int):
+        """``grad_accum_steps`` micro-batches forward and backward. Returns this rank's
+        NaN/inf flag (a device tensor), each micro-batch's (terms, q, d, masks) for the reporter,
+        and the step's query ids (for the message if the step is skipped)."""
+        tc, device = self.tc, self.device
+        nonfinite = torch.zeros((), device=device)
+        seen: list = []
+        query_ids: list[str] = []
+        for micro in range(tc.grad_accum_steps):
+            batch = next(batches)
+            query_ids.extend(batch_query_ids(batch))
+            query = to_device(batch["query"], device)
+            document = to_device(batch["document"], device)
+            last_micro = micro + 1 == tc.grad_accum_steps
+            # DDP all-reduces gradients only on the step's last micro-batch
+            sync = contextlib.nullcontext() if last_micro or self.world == 1 else model.no_sync()
+            with sync:
+                with self.autocast:
+                    q, d = model(query, document)
+                q, d = q.float(), d.float()
+                sb = sparse_batch(q, d, batch, encoder=self.encoder, train_cfg=tc)
+                out = self.objective(sb, step)
+                total = out.total
+                if step + 1 in tc.debug.nan_at_steps and self.rank == tc.debug.fail_rank:
+                    total = total * float("nan")  # test-only injection (train.debug)
+                nonfinite = torch.maximum(nonfinite, nonfinite_flag(total))
+                (total / tc.grad_accum_steps).backward()
+            seen.append(
+                (
+                    out.terms,
+                    q.detach(),
+                    d.detach(),
+                    query["attention_mask"],
+                    document["attention_mask"],
+                )
+            )
+        return nonfinite, seen, query_ids
+
+    def apply_or_skip(self, pair, optimizer, reporter, state, nonfinite, seen, query_ids) -> None:
+        """Clip, then the optimizer step; or, when any rank's loss or the gradient norm is
+        NaN/inf, the same skip (or stop) on every rank (:mod:`spladeray.train.nonfinite`)."""
+        tc = self.tc
+        grad_norm, bad_norm = None, torch.zeros((), device=self.device)
+        if tc.max_grad_norm is not None:  # gradients are all-reduced: the same on every rank
+            grad_norm = torch.nn.utils.clip_grad_norm_(pair.parameters(), tc.max_grad_norm)
+            bad_norm = nonfinite_flag(grad_norm)
+        if any_rank(torch.maximum(nonfinite, bad_norm)):  # one decision for all ranks (DDP)
+            handle_nonfinite(
+                tc,
+                state,
+                step=state.step + 1,
+                rank=self.rank,
+                local=bool(nonfinite.item()),
+                query_ids=query_ids,
+            )
+            return
+        for terms, q, d, query_mask, document_mask in seen:
+            reporter.add(terms)
+            reporter.add_batch(q, d, query_mask, document_mask)
+        if grad_norm is not None:
+            reporter.add({"grad_norm": grad_norm * tc.grad_accum_steps})
+        optimizer.step()
 
 
 def batch_query_ids(batch: dict) -> list[str]:
