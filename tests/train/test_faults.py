@@ -9,46 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import write_prepared
-
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, splade_tiny) -> Path:
-    from helpers import build_tiny_mlm, tiny_tokenizer
-
-    return build_tiny_mlm("bert", tiny_tokenizer(splade_tiny), tmp_path_factory.mktemp("mlm"))
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    return write_prepared(tmp_path_factory.mktemp("prepared"), n_rows=32, n_neg=2)
 
 
 def make_cfg(tmp: Path, model: Path, data: Path, **train):
     """One CPU worker, a tiny model, InfoNCE only: the smallest run that checkpoints."""
-    from spladeray.config import parse_config
+    from test_train import make_cfg as train_cfg
 
-    base = {
-        "output_dir": str(tmp / "out"),
-        "data_dir": str(data),
-        "name": "t",
+    small = {
         "num_workers": 1,
-        "batch_size": 4,
-        "num_negatives": 2,
-        "max_steps": 4,
-        "lr": 1e-3,
         "shuffle_buffer": 0,
-        "max_query_length": 16,
-        "max_document_length": 24,
-        "log_every_steps": 1,
         "checkpoint": {"every_steps": 2, "num_to_keep": 5},
-        "regularizer": {"query_lambda": 1e-3, "document_lambda": 1e-3, "warmup_steps": 2},
+        "losses": [{"name": "infonce"}],
         "tensorboard": False,
     }
-    base.update(train)
-    return parse_config({"run_name": "t", "model": {"path": str(model)}, "train": base})
+    return train_cfg(tmp, model, data, **{**small, **train})
 
 
 def checkpoint_dir(cfg, step: int) -> Path:

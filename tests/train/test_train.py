@@ -8,21 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT, write_prepared
+from helpers import ROOT
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, splade_tiny) -> Path:
-    from helpers import build_tiny_mlm, tiny_tokenizer
-
-    return build_tiny_mlm("bert", tiny_tokenizer(splade_tiny), tmp_path_factory.mktemp("mlm"))
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    return write_prepared(tmp_path_factory.mktemp("prepared"), n_rows=32, n_neg=2)
 
 
 def make_cfg(tmp: Path, model: Path, data: Path, **train):
