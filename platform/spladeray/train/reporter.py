@@ -8,8 +8,9 @@ evaluates when due and writes TensorBoard / MLflow, and every rank calls ``ray.t
 with a checkpoint every ``checkpoint.every_steps`` and at the end.
 
 The BM25 and start-of-run evaluations (:meth:`Reporter.baselines`) are measured once at step 0 and
-kept in ``<output_dir>/<run name>/baselines.json``, so a resumed run's final report (and the
-comparison table jobs/train.py prints) still has them.
+kept in ``<train.storage_path>/<run name>/baselines.json`` (:func:`baselines_uri`, next to the
+checkpoints, a path or URI), so a resumed run's final report (and the comparison table
+jobs/train.py prints) still has them wherever it resumes.
 """
 
 from __future__ import annotations
