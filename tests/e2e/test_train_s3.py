@@ -28,13 +28,12 @@ pytestmark = pytest.mark.timeout(900)
 
 
 def _train_cfg(bucket: str, out: str, **train) -> dict:
+    data = train.pop("data_dir", f"{bucket}/prepared")
     return {
         "run_name": "s3job",
         "model": {"path": f"{bucket}/models/tiny"},
         "ray": {"num_cpus": 3, "include_dashboard": False},
-        "train": tiny_train_section(
-            out, f"{bucket}/prepared", storage_path=f"{bucket}/runs", **train
-        ),
+        "train": tiny_train_section(out, data, storage_path=f"{bucket}/runs", **train),
     }
 
 
