@@ -68,3 +68,14 @@ def ray_cluster():
     except Exception:
         pass
     ray.shutdown()
+
+
+@pytest.fixture
+def staging_root(tmp_path, monkeypatch):
+    """Every temporary directory of the test goes here, so that leftovers can be seen."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root

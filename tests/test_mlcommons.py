@@ -119,21 +119,27 @@ def replay(request):
         s.close()
 
 
-def test_upload_deploy_predict_undeploy_delete(replay, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG)
-    server, mc = replay("upload_deploy_predict.json")
+def fake_zip(tmp_path):
+    """A 2,500-byte stand-in for a model zip and its ML Commons register body."""
     zip_path = tmp_path / "splade-tiny.zip"
     payload = os.urandom(2500)
     zip_path.write_bytes(payload)
-    digest = hashlib.sha256(payload).hexdigest()
     body = {
         "name": "splade-tiny",
         "version": "1.0.0",
         "model_format": "TORCH_SCRIPT",
         "function_name": "SPARSE_ENCODING",
-        "model_content_hash_value": digest,
+        "model_content_hash_value": hashlib.sha256(payload).hexdigest(),
         "model_content_size_in_bytes": len(payload),
     }
+    return zip_path, payload, body
+
+
+def test_upload_deploy_predict_undeploy_delete(replay, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    server, mc = replay("upload_deploy_predict.json")
+    zip_path, payload, body = fake_zip(tmp_path)
+    digest = body["model_content_hash_value"]
     deployed = mc.register_and_deploy(
         body,
         zip_path=zip_path,
@@ -289,18 +295,8 @@ def test_register_exported_follows_the_config(replay, tmp_path):
     from spladeray.model.export import ExportedZip, ExportResult
 
     server, _ = replay("upload_deploy_predict.json")
-    zip_path = tmp_path / "splade-tiny.zip"
-    payload = os.urandom(2500)
-    zip_path.write_bytes(payload)
-    digest = hashlib.sha256(payload).hexdigest()
-    body = {
-        "name": "splade-tiny",
-        "version": "1.0.0",
-        "model_format": "TORCH_SCRIPT",
-        "function_name": "SPARSE_ENCODING",
-        "model_content_hash_value": digest,
-        "model_content_size_in_bytes": len(payload),
-    }
+    zip_path, payload, body = fake_zip(tmp_path)
+    digest = body["model_content_hash_value"]
     result = ExportResult(
         encoder_zip=ExportedZip(
             path=zip_path,

@@ -8,7 +8,6 @@ any evaluation starts, naming the URI.
 from __future__ import annotations
 
 import json
-import tempfile
 
 import pytest
 
@@ -36,15 +35,6 @@ def tiny_beir(tmp_path_factory):
             qrels.append((f"q-{topic}", f"{topic}-{i}", 1))
     queries = [{"_id": f"q-{t}", "text": f"what about the {t}"} for t in topics]
     return write_beir(tmp_path_factory.mktemp("beir") / "tiny", corpus, queries, {"test": qrels})
-
-
-@pytest.fixture
-def staging_root(tmp_path, monkeypatch):
-    """Every temporary directory of the test goes here, so that leftovers can be seen."""
-    root = tmp_path / "tmp"
-    root.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(root))
-    return root
 
 
 def _config(splade_tiny, beir_dir, output_dir: str):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 import warnings
 import zipfile
 
@@ -26,15 +25,6 @@ from helpers import build_tiny_mlm, tiny_tokenizer
 @pytest.fixture(scope="module")
 def tiny_model(splade_tiny, tmp_path_factory):
     return build_tiny_mlm("bert", tiny_tokenizer(splade_tiny), tmp_path_factory.mktemp("mlm"))
-
-
-@pytest.fixture
-def staging_root(tmp_path, monkeypatch):
-    """Every temporary directory of the test goes here, so that leftovers can be seen."""
-    root = tmp_path / "tmp"
-    root.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(root))
-    return root
 
 
 def _config(model, output_dir: str, **sections):
