@@ -77,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def gpu_config(args: argparse.Namespace, *, model_dir: Path, data_dir: Path, work: Path):
     """``args.config`` with 1 worker, this run's paths and sizes, a restart after a checkpoint."""
+    from spladeray import storage
     from spladeray.config import load_config
 
     steps = args.steps
@@ -105,7 +106,7 @@ def gpu_config(args: argparse.Namespace, *, model_dir: Path, data_dir: Path, wor
     extra = []
     if cfg.train.max_failures == 0:
         extra.append("train.max_failures=1")  # the restart needs one
-    if cfg.train.eval is not None and cfg.train.eval.beir_dir.is_dir():
+    if cfg.train.eval is not None and storage.exists(cfg.train.eval.beir_dir):
         extra.append("train.eval.corpus_limit=1000")
     elif cfg.train.eval is not None:
         print(f"note: {cfg.train.eval.beir_dir} not found; training evaluation off")

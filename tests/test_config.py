@@ -24,7 +24,7 @@ def test_demo_config_loads_and_points_at_assets():
     cfg = load_config(ROOT / "configs" / "demo.yaml")
     assert Path(cfg.model.path) == assets_root() / "models" / "splade-tiny"
     assert Path(cfg.model.path).is_dir()
-    assert cfg.data.beir_dir.is_dir()
+    assert Path(cfg.data.beir_dir).is_dir()
     assert cfg.index.backend == "local"
 
 
@@ -243,3 +243,19 @@ def test_serve_config_builds_the_app_with_its_args(monkeypatch):
     module, _, attr = app["import_path"].partition(":")
     built = getattr(importlib.import_module(module), attr)(app["args"])
     assert isinstance(built, Application)
+
+
+def test_min_workers_makes_training_elastic_and_is_checked(tmp_path):
+    from spladeray.config import parse_config
+
+    from helpers import tiny_train_section
+
+    def train(**kw):
+        section = tiny_train_section(str(tmp_path / "out"), str(tmp_path / "data"), **kw)
+        return parse_config({"model": {"path": str(tmp_path)}, "train": section}).train
+
+    assert train(num_workers=2).workers == 2
+    assert train(num_workers=4, min_workers=2).workers == (2, 4)
+    assert train(num_workers=2, min_workers=2).workers == 2
+    with pytest.raises(ConfigError, match=r"min_workers \(3\) must not exceed num_workers \(2\)"):
+        train(num_workers=2, min_workers=3)

@@ -218,7 +218,7 @@ class IndexConfig(Section):
 class DataConfig(Section):
     """A BEIR-format dataset: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``."""
 
-    beir_dir: ConfigPath
+    beir_dir: StorageURI = Field(description="a BEIR directory: a local path or a URI")
     split: str = "dev"
     corpus_limit: int | None = Field(None, gt=0, description="use only the first N documents")
 
@@ -240,7 +240,7 @@ class PrepareSourceConfig(Section):
     """
 
     format: Literal["beir", "jsonl", "parquet", "hf"] = "beir"
-    path: ConfigPath | None = None
+    path: StorageURI | None = Field(None, description="a local path or a URI (s3://, gs://)")
     hf_name: str | None = None
     hf_config: str | None = None
     split: str = "train"
@@ -381,7 +381,7 @@ class TrainCheckpointConfig(Section):
 class TrainEvalConfig(Section):
     """Periodic evaluation on rank 0: exact retrieval on the embedded index."""
 
-    beir_dir: ConfigPath
+    beir_dir: StorageURI = Field(description="a BEIR directory: a local path or a URI")
     split: str = "dev"
     corpus_limit: int | None = Field(None, gt=0)
     every_steps: int | None = Field(None, gt=0, description="None = only at the end")
@@ -451,6 +451,18 @@ class TrainConfig(Section):
         "None = <output_dir>/ray",
     )
     num_workers: int = Field(1, gt=0)
+    min_workers: int | None = Field(
+        None,
+        gt=0,
+        description="elastic training: after a node loss, restart with as few as this many "
+        "workers (up to num_workers) instead of waiting for a replacement node; None = fixed",
+    )
+    elastic_resize_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="elastic runs: how often a running worker group checks whether more "
+        "workers fit now (growing restarts it from the latest checkpoint)",
+    )
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     backend: Literal["auto", "nccl", "gloo"] = "auto"
@@ -491,6 +503,22 @@ class TrainConfig(Section):
         10, ge=0, description="skip: stop the run once more steps than this were skipped"
     )
     debug: TrainDebugConfig = Field(default_factory=TrainDebugConfig)
+
+    @model_validator(mode="after")
+    def _elastic_range(self) -> TrainConfig:
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(
+                f"min_workers ({self.min_workers}) must not exceed num_workers ({self.num_workers})"
+            )
+        return self
+
+    @property
+    def workers(self) -> int | tuple[int, int]:
+        """``ScalingConfig(num_workers=...)``: ``num_workers``, or ``(min_workers, num_workers)``
+        for an elastic run (Ray Train V2)."""
+        if self.min_workers is None or self.min_workers == self.num_workers:
+            return self.num_workers
+        return (self.min_workers, self.num_workers)
 
     @property
     def checkpoint_root(self) -> str:
@@ -613,7 +641,7 @@ class EvalDatasetConfig(Section):
     """One BEIR-format dataset of an evaluation run."""
 
     name: str | None = Field(None, description="label in the tables; default: the folder name")
-    beir_dir: ConfigPath
+    beir_dir: StorageURI = Field(description="a BEIR directory: a local path or a URI")
     split: str = "test"
     corpus_limit: int | None = Field(None, gt=0, description="use only the first N documents")
 

@@ -10,6 +10,7 @@ import logging
 import time
 from pathlib import Path
 
+from spladeray import storage
 from spladeray.config import Config
 from spladeray.data.beir import Rejects, doc_text, iter_corpus, load_qrels, load_queries
 from spladeray.index import open_index
@@ -206,7 +207,9 @@ def run_full_demo(cfg: Config) -> dict:
     serve_index_and_search(cfg, model_dir)
     timings["serve+index+search"] = time.perf_counter() - t
 
-    _banner(f"5/5 evaluate on {cfg.data.beir_dir.name} {cfg.data.split}: before vs after")
+    _banner(
+        f"5/5 evaluate on {storage.basename(cfg.data.beir_dir)} {cfg.data.split}: before vs after"
+    )
     from spladeray.eval import run_evaluation
 
     t = time.perf_counter()

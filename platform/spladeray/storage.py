@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -61,6 +62,11 @@ def join(uri: str | os.PathLike, *parts: str) -> str:
         return os.path.join(uri, *parts)
     pieces = [uri.rstrip("/")] + [p.strip("/") for p in parts if p.strip("/")]
     return "/".join(pieces)
+
+
+def basename(uri: str | os.PathLike) -> str:
+    """The last part of a path or URI: ``scifact`` for ``s3://bucket/beir/scifact/``."""
+    return os.path.basename(str(uri).rstrip("/"))
 
 
 def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
@@ -156,6 +162,27 @@ def read_text(uri: str | os.PathLike) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
+def is_file(uri: str | os.PathLike) -> bool:
+    """True when a file (an object, not a prefix) is at ``uri``."""
+    fs, path = resolve(uri)
+    return _info(str(uri), fs, path).type == pafs.FileType.File
+
+
+@contextlib.contextmanager
+def open_text(uri: str | os.PathLike, *, newline: str | None = None) -> Iterator[io.TextIOBase]:
+    """A text stream (UTF-8) over the file at ``uri``, read as it is consumed (not downloaded
+    first): what the BEIR readers use for ``corpus.jsonl`` / ``queries.jsonl`` / qrels."""
+    fs, path = resolve(uri)
+    try:
+        raw = fs.open_input_stream(path)
+    except FileNotFoundError as e:
+        raise StorageError(f"nothing at {uri}: {e}") from e
+    except OSError as e:
+        raise StorageError(f"cannot read {uri}: {e}") from e
+    with raw, io.TextIOWrapper(raw, encoding="utf-8", newline=newline) as text:
+        yield text
+
+
 def read_json(uri: str | os.PathLike) -> Any:
     return json.loads(read_text(uri))
 
@@ -202,6 +229,19 @@ def list_files(uri: str | os.PathLike) -> list[str]:
     if info.type == pafs.FileType.NotFound:
         return []
     return sorted(rel for rel, _ in _walk(str(uri), fs, path))
+
+
+def stamp(uri: str | os.PathLike) -> list[list]:
+    """``[uri of each file, size, mtime_ns]`` for the file or every file under ``uri`` (none when
+    nothing is there): a cheap change detector for inputs (one listing, no reads)."""
+    fs, path = resolve(uri)
+    info = _info(str(uri), fs, path)
+    if info.type == pafs.FileType.File:
+        return [[str(uri), info.size, info.mtime_ns]]
+    return [
+        [join(uri, rel), f.size, f.mtime_ns]
+        for rel, f in sorted(_walk(str(uri), fs, path), key=lambda item: item[0])
+    ]
 
 
 def _walk(uri: str, fs: pafs.FileSystem, path: str) -> Iterable[tuple[str, pafs.FileInfo]]:

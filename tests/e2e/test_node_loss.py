@@ -1,13 +1,15 @@
 """A spot reclaim in the middle of a training job, on the multi-node cluster (head + 2 workers).
 
-``ray job submit`` of jobs/train.py (2 gloo workers, a checkpoint every 3 steps,
-``max_failures: 2``). The workers hold after step 5 (the test-only ``train.debug.hold_after_step``),
+``ray job submit`` of jobs/train.py (2 gloo workers, elastic down to 1 with ``min_workers: 1``, a
+checkpoint every 3 steps, ``max_failures: 2``). The workers hold after step 5 (the test-only ``train.debug.hold_after_step``),
 so the kill lands mid-run at a known step however fast the tiny steps are: the step-3 checkpoint
 is registered by then (the driver's ``[train] step 3/12 ... | checkpoint`` line). The worker node
 that hosts a train worker is then SIGKILLed all at once: its raylet, its agents and its Ray
 workers, with no chance to clean up. A replacement node joins, as an autoscaler would start one,
-and the test releases the hold (``hold_file``). Ray Train restarts the worker group from the
-latest registered checkpoint, the restarted run passes step 5 without waiting, and it finishes.
+and the test releases the hold (``hold_file``). Ray Train's elastic policy restarts the worker
+group from the latest registered checkpoint with as many workers as fit (1 or 2; the resize
+monitor is set past the run's end, so it does not grow again mid-run), the restarted run passes
+step 5 without waiting, and it finishes.
 
 Storage: ``train.output_dir`` / ``storage_path`` is a local path. All nodes run on this machine and
 share its disk, so here a local path *is* shared storage; on a real cluster it is an ``s3://`` URI
@@ -104,6 +106,8 @@ def test_training_survives_the_loss_of_a_worker_node(multinode_cluster, tmp_path
         "output_dir": str(out),  # storage_path defaults to <output_dir>/ray
         "data_dir": str(data),
         "num_workers": NUM_WORKERS,
+        "min_workers": 1,  # elastic: restart with the workers that fit after the loss
+        "elastic_resize_interval_s": 3600,  # no second (growing) restart within the test
         "cpus_per_worker": 1,
         "batch_size": 4,
         "num_negatives": 1,
@@ -209,6 +213,7 @@ def test_training_survives_the_loss_of_a_worker_node(multinode_cluster, tmp_path
         run_dir / f"checkpoint_{MAX_STEPS:07d}" / "train_state.pt", weights_only=False
     )
     assert final["state"]["step"] == MAX_STEPS and final["state"]["resumes"] >= 1
+    assert 1 <= final["world_size"] <= NUM_WORKERS  # what the elastic restart could fit
     # the optimizer applied exactly max_steps updates: the lost steps were redone, not added
     assert all(int(s["step"]) == MAX_STEPS for s in final["optimizer"]["state"].values())
 
@@ -230,5 +235,5 @@ def test_training_survives_the_loss_of_a_worker_node(multinode_cluster, tmp_path
         f"\n[node-loss] killed {victim} ({len(killed)} processes) after step {before[-1]}; "
         f"resumed at step {resumed_at}: {lost} step(s) lost (checkpoint every {EVERY_STEPS}); "
         f"restart (kill -> first step after resume, polled ~1 s): {restart_s:.1f}s; "
-        f"job wall time {wall_s:.1f}s"
+        f"job wall time {wall_s:.1f}s; workers after the restart: {final['world_size']}"
     )

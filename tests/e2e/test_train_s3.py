@@ -9,6 +9,7 @@ them. Nothing of the run may land on local disk except the exported model copy t
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -83,10 +84,16 @@ TOPICS = {
 }
 
 
-def test_prepare_to_s3_then_train_from_it(s3, s3_bucket, tmp_path, splade_tiny):
-    """jobs/train.py with prepare.output_dir == train.data_dir == an s3:// URI: prepare writes the
-    shards, manifest, rejects and _SUCCESS there (its miners read the work files by URI), then
-    2 workers train from it; no run file lands on local disk."""
+def test_prepare_train_export_index_all_in_s3(
+    s3, s3_bucket, tmp_path, splade_tiny, opensearch_url, index_name
+):
+    """The whole path with every path an s3:// URI: the BEIR source, prepare's output (shards,
+    manifest, rejects; its miners read the work files by URI), the base model, checkpoints, the
+    trained model, the export's zips, and the corpus the index job reads. jobs/train.py (prepare,
+    then 2 workers) -> jobs/export.py -> jobs/index.py into an OpenSearch API (osmem). The local
+    BEIR copy is deleted after the upload, and no run file lands on local disk."""
+    from opensearchpy import OpenSearch
+
     from spladeray import storage
 
     corpus = [{"_id": f"d{i}", "title": k, "text": v} for i, (k, v) in enumerate(TOPICS.items())]
@@ -96,27 +103,40 @@ def test_prepare_to_s3_then_train_from_it(s3, s3_bucket, tmp_path, splade_tiny):
     queries = [{"_id": f"q{i}", "text": f"what about {k}"} for i, k in enumerate(TOPICS)]
     qrels = {"train": [(f"q{i}", f"d{i}", 1) for i in range(len(TOPICS))]}
     beir = write_beir(tmp_path / "beir", corpus, queries, qrels)
+    storage.upload(beir, f"{s3_bucket}/beir/topics")
+    shutil.rmtree(beir)  # from here on, the dataset exists only in S3
     model = build_tiny_mlm("bert", tiny_tokenizer(splade_tiny), tmp_path / "mlm")
     storage.upload(model, f"{s3_bucket}/models/tiny")
-    cfg = _train_cfg(s3_bucket, str(tmp_path / "out"))
+    shutil.rmtree(model)
+    cfg = _train_cfg(s3_bucket, f"{s3_bucket}/out")
     cfg["prepare"] = {
         "output_dir": f"{s3_bucket}/prepared",
-        "source": {"format": "beir", "path": str(beir), "split": "train"},
+        "source": {"format": "beir", "path": f"{s3_bucket}/beir/topics", "split": "train"},
         "negatives": {"method": "bm25", "num_negatives": 1, "depth": 10},
         "teachers": {},
         "batch_size": 2,
         "progress": False,
     }
     cfg["train"]["batch_size"] = 2
-    work = tmp_path / "work"
+    cfg["data"] = {"beir_dir": f"{s3_bucket}/beir/topics", "split": "train"}
+    cfg["export"] = {"output_dir": f"{s3_bucket}/export"}
+    cfg["index"] = {
+        "backend": "opensearch",
+        "name": index_name,
+        "actors": 1,
+        "batch_size": 4,
+        "opensearch": {"hosts": [opensearch_url]},
+    }
+    work = tmp_path / "work"  # every job's cwd: a relative runs/ would land here
     work.mkdir()
-    cfg_path = tmp_path / "train.yaml"
+    cfg_path = tmp_path / "pipeline.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
+    trained = f"{s3_bucket}/out/s3job/model"
+
     proc = _run_job(cfg_path, work, tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "prepare: 6 rows" in out and "[train] done: step 2" in out, out[-4000:]
-
     prepared = storage.list_files(f"{s3_bucket}/prepared")
     assert {"_SUCCESS", "manifest.json", "rejects.jsonl"} <= set(prepared), prepared
     assert any(f.startswith("shards/") and f.endswith(".parquet") for f in prepared), prepared
@@ -125,16 +145,34 @@ def test_prepare_to_s3_then_train_from_it(s3, s3_bucket, tmp_path, splade_tiny):
     assert manifest["rows"] == 6 and manifest["output_dir"] == f"{s3_bucket}/prepared"
     runs = storage.list_files(f"{s3_bucket}/runs/s3job")
     assert any(f.startswith("checkpoint_0000002/") for f in runs), runs
-    assert not (work / "runs").exists() and not (tmp_path / "out" / "ray").exists()
+    assert "modules.json" in storage.list_files(trained)
+
+    model_flag = f"model.path={trained}"
+    proc = _run_job(cfg_path, work, tmp_path, "--set", model_flag, job="export.py")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    exported = storage.list_files(f"{s3_bucket}/export")
+    assert any(f.endswith(".zip") for f in exported), exported
+
+    proc = _run_job(cfg_path, work, tmp_path, "--set", model_flag, job="index.py")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "indexed 12 into opensearch" in out and "rejected rows 0" in out, out[-4000:]
+    client = OpenSearch(hosts=cfg["index"]["opensearch"]["hosts"])
+    assert client.count(index=index_name)["count"] == len(corpus)
+
+    assert not (work / "runs").exists(), sorted(p.name for p in (work / "runs").iterdir())
+    assert not any(tmp_path.glob("**/tfevents*")) and not any(tmp_path.glob("**/*.zip"))
 
 
-def _run_job(cfg_path, cwd, tmp_path, *flags: str) -> subprocess.CompletedProcess:
+def _run_job(
+    cfg_path, cwd, tmp_path, *flags: str, job: str = "train.py"
+) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT / "platform"),
         "SPLADERAY_CACHE_DIR": str(tmp_path / "cache"),
     }
-    command = [sys.executable, str(ROOT / "jobs" / "train.py"), "--config", str(cfg_path), *flags]
+    command = [sys.executable, str(ROOT / "jobs" / job), "--config", str(cfg_path), *flags]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=800)
 
 

@@ -75,6 +75,39 @@ def restore_into(directory: Path):
     return state, model
 
 
+def test_a_resume_with_fewer_workers_rescales_the_data_position(tmp_path, caplog):
+    """Elastic training (train.min_workers): 2 workers wrote the checkpoint 5 micro-batches each
+    into the epoch; 1 worker resumes 10 micro-batches in (none skipped unseen), 3 resume 3 in."""
+    from spladeray.train.checkpoint import (
+        TrainState,
+        load_checkpoint,
+        rescale_position,
+        save_checkpoint,
+    )
+
+    assert rescale_position(5, 2, 1) == 10 and rescale_position(5, 2, 3) == 3
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    state = TrainState(step=7, epoch=1, batch_in_epoch=5)
+    for rank in (0, 1):  # every rank writes its RNG file; rank 0 the shared state
+        save_checkpoint(
+            tmp_path,
+            rank=rank,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            state=state,
+            world_size=2,
+        )
+    same = load_checkpoint(tmp_path, rank=0, model=torch.nn.Linear(4, 3), world_size=2)
+    assert (same.step, same.epoch, same.batch_in_epoch) == (7, 1, 5)
+    with caplog.at_level("WARNING"):
+        one = load_checkpoint(tmp_path, rank=0, model=torch.nn.Linear(4, 3), world_size=1)
+    assert (one.step, one.epoch, one.batch_in_epoch) == (7, 1, 10)
+    assert "written by 2 workers and 1 resume it" in caplog.text
+
+
 def test_manifest_detects_truncation_and_corruption_and_old_checkpoints_load(tmp_path):
     from spladeray.train.checkpoint import STATE_FILE, CheckpointCorrupt, read_checkpoint
 

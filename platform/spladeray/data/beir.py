@@ -1,17 +1,22 @@
 """Plain-Python readers for BEIR directories (``corpus.jsonl``, ``queries.jsonl``, ``qrels/*.tsv``).
 
 These stream line by line and report malformed rows instead of dropping them; the Ray Data
-readers in :mod:`spladeray.data.readers` build on the same row checks.
+readers in :mod:`spladeray.data.readers` build on the same row checks. A BEIR directory is a
+local path or a URI (``s3://bucket/beir/scifact``): files are streamed through
+:mod:`spladeray.storage`, never downloaded whole.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+
+from spladeray import storage
 
 
 @dataclass
@@ -34,9 +39,9 @@ def doc_text(doc: dict) -> str:
     return f"{title} {text}".strip() if title else text
 
 
-def iter_jsonl(path: Path, rejects: Rejects | None = None) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(path: str | Path, rejects: Rejects | None = None) -> Iterator[tuple[int, dict]]:
     """``(line_number, object)`` for each valid JSON object line; bad lines go to ``rejects``."""
-    with open(path, encoding="utf-8") as fh:
+    with storage.open_text(path) as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -59,14 +64,14 @@ def iter_corpus(
     beir_dir: str | Path, limit: int | None = None, rejects: Rejects | None = None
 ) -> Iterator[dict]:
     """Documents ``{"_id", "title", "text"}``; rows without an id or any text are rejected."""
-    path = Path(beir_dir) / "corpus.jsonl"
+    path = storage.join(beir_dir, "corpus.jsonl")
     rows = _checked(path, iter_jsonl(path, rejects), rejects, ("title", "text"))
     return islice(rows, limit) if limit else rows
 
 
 def load_queries(beir_dir: str | Path, rejects: Rejects | None = None) -> dict[str, str]:
     """``{query_id: text}``; empty queries are rejected."""
-    path = Path(beir_dir) / "queries.jsonl"
+    path = storage.join(beir_dir, "queries.jsonl")
     return {
         row["_id"]: row["text"]
         for row in _checked(path, iter_jsonl(path, rejects), rejects, ("text",))
@@ -77,12 +82,10 @@ def load_qrels(
     beir_dir: str | Path, split: str, rejects: Rejects | None = None
 ) -> dict[str, dict[str, int]]:
     """``{query_id: {doc_id: relevance}}`` from ``qrels/<split>.tsv`` (header line optional)."""
-    path = Path(beir_dir) / "qrels" / f"{split}.tsv"
-    if not path.is_file():
-        available = sorted(p.stem for p in (Path(beir_dir) / "qrels").glob("*.tsv"))
-        raise FileNotFoundError(f"{path} not found; splits available: {available}")
+    path = storage.join(beir_dir, "qrels", f"{split}.tsv")
+    check_qrels(path)
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8", newline="") as fh:
+    with storage.open_text(path, newline="") as fh:
         for n, parts in enumerate(csv.reader(fh, delimiter="\t"), 1):
             if not parts or (n == 1 and parts[0] in ("query-id", "qid", "query_id")):
                 continue
@@ -99,8 +102,18 @@ def load_qrels(
     return qrels
 
 
+def check_qrels(path: str | Path) -> None:
+    """Raise ``FileNotFoundError`` naming the splits that exist when ``path`` is no qrels file."""
+    if not storage.is_file(path):
+        qrels_dir = os.path.dirname(str(path).rstrip("/"))
+        available = sorted(
+            f.removesuffix(".tsv") for f in storage.list_files(qrels_dir) if f.endswith(".tsv")
+        )
+        raise FileNotFoundError(f"{path} not found; splits available: {available}")
+
+
 def _checked(
-    path: Path, rows: Iterator[tuple[int, dict]], rejects: Rejects | None, text_keys: tuple
+    path: str | Path, rows: Iterator[tuple[int, dict]], rejects: Rejects | None, text_keys: tuple
 ) -> Iterator[dict]:
     for n, row in rows:
         problem = None

@@ -105,14 +105,14 @@ class _QueryLimit:
 
 def read_beir(source, work: Path, rejects: RejectLog) -> SourceData:
     """Queries and qrels in the driver; the corpus streamed through Ray Data into the doc store."""
-    beir = Path(source.path)
+    beir = source.path
     queries: dict[str, str] = {}
     for qid, text in iter_queries(beir, rejects.add):
         if qid in queries:
-            rejects.add(str(beir / "queries.jsonl"), None, "duplicate query id", id=qid)
+            rejects.add(storage.join(beir, "queries.jsonl"), None, "duplicate query id", id=qid)
         else:
             queries[qid] = text
-    corpus_path = str(beir / "corpus.jsonl")
+    corpus_path = storage.join(beir, "corpus.jsonl")
     with DocStoreWriter(work / "corpus.arrow") as store:
         for batch in beir_corpus_dataset(beir).iter_batches(batch_format="pyarrow"):
             for row in batch.filter(batch.column("reject").is_valid()).to_pylist():
@@ -122,7 +122,7 @@ def read_beir(source, work: Path, rejects: RejectLog) -> SourceData:
             for i in store.add(ids, ok.column("text").to_pylist()):
                 rejects.add(corpus_path, None, "duplicate _id", id=ids[i])
         docs = len(store)
-        qrels_path = beir / "qrels" / f"{source.split}.tsv"
+        qrels_path = storage.join(beir, "qrels", f"{source.split}.tsv")
         pairs, seen, limit, lines = [], set(), _QueryLimit(source.max_queries), 0
         for n, qid, did, rel in iter_qrels(qrels_path, rejects.add):
             lines += 1
@@ -331,23 +331,18 @@ class PrepareResult:
         return cls(str(manifest["output_dir"]), manifest["rows"], manifest["skipped"], manifest)
 
 
-def _stamp(path: Path) -> list:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.exists()]
-
-
 def config_hash(cfg: PrepareConfig) -> str:
     """Hash of the prepare config (minus run-time switches) and the input files' size/mtime."""
     src = cfg.source
     if src.format == "beir" and src.path is not None:
-        inputs = [src.path / "corpus.jsonl", src.path / "queries.jsonl"]
-        inputs.append(src.path / "qrels" / f"{src.split}.tsv")
+        inputs = [storage.join(src.path, name) for name in ("corpus.jsonl", "queries.jsonl")]
+        inputs.append(storage.join(src.path, "qrels", f"{src.split}.tsv"))
     else:
         inputs = [src.path] if src.path is not None else []
     blob = {
         "schema": schema.SCHEMA_VERSION,
         "config": cfg.model_dump(mode="json", exclude=RUNTIME_KEYS),
-        "inputs": [s for p in inputs for s in _stamp(Path(p))],
+        "inputs": [s for p in inputs for s in storage.stamp(p)],
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -431,8 +426,10 @@ def run_prepare(
 
     out = str(cfg.output_dir)
     remote = storage.is_remote(out)
-    if remote:  # a bad bucket, prefix or credentials: one clear error before any work
-        storage.preflight(write=[out])
+    source = cfg.source.path
+    reads = [source] if source is not None and storage.is_remote(source) else []
+    if remote or reads:  # a bad bucket, prefix or credentials: one clear error before any work
+        storage.preflight(read=reads, write=[out] if remote else [])
     digest = config_hash(cfg)
     if not (force or cfg.force) and is_complete(out, digest):
         manifest = {**load_manifest(out), "skipped": True}

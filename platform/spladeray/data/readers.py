@@ -9,6 +9,9 @@ Nothing is dropped here; the caller writes rejected rows to ``rejects.jsonl``.
   text (:func:`text_id`), so the same text always gets the same id.
 - :func:`iter_qrels` and :func:`iter_queries`: the (small) BEIR qrels and queries, read in the
   driver with line numbers.
+
+Every path is a local path or a URI (``s3://bucket/prefix``); Ray Data reads a URI from whichever
+node runs the read task, so a multi-node cluster needs no copy on each node's disk.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from spladeray.data.beir import doc_text, iter_jsonl
+from spladeray import storage
+from spladeray.data.beir import check_qrels, doc_text, iter_jsonl
 
 STR_LIST = pa.list_(pa.string())
 CORPUS_SCHEMA = pa.schema(
@@ -86,12 +90,10 @@ def parse_corpus_lines(batch: pa.Table) -> pa.Table:
 
 def beir_corpus_dataset(beir_dir: str | Path):
     """``corpus.jsonl`` of a BEIR directory as a Ray Dataset of checked rows."""
-    import ray.data
-
-    path = Path(beir_dir) / "corpus.jsonl"
-    if not path.is_file():
+    path = storage.join(beir_dir, "corpus.jsonl")
+    if not storage.is_file(path):
         raise FileNotFoundError(f"{path} not found (expected a BEIR directory)")
-    return ray.data.read_text(str(path)).map_batches(
+    return read_text_dataset(path).map_batches(
         parse_corpus_lines, batch_format="pyarrow", batch_size=4096
     )
 
@@ -99,7 +101,7 @@ def beir_corpus_dataset(beir_dir: str | Path):
 # ---------------------------------------------------------------------------- BEIR queries, qrels
 def iter_queries(beir_dir: str | Path, reject) -> Iterator[tuple[str, str]]:
     """``(query_id, text)``; bad rows go to ``reject(source, line, reason, id=None, raw=None)``."""
-    path = Path(beir_dir) / "queries.jsonl"
+    path = storage.join(beir_dir, "queries.jsonl")
 
     class _Sink:  # adapts iter_jsonl's rejects.add(source, line, reason)
         def add(self, source: str, line: int, reason: str) -> None:
@@ -117,11 +119,8 @@ def iter_queries(beir_dir: str | Path, reject) -> Iterator[tuple[str, str]]:
 
 def iter_qrels(path: str | Path, reject) -> Iterator[tuple[int, str, str, int]]:
     """``(line, query_id, doc_id, relevance)`` from a qrels TSV (header line optional)."""
-    path = Path(path)
-    if not path.is_file():
-        available = sorted(p.stem for p in path.parent.glob("*.tsv"))
-        raise FileNotFoundError(f"{path} not found; splits available: {available}")
-    with open(path, encoding="utf-8", newline="") as fh:
+    check_qrels(path)
+    with storage.open_text(path, newline="") as fh:
         for n, parts in enumerate(csv.reader(fh, delimiter="\t"), 1):
             if not parts or (n == 1 and parts[0] in ("query-id", "qid", "query_id")):
                 continue
@@ -224,10 +223,11 @@ def pairs_dataset(source):
 
     columns = dict(source.columns)
     if source.format == "jsonl":
-        ds = ray.data.read_text(str(source.path), file_extensions=["jsonl", "json"])
+        ds = read_text_dataset(source.path, file_extensions=["jsonl", "json"])
         return ds.map_batches(parse_pairs_lines, fn_kwargs={"columns": columns}, **_ARROW)
     if source.format == "parquet":
-        ds = ray.data.read_parquet(str(source.path))
+        fs, path = storage.resolve(source.path)
+        ds = ray.data.read_parquet(path, filesystem=fs)
     elif source.format == "hf":
         ds = ray.data.from_arrow(_hf_blocks(source))
     else:
@@ -236,3 +236,12 @@ def pairs_dataset(source):
 
 
 _ARROW = {"batch_format": "pyarrow", "batch_size": 4096}
+
+
+def read_text_dataset(uri: str | Path, **kwargs: Any):
+    """``ray.data.read_text`` of a local path or URI, through :func:`spladeray.storage.resolve`'s
+    filesystem (so an S3-compatible endpoint from ``AWS_ENDPOINT_URL`` applies to Ray Data too)."""
+    import ray.data
+
+    fs, path = storage.resolve(uri)
+    return ray.data.read_text(path, filesystem=fs, **kwargs)

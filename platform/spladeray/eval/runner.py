@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from spladeray import storage
 from spladeray.config import (
     Config,
     EvalDatasetConfig,
@@ -79,7 +80,7 @@ class Dataset:
     """One BEIR split in memory: documents, the judged queries and their qrels."""
 
     name: str
-    beir_dir: Path
+    beir_dir: str  # a local path or a URI
     split: str
     doc_ids: list[str]
     doc_texts: list[str]
@@ -97,8 +98,8 @@ class Dataset:
         if not qrels:
             raise ValueError(f"{cfg.beir_dir} split {cfg.split!r}: no judged queries to evaluate")
         return cls(
-            name=cfg.name or Path(cfg.beir_dir).name,
-            beir_dir=Path(cfg.beir_dir),
+            name=cfg.name or storage.basename(cfg.beir_dir),
+            beir_dir=cfg.beir_dir,
             split=cfg.split,
             doc_ids=[d["_id"] for d in docs],
             doc_texts=[doc_text(d) for d in docs],
@@ -545,7 +546,6 @@ def run_evaluation(
     ``results.paths`` naming the files written (``json``, ``markdown``, ``chart``, ``runs``):
     local paths, or URIs when ``output_dir`` (else ``evaluate.output_dir``) is a URI.
     """
-    from spladeray import storage
     from spladeray.eval.report import write_reports
 
     evaluate = evaluate or cfg.evaluate or EvaluateConfig()

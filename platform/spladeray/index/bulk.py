@@ -1,6 +1,7 @@
 """Bulk indexing with Ray Data: read corpus lines, encode in an actor pool, write from the actors.
 
-``ray.data.read_text`` streams ``corpus.jsonl``; each actor of a fixed pool (``index.actors``,
+``ray.data.read_text`` streams ``corpus.jsonl`` (a local path or a URI such as
+``s3://bucket/beir/scifact``, read by whichever node runs the task); each actor of a fixed pool (``index.actors``,
 one GPU each when the cluster has GPUs) parses its batch, checks each row
 (:func:`spladeray.index.documents.check_row`), encodes it with its own :class:`SpladeEncoder`
 and bulk-writes it to the backend itself, returning only counts and failures. With ``resume``
@@ -21,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from spladeray import storage
+from spladeray.data.readers import read_text_dataset
 from spladeray.raycluster import check_capacity, cluster_gpus, ensure_ray
 
 logger = logging.getLogger(__name__)
@@ -121,8 +124,8 @@ class EncodeAndWrite:
         }
 
 
-def _count_lines(path) -> int:
-    with open(path, "rb") as fh:
+def _count_lines(uri) -> int:
+    with storage.open_text(uri) as fh:
         return sum(1 for line in fh if line.strip())
 
 
@@ -139,8 +142,10 @@ def run_index(
         raise ValueError(f"{cfg.source}: indexing needs a data section (a BEIR directory)")
     resume = cfg.index.resume if resume is None else resume
     limit = limit or cfg.data.corpus_limit
-    corpus = cfg.data.beir_dir / "corpus.jsonl"
-    if not corpus.is_file():
+    corpus = storage.join(cfg.data.beir_dir, "corpus.jsonl")
+    if storage.is_remote(corpus):  # a bad bucket, prefix or credentials: named before any work
+        storage.preflight(read=[corpus])
+    if not storage.is_file(corpus):
         raise FileNotFoundError(f"{corpus} not found")
     ensure_ray(cfg.ray)
     gpus_per_actor = 1 if cluster_gpus() > 0 else 0
@@ -161,7 +166,7 @@ def run_index(
     total = _count_lines(corpus)
     if limit:
         total = min(total, limit)
-    ds = ray.data.read_text(str(corpus))
+    ds = read_text_dataset(corpus)
     if limit:
         ds = ds.limit(limit)
     out = ds.map_batches(

@@ -206,11 +206,15 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     device: torch.device | None = None,
+    world_size: int | None = None,
 ) -> TrainState:
     """Restore model/optimizer/scheduler (and this rank's RNG when present); the train state.
 
     The directory is verified first (:func:`read_checkpoint`): a :class:`CheckpointCorrupt`
-    leaves the model and optimizer untouched."""
+    leaves the model and optimizer untouched. When the run resumes with another number of
+    workers than wrote the checkpoint (elastic training after a node loss, ``train.min_workers``),
+    ``world_size`` rescales the data position (:func:`rescale_position`); a rank that did not
+    exist before keeps its freshly seeded RNG."""
     blob = read_checkpoint(directory)
     model.load_state_dict(blob["model"])
     if optimizer is not None:
@@ -220,7 +224,27 @@ def load_checkpoint(
     rng_path = directory / rng_file(rank)
     if rng_path.is_file():
         set_rng_state(torch.load(rng_path, map_location="cpu", weights_only=False), device)
-    return TrainState(**blob["state"])
+    state = TrainState(**blob["state"])
+    saved_world = int(blob.get("world_size", world_size or 1))
+    if world_size is not None and world_size != saved_world:
+        state.batch_in_epoch = rescale_position(state.batch_in_epoch, saved_world, world_size)
+        logger.warning(
+            "the checkpoint was written by %d workers and %d resume it (elastic): the data "
+            "position becomes %d micro-batches per worker into epoch %d",
+            saved_world,
+            world_size,
+            state.batch_in_epoch,
+            state.epoch,
+        )
+    return state
+
+
+def rescale_position(batch_in_epoch: int, saved_world: int, world: int) -> int:
+    """Micro-batches per worker to skip so that ``world`` workers resume where ``saved_world``
+    workers stopped: the epoch's consumed micro-batches in total, ``batch_in_epoch *
+    saved_world``, shared among ``world`` workers (rounded down: a few rows may be seen twice,
+    none is skipped unseen)."""
+    return batch_in_epoch * saved_world // world
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ model, BM25 and the trained model side by side.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 MEASURES = ("nDCG@10", "R@100")
 DEPTH = 100
@@ -21,7 +20,7 @@ def _evaluate(system, beir_dir, split: str, corpus_limit: int | None, encoders=N
     from spladeray.eval.runner import evaluate_systems
 
     start = time.perf_counter()
-    dataset = EvalDatasetConfig(beir_dir=Path(beir_dir), split=split, corpus_limit=corpus_limit)
+    dataset = EvalDatasetConfig(beir_dir=beir_dir, split=split, corpus_limit=corpus_limit)
     results = evaluate_systems(
         [dataset], [system], encoders=encoders, measures=MEASURES, depth=DEPTH, latency_queries=0
     )

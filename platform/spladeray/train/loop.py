@@ -71,7 +71,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     scheduler = build_scheduler(optimizer, tc)
 
     # ---------------------------------------------------------------- resume
-    state = restore(tc, run_name, pair, optimizer, scheduler, rank=rank, device=device)
+    state = restore(tc, run_name, pair, optimizer, scheduler, rank=rank, world=world, device=device)
     resumed_done = state.step >= tc.max_steps
 
     # ---------------------------------------------------------------- data
@@ -196,7 +196,9 @@ def batch_query_ids(batch: dict) -> list[str]:
     return [f"#{i}" for i in range(batch["query"]["input_ids"].shape[0])]
 
 
-def restore(tc, run_name: str, pair, optimizer, scheduler, *, rank: int, device) -> TrainState:
+def restore(
+    tc, run_name: str, pair, optimizer, scheduler, *, rank: int, world: int, device
+) -> TrainState:
     """The state of the run's latest checkpoint (model, optimizer, scheduler, RNG restored), or
     of the previous good one when the latest is corrupt (:func:`restore_latest_good`), or a
     fresh :class:`TrainState`."""
@@ -214,6 +216,7 @@ def restore(tc, run_name: str, pair, optimizer, scheduler, *, rank: int, device)
             optimizer=optimizer,
             scheduler=scheduler,
             device=device,
+            world_size=world,
         )
 
     run_dir = storage.join(tc.checkpoint_root, run_name)

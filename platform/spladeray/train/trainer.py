@@ -4,6 +4,9 @@
 from ``cfg.train`` and fits it. Ray Train V2 resumes by run identity: re-running with the same
 ``storage_path`` and ``name`` restores the latest checkpoint of that run and continues to
 ``max_steps``; ``max_failures`` restarts a failed worker group from the latest checkpoint.
+With ``min_workers`` the run is elastic (``ScalingConfig(num_workers=(min, max))``): after a node
+loss it restarts with as many workers as fit, at least ``min_workers``, and the data position is
+rescaled to the new world size (:func:`spladeray.train.checkpoint.rescale_position`).
 """
 
 from __future__ import annotations
@@ -62,7 +65,10 @@ def build_trainer(cfg, *, callbacks: list | None = None, datasets: dict | None =
         },
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(
-            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
+            num_workers=tc.workers,
+            use_gpu=tc.use_gpu,
+            resources_per_worker=resources,
+            elastic_resize_monitor_interval_s=tc.elastic_resize_interval_s,
         ),
         run_config=RunConfig(
             name=run_name(cfg),
