@@ -327,21 +327,24 @@ def _wait_for(what: str, check, timeout: float, procs: list[subprocess.Popen], l
     raise TimeoutError(f"{what} not ready after {timeout}s\n" + _log_tails(logs))
 
 
-def start_cluster(temp_dir: str) -> LocalCluster:
-    """Start the head (0 CPUs, dashboard on 127.0.0.1) and the worker nodes; wait until all
-    nodes are alive and the job server answers."""
+def start_cluster(
+    temp_dir: str, worker_nodes: int = WORKER_NODES, head_cpus: int = 0
+) -> LocalCluster:
+    """Start the head (``head_cpus`` CPUs, dashboard on 127.0.0.1) and ``worker_nodes`` worker
+    nodes; wait until all nodes are alive and the job server answers. bench/cluster.py starts a
+    1-node cluster with it too (``worker_nodes=0``, CPUs on the head)."""
     token = uuid.uuid4().hex + uuid.uuid4().hex
     env = cluster_env(token)
     gcs, dash, client = free_ports(3)
-    metrics = free_ports(1 + WORKER_NODES)
-    ranges = worker_port_ranges(1 + WORKER_NODES)
+    metrics = free_ports(1 + worker_nodes)
+    ranges = worker_port_ranges(1 + worker_nodes)
     logs = Path(temp_dir) / "start-logs"
     logs.mkdir(parents=True)
     common = [
         "--block", "--node-ip-address=127.0.0.1", f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats",
     ]  # fmt: skip
     head = [
-        str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--num-cpus=0", "--num-gpus=0",
+        str(BIN / "ray"), "start", "--head", f"--port={gcs}", f"--num-cpus={head_cpus}", "--num-gpus=0",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
         f"--ray-client-server-port={client}", *_node_ports(ranges[0], metrics[0]),
         f"--temp-dir={temp_dir}/head", *common,
@@ -356,7 +359,7 @@ def start_cluster(temp_dir: str) -> LocalCluster:
     )
     cluster.spawn_node("head", head)
     _wait_for("GCS", lambda: not _port_is_free(gcs), 120, cluster.procs, logs)
-    for i in range(WORKER_NODES):
+    for i in range(worker_nodes):
         cluster.spawn_node(
             f"node{i}", worker_node_command(cluster, i, ranges[1 + i], metrics[1 + i])
         )
