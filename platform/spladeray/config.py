@@ -554,6 +554,9 @@ class ServeConfig(Section):
     )
     torch_threads: int | None = Field(None, gt=0, description="torch threads per replica")
     graceful_shutdown_timeout_s: float = Field(20.0, gt=0)
+    health_check_period_s: float = Field(
+        10.0, gt=0, description="Serve checks each replica this often; a dead one is replaced then"
+    )
     request_timeout_s: float = Field(60.0, gt=0)
     # request limits (413 / 422 with a message)
     max_documents_per_request: int = Field(256, gt=0)

@@ -264,7 +264,11 @@ class EncoderIngress:
                 headers={"Retry-After": _retry_after(self.limits)},
             ) from None
         except ModelLoadError as exc:
-            raise HTTPException(503, f"the index's model cannot be served: {exc}") from None
+            raise HTTPException(
+                503,
+                f"the index's model cannot be served: {exc}",
+                headers={"Retry-After": _retry_after(self.limits)},
+            ) from None
         return [e.vector for e in encoded]
 
     def _check_count(self, n: int, what: str) -> None:

@@ -79,7 +79,7 @@ def build_app(cfg: Config, *, check_model: bool = True, load_gate: str | None = 
         backpressure_config=BackpressureConfig(retry_after_s=s.retry_after_s),
         ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": _num_gpus(s)},
         graceful_shutdown_timeout_s=s.graceful_shutdown_timeout_s,
-        health_check_period_s=10.0,
+        health_check_period_s=s.health_check_period_s,
     ).bind(cfg, load_gate)
 
 
