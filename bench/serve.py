@@ -177,6 +177,9 @@ def main() -> None:
         + ", ".join(f"{name} {ms:.1f}" for name, ms in per_doc.items())
         + f" (pids {procs})"
     )
+    # what a busy machine changes least: CPU per document in-process vs over HTTP, all processes
+    cpu_ratio = (1000 * direct_cpu / direct_n) / max(sum(per_doc.values()), 1e-9)
+    print(f"  CPU ratio in-process / HTTP : {cpu_ratio:8.2f}   (CPU-bound estimate of the ratio)")
 
     # 3. /index into osmem vs encode-only (same batches)
     server = OsmemServer.start(japanese=False, addr="127.0.0.1:0")
@@ -228,6 +231,7 @@ def main() -> None:
                     "p99_ms": round(pct(lat, 0.99), 1),
                     "cpu_ms_per_doc": {n: round(v, 2) for n, v in per_doc.items()},
                     "direct_cpu_ms_per_doc": round(1000 * direct_cpu / direct_n, 2),
+                    "cpu_ratio": round(cpu_ratio, 3),
                     "encode_only_docs_s": round(len(docs) / enc_s, 1),
                     "index_docs_s": round(len(docs) / idx_s, 1),
                 }
