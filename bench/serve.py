@@ -140,7 +140,7 @@ def main() -> None:
     bodies = [{"texts": docs[i : i + k]} for i in range(0, len(docs), k)]
     asyncio.run(fire(f"{url}/encode", bodies[:64], args.concurrency))  # warm up
     procs = {
-        "replica": _procs.find("ray::ServeReplica:bench:Encoder"),
+        "replica": _procs.find("ray::ServeReplica:bench:"),  # every replica of the app
         "proxy": _procs.find("ray::ProxyActor"),
         "client": [os.getpid()],
     }
