@@ -113,6 +113,11 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(content.encode(), status_code=status, media_type="application/json")
 
 
+def _retry_after(limits) -> str:
+    """``Retry-After`` in whole seconds (RFC 9110 delay-seconds), rounded up."""
+    return str(max(0, math.ceil(limits.retry_after_s)))
+
+
 def _error(status: int, message: str, detail: Any = None, headers=None) -> JSONResponse:
     body: dict[str, Any] = {"error": message}
     if detail is not None:
@@ -528,8 +533,3 @@ class EncoderIngress:
             ]
             out.append(sorted(shared, key=lambda c: -c.contribution))
         return out
-
-
-def _retry_after(limits) -> str:
-    """``Retry-After`` in whole seconds (RFC 9110 delay-seconds), rounded up."""
-    return str(max(0, math.ceil(limits.retry_after_s)))
