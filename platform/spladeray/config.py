@@ -541,24 +541,38 @@ class TrainConfig(Section):
 class ServeConfig(Section):
     """The Ray Serve application (serve/app.py): batching, autoscaling, limits, behaviour.
 
-    ``max_batch_size`` / ``batch_wait_timeout_s`` (and the query_* pair) are sent to the encoder
-    replicas as ``user_config``, so they change without a restart.
+    One deployment (``Encoder``) is both the FastAPI ingress and the batched encoder. Its
+    batching knobs (``max_batch_size``, ``batch_wait_timeout_s``, the ``query_*`` pair and
+    ``max_batch_tokens``) are sent to the replicas as ``user_config``, so they change without a
+    restart. ``max_ongoing_requests`` must be at least the larger batch size: a replica holds at
+    most that many HTTP requests, so with one text per request a bigger batch could never fill.
     """
 
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
-    # encoder deployment: dynamic batching (texts per model call)
+    # dynamic batching (texts per model call)
     max_batch_size: int = Field(32, gt=0)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     query_max_batch_size: int = Field(32, gt=0)
     query_batch_wait_timeout_s: float = Field(0.002, ge=0)
-    # encoder deployment: autoscaling and back-pressure
+    max_batch_tokens: int = Field(
+        8192,
+        gt=0,
+        description="padded tokens per model call (texts x longest text): a batch is sorted by "
+        "length and cut into sub-batches under this budget, so long texts never blow it up",
+    )
+    # autoscaling and back-pressure (HTTP requests per replica)
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, gt=0)
-    target_ongoing_requests: float = Field(4.0, gt=0)
-    max_ongoing_requests: int = Field(16, gt=0)
+    target_ongoing_requests: float = Field(16.0, gt=0)
+    max_ongoing_requests: int = Field(
+        64, gt=0, description="HTTP requests a replica holds at once; >= the batch sizes"
+    )
     max_queued_requests: int = Field(
-        256, ge=-1, description="requests queued per caller before 503 (-1: unbounded)"
+        256, ge=-1, description="requests queued per proxy before 503 (-1: unbounded)"
+    )
+    retry_after_s: float = Field(
+        1.0, ge=0, description="Retry-After (seconds) on 503s: back-pressure, a replica lost"
     )
     upscale_delay_s: float = Field(5.0, ge=0)
     downscale_delay_s: float = Field(60.0, ge=0)
@@ -568,9 +582,9 @@ class ServeConfig(Section):
     )
     torch_threads: int | None = Field(None, gt=0, description="torch threads per replica")
     graceful_shutdown_timeout_s: float = Field(20.0, gt=0)
-    # ingress deployment
-    ingress_replicas: int = Field(1, gt=0)
-    ingress_max_ongoing_requests: int = Field(256, gt=0)
+    health_check_period_s: float = Field(
+        10.0, gt=0, description="Serve checks each replica this often; a dead one is replaced then"
+    )
     request_timeout_s: float = Field(60.0, gt=0)
     # request limits (413 / 422 with a message)
     max_documents_per_request: int = Field(256, gt=0)
@@ -616,12 +630,35 @@ class ServeConfig(Section):
         "is cached per ingress replica; 0 resolves on every request",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            gone = sorted(
+                k for k in ("ingress_replicas", "ingress_max_ongoing_requests") if k in data
+            )
+            if gone:
+                raise ValueError(
+                    f"serve.{gone[0]} was removed: the ingress and the encoder are one deployment "
+                    "now; use min_replicas/max_replicas and max_ongoing_requests"
+                )
+        return data
+
     @model_validator(mode="after")
     def _check_scaling(self) -> ServeConfig:
         if self.target_ongoing_requests >= self.max_ongoing_requests:
             raise ValueError("target_ongoing_requests must be below max_ongoing_requests")
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must not exceed max_replicas")
+        largest = max(self.max_batch_size, self.query_max_batch_size)
+        if self.max_ongoing_requests < largest:
+            which = "max_batch_size" if largest == self.max_batch_size else "query_max_batch_size"
+            raise ValueError(
+                f"serve.max_ongoing_requests ({self.max_ongoing_requests}) is below serve.{which} "
+                f"({largest}): a replica never holds more requests than max_ongoing_requests, so "
+                "with one text per request its batches could never fill. Raise "
+                f"max_ongoing_requests to at least {largest}, or lower {which}"
+            )
         return self
 
     @model_validator(mode="after")

@@ -142,9 +142,9 @@ def test_bearer_token_on_index_is_checked_in_constant_time(monkeypatch):
     from fastapi import HTTPException
     from starlette.requests import Request
 
-    from spladeray.serving.api import Ingress
+    from spladeray.serving.api import EncoderIngress
 
-    check = Ingress.func_or_class._check_token
+    check = EncoderIngress.func_or_class._check_token
     calls = []
     real = hmac.compare_digest
     monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
@@ -171,7 +171,7 @@ def test_bearer_token_on_index_is_checked_in_constant_time(monkeypatch):
     check(SimpleNamespace(_token=None), request(None))  # no token configured: open
 
     # serve.protect: only the listed routes ask for the token
-    authorize = Ingress.func_or_class._authorize
+    authorize = EncoderIngress.func_or_class._authorize
     guard = SimpleNamespace(_token=SECRET.encode(), _protected=frozenset({"index", "search"}))
     guard._check_token = lambda r: check(guard, r)
     authorize(guard, request(None), "encode")

@@ -15,8 +15,9 @@ APP = "spladeray-test"
 
 @pytest.fixture(scope="module")
 def app(ray_cluster, serve_url, splade_tiny, tmp_path_factory):
-    """One app for the module. The encoder is held in "loading" by a gate file until /healthz has
-    answered 503 at least once, so the not-ready state is seen however loaded the machine is."""
+    """One app for the module. The replica is held in "loading" by a gate file until /healthz has
+    answered 503 at least once, so the not-ready state is seen however loaded the machine is.
+    While no replica runs, the proxy answers /healthz (spladeray.serving.proxy)."""
     from ray import serve
 
     from spladeray.serving.app import build_app
@@ -25,7 +26,8 @@ def app(ray_cluster, serve_url, splade_tiny, tmp_path_factory):
     gate = tmp_path_factory.mktemp("gate") / "load"
     serve._run(build_app(cfg, load_gate=str(gate)), _blocking=False, name=APP, route_prefix="/")
     seen = wait_until(
-        serve_url, lambda status, body: status == 503 and (body or {}).get("status") == "loading"
+        serve_url,
+        lambda status, body: status == 503 and (body or {}).get("status") == "unavailable",
     )
     gate.touch()
     seen += wait_healthy(serve_url)
@@ -41,8 +43,8 @@ def encoder(splade_tiny):
 
 
 def test_healthz_ready_only_when_model_loaded(app):
-    loading = [b for s, b in app["health"] if s == 503 and isinstance(b, dict)]
-    assert loading and loading[0]["status"] == "loading"
+    loading = [(s, b) for s, b in app["health"] if s == 503]
+    assert loading and all(b["status"] == "unavailable" for _, b in loading), loading
     ready = httpx.get(f"{app['url']}/healthz").json()
     assert ready["status"] == "ok" and ready["encoder"]["random_head"] is False
     assert httpx.get(f"{app['url']}/docs").status_code == 200

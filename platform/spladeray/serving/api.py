@@ -1,10 +1,18 @@
-"""The HTTP ingress: ``/encode``, ``/index``, ``/search``, ``/healthz``, ``/metrics``, ``/docs``.
+"""The Serve deployment: the FastAPI routes (``/encode``, ``/index``, ``/search``, ``/healthz``,
+``/metrics``, ``/docs``) and the batched encoder in one replica.
+
+A request makes one hop, proxy -> replica: the routes validate it and call the replica's own
+:class:`~spladeray.serving.encoder.BatchedEncoder`, which packs the texts of concurrent requests
+into model calls. The deployment is named ``Encoder`` and autoscales on ongoing HTTP requests.
 
 Errors are JSON ``{"error": message, "detail": ...}`` with a 4xx status: 400 unreadable JSON,
 401 missing/wrong bearer token, or a token in the URL (the routes in ``serve.protect``, default
 ``/index``, when ``serve.bearer_token_env`` is set), 404 unknown index, 413 too many documents or
-too many bytes, 422 invalid fields, 503 when the encoder is at capacity (back-pressure), the
-index backend is unreachable, or the model of the live index cannot be loaded.
+too many bytes, 422 invalid fields; 503 with ``Retry-After`` when the replicas are at capacity
+(Serve's back-pressure, ``max_queued_requests``), when encoding takes longer than
+``serve.request_timeout_s``, the index backend is unreachable, or the model of the live index
+cannot be loaded. A replica that dies under a request is answered in the proxy (503 with
+``Retry-After``, see :mod:`spladeray.serving.proxy`).
 
 **Limits OpenSearch enforces** never reach it as errors: ``/search`` brings the query vector
 within them before any backend call (:func:`spladeray.index.opensearch.limit_query`: at most
@@ -24,7 +32,7 @@ during and after a switch. The model is picked by Serve model multiplexing on th
 (``multiplexed_model_id`` = the model path; the configured model when the alias has no
 ``_meta``, the name is a plain index, or the backend is the embedded one). The resolution is
 the index's own ``resolve_alias`` (see :class:`spladeray.index.base.SparseIndex`), cached per
-ingress replica for ``serve.alias_cache_s`` seconds. ``/index`` writes go to the name as given
+replica for ``serve.alias_cache_s`` seconds. ``/index`` writes go to the name as given
 (the alias, hence the live index only), encoded with the live index's model.
 
 No ``from __future__ import annotations`` here: Serve's ingress wraps the route methods, and
@@ -33,7 +41,9 @@ FastAPI must see real annotation objects to tell request bodies from query param
 
 import asyncio
 import hmac
+import json
 import logging
+import math
 import os
 import threading
 import time
@@ -44,8 +54,6 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spladeray.index import open_index
@@ -53,7 +61,7 @@ from spladeray.index.base import Failure, Hit, IndexNotFoundError, IndexUnavaila
 from spladeray.index.documents import check_document
 from spladeray.index.opensearch import limit_query
 from spladeray.retrieval.fusion import rrf
-from spladeray.serving.encoder import ModelLoadError
+from spladeray.serving.encoder import BatchedEncoder, ModelLoadError
 from spladeray.serving.limits import (
     BodyLimitMiddleware,
     document_bytes,
@@ -61,7 +69,7 @@ from spladeray.serving.limits import (
     query_warnings,
     truncate_texts,
 )
-from spladeray.serving.metrics import CONTENT_TYPE, IngressMetrics
+from spladeray.serving.metrics import CONTENT_TYPE, ReplicaMetrics
 from spladeray.serving.schemas import (
     Contribution,
     EncodeRequest,
@@ -96,6 +104,18 @@ api = FastAPI(
 )
 api.state.max_request_bytes = 8 * 1024 * 1024
 api.add_middleware(BodyLimitMiddleware, get_limit=lambda: api.state.max_request_bytes)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    """JSON bytes straight from ``json.dumps`` (what ``JSONResponse`` writes), skipping FastAPI's
+    ``jsonable_encoder`` walk over every token of every vector: the hot path of ``/encode``."""
+    content = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return Response(content.encode(), status_code=status, media_type="application/json")
+
+
+def _retry_after(limits) -> str:
+    """``Retry-After`` in whole seconds (RFC 9110 delay-seconds), rounded up."""
+    return str(max(0, math.ceil(limits.retry_after_s)))
 
 
 def _error(status: int, message: str, detail: Any = None, headers=None) -> JSONResponse:
@@ -155,6 +175,14 @@ class IndexRouter:
         self._cache: dict[str, tuple[float, IndexRoute]] = {}
         self._mutex = threading.Lock()
 
+    def cached(self, name: str) -> IndexRoute | None:
+        """The route for ``name`` if a fresh answer is cached (never blocks), else None."""
+        with self._mutex:
+            cached = self._cache.get(name)
+        if cached is not None and self.clock() < cached[0]:
+            return cached[1]
+        return None
+
     def resolve(self, name: str) -> IndexRoute:
         """Blocking (an OpenSearch round trip on a cache miss): call it from a worker thread."""
         now = self.clock()
@@ -185,18 +213,17 @@ class IndexRouter:
         return IndexRoute(index, "" if path == self.default_model else path, name)
 
 
-@serve.deployment(name="Ingress")
+@serve.deployment(name="Encoder")
 @serve.ingress(api)
-class Ingress:
-    """Validates requests, calls the encoder deployment, reads and writes the index."""
+class EncoderIngress:
+    """One replica: validates requests, encodes in batches, reads and writes the index."""
 
-    def __init__(self, encoder, cfg) -> None:
+    def __init__(self, cfg, load_gate: str | None = None) -> None:
         self.index = None  # opened last: __del__ closes it only once it exists
-        self.encoder = encoder
         self.cfg = cfg
         self.limits = cfg.serve
         api.state.max_request_bytes = cfg.serve.max_request_bytes
-        self.metrics = IngressMetrics()
+        self.metrics = ReplicaMetrics()
         self._created: set[str] = set()
         self._token: bytes | None = None
         self._protected: frozenset[str] = frozenset()
@@ -208,6 +235,8 @@ class Ingress:
                 )
             self._token = token.encode()
             self._protected = frozenset(cfg.serve.protect)
+        # the model loads here, so Serve counts the replica ready only once it can encode
+        self.encoder = BatchedEncoder(cfg, self.metrics, load_gate)
         self.index = open_index(cfg.index, tokenizer=cfg.model.path)
         self.default_model = str(cfg.model.path)
         self.router = IndexRouter(self.index, self.default_model, cfg.serve.alias_cache_s)
@@ -219,35 +248,33 @@ class Ingress:
             except Exception as exc:  # the interpreter may be shutting down
                 logger.debug("closing the index failed: %s", exc)
 
+    # ------------------------------------------------------------------ Serve hooks
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Batching settings (``user_config``), applied in place without a restart."""
+        self.encoder.reconfigure(user_config)
+
     # ------------------------------------------------------------------ helpers
     async def _route(self, name: str) -> IndexRoute:
-        return await asyncio.to_thread(self.router.resolve, name)
+        route = self.router.cached(name)  # the common case: no thread hop
+        return route if route is not None else await asyncio.to_thread(self.router.resolve, name)
 
-    async def _encode(self, texts: list[str], kind: str, model: str = "") -> list[dict[str, Any]]:
+    async def _encode(self, texts: list[str], kind: str, model: str = "") -> list[dict[str, float]]:
+        timeout = self.limits.request_timeout_s
         try:
-            handle = self.encoder
-            if model:  # Serve model multiplexing: the replica loads / reuses this model
-                handle = handle.options(multiplexed_model_id=model)
-            response = handle.encode.remote(texts, kind)
-            infos = await asyncio.wait_for(response, timeout=self.limits.request_timeout_s)
-        except BackPressureError:
-            raise HTTPException(
-                503, "the encoder is at capacity; retry later", headers={"Retry-After": "1"}
-            ) from None
+            encoded = await asyncio.wait_for(self.encoder.encode(texts, kind, model), timeout)
         except asyncio.TimeoutError:
             raise HTTPException(
                 503,
-                f"encoding took longer than {self.limits.request_timeout_s}s",
-                headers={"Retry-After": "5"},
+                f"encoding took longer than {timeout}s (serve.request_timeout_s)",
+                headers={"Retry-After": _retry_after(self.limits)},
             ) from None
-        except (DeploymentUnavailableError, RayActorError) as exc:
-            raise HTTPException(503, f"the encoder is unavailable: {exc}") from None
-        except RayTaskError as exc:  # an error raised in the replica, as its cause
-            if not isinstance(exc.cause, ModelLoadError):
-                raise
-            raise HTTPException(503, f"the index's model cannot be served: {exc.cause}") from None
-        self.metrics.record_encoding(kind, infos)
-        return infos
+        except ModelLoadError as exc:
+            raise HTTPException(
+                503,
+                f"the index's model cannot be served: {exc}",
+                headers={"Retry-After": _retry_after(self.limits)},
+            ) from None
+        return [e.vector for e in encoded]
 
     def _check_count(self, n: int, what: str) -> None:
         limit = self.limits.max_documents_per_request
@@ -289,22 +316,15 @@ class Ingress:
     # ------------------------------------------------------------------ routes
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        """200 once an encoder replica has its model loaded; 503 while loading or down."""
-        try:
-            response = self.encoder.ready.remote()
-            info = await asyncio.wait_for(response, timeout=2.0)
-        except Exception as exc:
-            status = "loading" if isinstance(exc, asyncio.TimeoutError) else "unavailable"
-            return JSONResponse(
-                status_code=503,
-                content={"status": status, "error": f"encoder not ready ({type(exc).__name__})"},
-            )
+        """200 from a replica, which answers only once its model is loaded. While no replica
+        can answer (starting, or replaced after a crash), the proxy answers 503
+        (:mod:`spladeray.serving.proxy`)."""
         index = {"backend": self.cfg.index.backend, "name": self.cfg.index.name}
-        return JSONResponse({"status": "ok", "encoder": info, "index": index})
+        return JSONResponse({"status": "ok", "encoder": self.encoder.info(), "index": index})
 
     @api.get("/metrics")
     async def metrics_text(self) -> Response:
-        """Prometheus text of this ingress replica (see :mod:`spladeray.serving.metrics`)."""
+        """Prometheus text of this replica (see :mod:`spladeray.serving.metrics`)."""
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     @api.post("/encode", response_model=None, responses={200: {"model": EncodeResponse}, **ERRORS})
@@ -316,12 +336,13 @@ class Ingress:
         texts, cut = truncate_texts(body.items, self.limits.max_text_chars)
         self.metrics.truncated.inc(len(cut))
         route = await self._route(self.cfg.index.name)  # vectors comparable with the live index
-        infos = await self._encode(texts, body.kind, route.model)
-        vectors = [i["vector"] for i in infos]
+        vectors = await self._encode(texts, body.kind, route.model)
         self._timed("/encode", started, 200)
         if (body.format or self.limits.response_format) == "ml_commons":
-            return ml_commons_shape(vectors)
-        return {"vectors": vectors, "truncated": cut, "model": route.model or self.default_model}
+            return _json(ml_commons_shape(vectors))
+        return _json(
+            {"vectors": vectors, "truncated": cut, "model": route.model or self.default_model}
+        )
 
     @api.post("/_plugins/_ml/_predict/sparse_encoding", include_in_schema=False)
     @api.post("/_plugins/_ml/_predict/sparse_encoding/{model_id}", responses=ERRORS)
@@ -333,8 +354,7 @@ class Ingress:
         self._check_count(len(body.text_docs), "texts")
         texts, cut = truncate_texts(body.text_docs, self.limits.max_text_chars)
         route = await self._route(self.cfg.index.name)
-        infos = await self._encode(texts, "document", route.model)
-        return ml_commons_shape([i["vector"] for i in infos])
+        return _json(ml_commons_shape(await self._encode(texts, "document", route.model)))
 
     @api.post("/_plugins/_ml/_predict/sparse_tokenize/{model_id}", responses=ERRORS)
     async def ml_commons_tokenize(
@@ -345,8 +365,7 @@ class Ingress:
         self._check_count(len(body.text_docs), "texts")
         texts, _ = truncate_texts(body.text_docs, self.limits.max_text_chars)
         route = await self._route(self.cfg.index.name)
-        infos = await self._encode(texts, "query", route.model)
-        return ml_commons_shape([i["vector"] for i in infos])
+        return _json(ml_commons_shape(await self._encode(texts, "query", route.model)))
 
     @api.post("/index", response_model=IndexResponse, responses=ERRORS)
     async def index_documents(self, body: IndexRequest, request: Request):
@@ -381,8 +400,7 @@ class Ingress:
             self.metrics.truncated.inc(len(cut))
             # written to the name as given (an alias: its live index), encoded by that index's model
             route = await self._route(name)
-            infos = await self._encode(texts, "document", route.model)
-            vectors = [i["vector"] for i in infos]
+            vectors = await self._encode(texts, "document", route.model)
             try:
                 result = await asyncio.to_thread(self._write, name, ids, vectors, fields)
             except IndexUnavailableError as exc:
@@ -441,7 +459,7 @@ class Ingress:
         route = await self._route(body.index or self.cfg.index.name)
         name = route.index
         query, _ = truncate_texts([body.query], self.limits.max_text_chars)
-        encoded = (await self._encode(query, "query", route.model))[0]["vector"]
+        encoded = (await self._encode(query, "query", route.model))[0]
         qvec, report = limit_query(encoded, self.limits.max_query_terms)
         warnings = query_warnings(report, self.limits.max_query_terms)
         hybrid = self.limits.hybrid if body.hybrid is None else body.hybrid

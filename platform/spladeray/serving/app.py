@@ -1,4 +1,5 @@
-"""Build the Serve application from a spladeray config: Ingress (FastAPI) -> Encoder.
+"""Build the Serve application from a spladeray config: one deployment, ``Encoder``, that is
+both the FastAPI ingress and the batched encoder, with autoscaling on it.
 
 ``serve run serve/config.yaml`` calls :func:`app_builder` with the ``args`` of that file
 (``config``: a spladeray YAML, relative paths resolved against the project root; ``overrides``:
@@ -52,14 +53,12 @@ def build_app(cfg: Config, *, check_model: bool = True, load_gate: str | None = 
     With ``check_model`` the model is loaded once here, on the CPU (the driver holds no GPU), so
     a random-head model (or a missing one) fails the deployment at once with a clear message
     instead of in replica restarts.
-    ``load_gate`` (drills and tests): encoder replicas load the model only once that file exists.
+    ``load_gate`` (drills and tests): replicas load the model only once that file exists.
     """
-    from spladeray.serving.api import Ingress
-    from spladeray.serving.encoder import (
-        EncoderDeployment,
-        batch_user_config,
-        load_servable_encoder,
-    )
+    from ray.serve.config import BackpressureConfig
+
+    from spladeray.serving.api import EncoderIngress
+    from spladeray.serving.encoder import batch_user_config, load_servable_encoder
 
     if check_model:
         load_servable_encoder(cfg, device="cpu")  # RandomHeadError unless allow_random_head
@@ -72,21 +71,16 @@ def build_app(cfg: Config, *, check_model: bool = True, load_gate: str | None = 
         "upscale_delay_s": s.upscale_delay_s,
         "downscale_delay_s": s.downscale_delay_s,
     }
-    encoder = EncoderDeployment.options(
+    return EncoderIngress.options(
         user_config=batch_user_config(s),
         autoscaling_config=autoscaling,
         max_ongoing_requests=s.max_ongoing_requests,
         max_queued_requests=s.max_queued_requests,
+        backpressure_config=BackpressureConfig(retry_after_s=s.retry_after_s),
         ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": _num_gpus(s)},
         graceful_shutdown_timeout_s=s.graceful_shutdown_timeout_s,
-        health_check_period_s=10.0,
+        health_check_period_s=s.health_check_period_s,
     ).bind(cfg, load_gate)
-    return Ingress.options(
-        num_replicas=s.ingress_replicas,
-        max_ongoing_requests=s.ingress_max_ongoing_requests,
-        ray_actor_options={"num_cpus": 0},
-        graceful_shutdown_timeout_s=s.graceful_shutdown_timeout_s,
-    ).bind(encoder, cfg)
 
 
 def app_builder(args: dict[str, Any] | None = None):

@@ -1,22 +1,31 @@
-"""The encoder deployment: one model per replica, dynamic batching, separate query/doc paths.
+"""The batched encoder inside each replica: one model per replica (plus multiplexed ones),
+dynamic batching by count and by token budget, separate query and document queues.
 
-Each posted text is one ``@serve.batch`` item, so a model call packs texts from many requests
-(up to ``max_batch_size`` texts, waiting at most ``batch_wait_timeout_s``). Both knobs arrive as
-``user_config`` and change through :meth:`EncoderDeployment.reconfigure` without a restart.
-Queries have their own batch queue (short wait: they are latency-bound); a doc-only
-(inference-free) model weighs queries by IDF lookups and never runs the transformer for them.
+The Serve deployment (:class:`spladeray.serving.api.EncoderIngress`) owns one
+:class:`BatchedEncoder`; the HTTP routes call :meth:`BatchedEncoder.encode` in the same process,
+so a request makes one hop (proxy -> replica), not two.
+
+**Batching.** Each text of a request is one ``@serve.batch`` item, so a model call packs texts
+from many requests: up to ``max_batch_size`` texts (``query_max_batch_size`` for queries),
+waiting at most ``batch_wait_timeout_s``. A batch is then sorted by length (longest first) and
+cut into sub-batches whose padded size, ``texts x longest text`` in tokens, stays within
+``max_batch_tokens`` (:func:`plan_batches`): a few long documents never make one huge padded
+tensor, and short texts are not padded to a long one. Texts are tokenized when they arrive (on
+the event loop, while the previous batch runs on the model), which gives the lengths for the
+budget and the token counts for the metrics. All knobs arrive as ``user_config`` and change
+through :meth:`BatchedEncoder.reconfigure` without a restart.
 
 The model runs in a worker thread so the replica's event loop keeps accepting requests (and
-filling the next batch) while a batch is on the CPU/GPU.
+filling the next batch) while a batch is on the CPU/GPU. A doc-only (inference-free) model
+weighs queries by IDF lookups: those never enter a batch queue and never wait on the model.
 
 **Model multiplexing.** Besides the configured model (``model.path``, loaded at start), a
-replica serves other models by path through Serve model multiplexing: a request sent with
-``handle.options(multiplexed_model_id=<model path>)`` is encoded by that model, loaded on first
-use (same ``model:`` settings and the same random-head check as the configured one) and kept in
-an LRU of :data:`MAX_EXTRA_MODELS` per replica. Serve splits batches by model id, so a batch
-never mixes models. The ingress uses this to encode with the model that built the index an
-OpenSearch alias points to (see :mod:`spladeray.serving.api`); an empty id (every request when
-no alias is involved) means the configured model.
+replica encodes with other models by path: :meth:`BatchedEncoder.encode` takes a model id (a
+model path; ``""`` = the configured model), loads it on first use through Serve's
+``@serve.multiplexed`` LRU (:data:`MAX_EXTRA_MODELS` per replica; same ``model:`` settings and
+random-head check as the configured model), and splits every batch by model, so one model call
+never mixes models. The routes use this to encode with the model that built the index a rollout
+alias points to (see :mod:`spladeray.serving.api`).
 """
 
 from __future__ import annotations
@@ -25,11 +34,11 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
-
-from spladeray.serving.metrics import ENCODER_RAY_METRICS, RayMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +50,12 @@ BATCH_KEYS = (
     "batch_wait_timeout_s",
     "query_max_batch_size",
     "query_batch_wait_timeout_s",
+    "max_batch_tokens",
 )
 
 
 def batch_user_config(serve_cfg) -> dict[str, Any]:
-    """The encoder's ``user_config`` from a :class:`~spladeray.config.ServeConfig`."""
+    """The deployment's ``user_config`` from a :class:`~spladeray.config.ServeConfig`."""
     return {key: getattr(serve_cfg, key) for key in BATCH_KEYS}
 
 
@@ -71,43 +81,74 @@ def load_servable_encoder(cfg, path: str | None = None, *, device: str | None = 
     return encoder
 
 
+def plan_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Cut a batch into model calls under a padded-token budget.
+
+    Returns lists of indices into ``lengths``: longest first, each list as long as possible
+    while ``len(list) * longest`` (the padded tensor's size) stays within ``max_tokens``. A text
+    longer than the budget on its own goes alone. Every index appears exactly once.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    plan: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]  # sorted: the first is longest
+        if current and (len(current) + 1) * max(width, 1) > max_tokens:
+            plan.append(current)
+            current = []
+        current.append(i)
+    if current:
+        plan.append(current)
+    return plan
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One text's vector and the number of input tokens it took (after truncation)."""
+
+    vector: dict[str, float]
+    tokens: int
+
+
 def _wait_for_file(path: str, poll_s: float = 0.1) -> None:
     """Block until ``path`` exists: a test holds a replica in "loading" for as long as it likes
     (a fixed sleep would make what the test sees depend on how loaded the machine is)."""
-    logger.info("encoder replica waits for load gate %s", path)
+    logger.info("replica waits for load gate %s", path)
     while not os.path.exists(path):
         time.sleep(poll_s)
 
 
-@serve.deployment(name="Encoder")
-class EncoderDeployment:
-    """Batched SPLADE encoding; returns, per text, the vector and accounting for metrics."""
+class BatchedEncoder:
+    """Batched SPLADE encoding inside one replica (see the module docstring).
 
-    def __init__(self, cfg, load_gate: str | None = None) -> None:
+    ``metrics`` receives ``record_batch(kind, texts, tokens)`` once per model call (and per
+    doc-only query lookup), so counters count every text and every call exactly once.
+    """
+
+    def __init__(self, cfg, metrics, load_gate: str | None = None) -> None:
         import torch
 
         self.cfg = cfg
-        self.encoder = None
+        self.metrics = metrics
         if cfg.serve.torch_threads:
             torch.set_num_threads(cfg.serve.torch_threads)
         if load_gate:  # drills and tests: the model loads only once this file exists
             _wait_for_file(load_gate)
-        self.encoder = load_servable_encoder(cfg)
+        self.model = load_servable_encoder(cfg)
         self.default_model = str(cfg.model.path)
-        self.metrics = RayMetrics(ENCODER_RAY_METRICS)
         self.batching: dict[str, Any] = {}
         self.reconfigure(batch_user_config(cfg.serve))
         self.loaded_at = time.time()
-        logger.info("encoder replica %d ready: %s", os.getpid(), cfg.model.path)
+        logger.info("encoder in replica %d ready: %s", os.getpid(), cfg.model.path)
 
-    # ------------------------------------------------------------------ Serve hooks
+    # ------------------------------------------------------------------ settings
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply batching settings (``user_config``) in place."""
+        """Apply batching settings (``user_config``) in place; bad keys or values are refused."""
         unknown = set(user_config) - set(BATCH_KEYS)
         if unknown:
             raise ValueError(f"unknown encoder user_config keys: {sorted(unknown)}")
         merged = {**self.batching, **user_config}
-        for key in ("max_batch_size", "query_max_batch_size"):
+        for key in ("max_batch_size", "query_max_batch_size", "max_batch_tokens"):
             if key in merged and (not isinstance(merged[key], int) or merged[key] < 1):
                 raise ValueError(f"{key} must be a positive integer")
         for key in ("batch_wait_timeout_s", "query_batch_wait_timeout_s"):
@@ -119,36 +160,11 @@ class EncoderDeployment:
         self._query_batch.set_max_batch_size(merged["query_max_batch_size"])
         self._query_batch.set_batch_wait_timeout_s(merged["query_batch_wait_timeout_s"])
 
-    def check_health(self) -> None:
-        if self.encoder is None:
-            raise RuntimeError("model not loaded")
-
-    # ------------------------------------------------------------------ models
-    @serve.multiplexed(max_num_models_per_replica=MAX_EXTRA_MODELS)
-    async def _load_model(self, model_id: str):
-        """Load the model at path ``model_id`` (Serve keeps an LRU of them per replica)."""
-        logger.info("encoder replica %d loading multiplexed model %s", os.getpid(), model_id)
-        try:
-            return await asyncio.to_thread(load_servable_encoder, self.cfg, model_id)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"cannot serve model {model_id!r}: {type(exc).__name__}: {exc}"
-            ) from None
-
-    async def _model(self):
-        """The encoder for the current request (or batch): its multiplexed model id, else the
-        configured model."""
-        model_id = serve.get_multiplexed_model_id()
-        if not model_id or model_id == self.default_model:
-            return self.encoder
-        return await self._load_model(model_id)
-
-    # ------------------------------------------------------------------ API
-    async def ready(self) -> dict[str, Any]:
-        """Model facts for ``/healthz`` (answered only once the model is loaded)."""
-        enc = self.encoder
+    def info(self) -> dict[str, Any]:
+        """Model facts for ``/healthz``."""
+        enc = self.model
         return {
-            "model": str(self.cfg.model.path),
+            "model": self.default_model,
             "doc_only": bool(enc.doc_only),
             "random_head": bool(enc.random_head),
             "vocab_size": int(enc.vocab_size),
@@ -158,46 +174,96 @@ class EncoderDeployment:
             "loaded_at": self.loaded_at,
         }
 
-    async def encode(self, texts: list[str], kind: str = "document") -> list[dict[str, Any]]:
-        """``[{"vector", "tokens", "batch", "first"}]`` in input order."""
+    # ------------------------------------------------------------------ models
+    @serve.multiplexed(max_num_models_per_replica=MAX_EXTRA_MODELS)
+    async def _load_model(self, model_id: str):
+        """Load the model at path ``model_id`` (Serve keeps an LRU of them per replica)."""
+        logger.info("replica %d loading multiplexed model %s", os.getpid(), model_id)
+        try:
+            return await asyncio.to_thread(load_servable_encoder, self.cfg, model_id)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot serve model {model_id!r}: {type(exc).__name__}: {exc}"
+            ) from None
+
+    async def get_model(self, model_id: str = ""):
+        """The encoder for ``model_id`` (a model path); ``""`` is the configured model."""
+        if not model_id or model_id == self.default_model:
+            return self.model
+        return await self._load_model(model_id)
+
+    # ------------------------------------------------------------------ encoding
+    async def encode(
+        self, texts: list[str], kind: str = "document", model: str = ""
+    ) -> list[Encoded]:
+        """Vectors for ``texts`` in input order, each text batched with other requests' texts.
+
+        Raises :class:`ModelLoadError` when ``model`` cannot be loaded or is refused.
+        """
         if kind not in ("document", "query"):
             raise ValueError(f"kind must be 'document' or 'query', got {kind!r}")
-        enc = await self._model()  # loads a multiplexed model before its texts join a batch
-        if kind == "query" and enc.doc_only:  # inference-free: no transformer
-            return self._encode_now(list(texts), "query", enc)
+        enc = await self.get_model(model)  # loaded before its texts join a batch
+        if kind == "query" and enc.doc_only:  # inference-free: an IDF lookup, no batch queue
+            return self._encode_now(enc, list(texts), "query", self._lengths(enc, texts, kind))
+        lengths = self._lengths(enc, texts, kind)
         method = self._query_batch if kind == "query" else self._document_batch
-        return list(await asyncio.gather(*(method(t) for t in texts)))
+        return list(
+            await asyncio.gather(
+                *(method(t, model, n) for t, n in zip(texts, lengths, strict=True))
+            )
+        )
 
-    # ------------------------------------------------------------------ batching
+    def _lengths(self, enc, texts: Sequence[str], kind: str) -> list[int]:
+        """Input tokens per text after truncation (what the model sees)."""
+        max_length = enc.max_query_length if kind == "query" else enc.max_document_length
+        ids = enc.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=max_length,
+            add_special_tokens=not (kind == "query" and enc.doc_only),
+        )["input_ids"]
+        return [len(x) for x in ids]
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _document_batch(self, texts: list[str]) -> list[dict[str, Any]]:
-        enc = await self._model()  # batches are split by multiplexed model id
-        return await asyncio.to_thread(self._encode_now, texts, "document", enc)
+    async def _document_batch(
+        self, texts: list[str], models: list[str], lengths: list[int]
+    ) -> list[Encoded]:
+        return await self._run_batch("document", texts, models, lengths)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _query_batch(self, texts: list[str]) -> list[dict[str, Any]]:
-        enc = await self._model()
-        return await asyncio.to_thread(self._encode_now, texts, "query", enc)
+    async def _query_batch(
+        self, texts: list[str], models: list[str], lengths: list[int]
+    ) -> list[Encoded]:
+        return await self._run_batch("query", texts, models, lengths)
 
-    def _encode_now(self, texts: list[str], kind: str, enc=None) -> list[dict[str, Any]]:
-        enc = enc if enc is not None else self.encoder
-        matrix = enc.encode_csr(texts, kind, batch_size=max(len(texts), 1))
-        vectors = enc.to_dicts(matrix)
-        max_length = enc.max_query_length if kind == "query" else enc.max_document_length
-        lengths = [
-            len(ids)
-            for ids in enc.tokenizer(
-                texts,
-                truncation=True,
-                max_length=max_length,
-                add_special_tokens=not (kind == "query" and enc.doc_only),
-            )["input_ids"]
-        ]
-        n = len(texts)
-        self.metrics.inc("spladeray_documents_encoded", n, kind=kind)
-        self.metrics.inc("spladeray_tokens", sum(lengths), kind=kind)
-        self.metrics.observe("spladeray_encode_batch_size", n, kind=kind)
-        return [
-            {"vector": v, "tokens": t, "batch": n, "first": i == 0}
-            for i, (v, t) in enumerate(zip(vectors, lengths, strict=True))
-        ]
+    async def _run_batch(
+        self, kind: str, texts: list[str], models: list[str], lengths: list[int]
+    ) -> list[Encoded]:
+        """Split by model, then by token budget; run every model call in one worker thread."""
+        groups: dict[str, list[int]] = {}
+        for i, model_id in enumerate(models):
+            groups.setdefault(model_id, []).append(i)
+        budget = self.batching["max_batch_tokens"]
+        calls = []
+        for model_id, members in groups.items():
+            enc = await self.get_model(model_id)
+            for part in plan_batches([lengths[i] for i in members], budget):
+                calls.append((enc, [members[j] for j in part]))
+
+        def run() -> list[Encoded]:
+            out: list[Encoded | None] = [None] * len(texts)
+            for enc, idx in calls:
+                encoded = self._encode_now(
+                    enc, [texts[i] for i in idx], kind, [lengths[i] for i in idx]
+                )
+                for i, item in zip(idx, encoded, strict=True):
+                    out[i] = item
+            return out  # type: ignore[return-value]
+
+        return await asyncio.to_thread(run)
+
+    def _encode_now(self, enc, texts: list[str], kind: str, lengths: list[int]) -> list[Encoded]:
+        """One model call (or one IDF lookup) for ``texts``, with its metrics."""
+        vectors = enc.to_dicts(enc.encode_csr(texts, kind, batch_size=max(len(texts), 1)))
+        self.metrics.record_batch(kind, len(texts), sum(lengths))
+        return [Encoded(v, n) for v, n in zip(vectors, lengths, strict=True)]

@@ -5,9 +5,8 @@ Two views of the same numbers:
 
 - cluster-wide, through Ray's metrics pipeline (``ray.serve.metrics``, tagged with deployment
   and replica): scrape every node's Ray metrics port, as for Serve's built-in metrics;
-- per ingress replica, in Prometheus text at ``GET /metrics`` (``prometheus_client``): the
-  encoder replicas report each request's batch size, token count and whether the request was
-  the first of its batch, so the ingress counts every model call exactly once.
+- per replica, in Prometheus text at ``GET /metrics`` (``prometheus_client``): the batched
+  encoder records each model call once, in the same process as the HTTP routes.
 """
 
 from __future__ import annotations
@@ -74,19 +73,17 @@ class RayMetrics:
                 logger.debug("ray metric %s: %s", name, exc)
 
 
-ENCODER_RAY_METRICS = {
+REPLICA_RAY_METRICS = {
     "spladeray_documents_encoded": ("counter", "texts encoded", ("kind",)),
     "spladeray_tokens": ("counter", "input tokens encoded (after truncation)", ("kind",)),
     "spladeray_encode_batch_size": ("histogram", "texts per model call", ("kind",)),
-}
-INGRESS_RAY_METRICS = {
     "spladeray_documents_indexed": ("counter", "documents written to the index", ()),
     "spladeray_documents_failed": ("counter", "documents not indexed (listed by id)", ()),
 }
 
 
-class IngressMetrics:
-    """The ingress replica's own registry, rendered at ``GET /metrics``."""
+class ReplicaMetrics:
+    """The replica's own registry, rendered at ``GET /metrics``, mirrored to Ray's metrics."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -123,15 +120,16 @@ class IngressMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.ray = RayMetrics(INGRESS_RAY_METRICS)
+        self.ray = RayMetrics(REPLICA_RAY_METRICS)
 
-    def record_encoding(self, kind: str, infos: list[dict[str, Any]]) -> None:
-        """Account the per-text info encoder replicas return (see ``EncoderDeployment``)."""
-        self.documents_encoded.labels(kind).inc(len(infos))
-        self.tokens.labels(kind).inc(sum(i["tokens"] for i in infos))
-        for info in infos:
-            if info["first"]:
-                self.batch_size.labels(kind).observe(info["batch"])
+    def record_batch(self, kind: str, texts: int, tokens: int) -> None:
+        """One model call (or one doc-only query lookup) of ``texts`` texts."""
+        self.documents_encoded.labels(kind).inc(texts)
+        self.tokens.labels(kind).inc(tokens)
+        self.batch_size.labels(kind).observe(texts)
+        self.ray.inc("spladeray_documents_encoded", texts, kind=kind)
+        self.ray.inc("spladeray_tokens", tokens, kind=kind)
+        self.ray.observe("spladeray_encode_batch_size", texts, kind=kind)
 
     def record_index(self, indexed: int, failed: int) -> None:
         self.documents_indexed.inc(indexed)
