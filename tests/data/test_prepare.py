@@ -133,7 +133,8 @@ def prepared(ray_cluster, tmp_path_factory, splade_tiny, tiny_cross):
     root = tmp_path_factory.mktemp("prepare")
     beir = tiny_beir(root / "beir")
     teachers = {
-        "dense": {"kind": "dense", "path": DENSE, "actors": 2, "weight": 2.0},
+        # float32: the scores are compared with the model run directly (bf16: test_teachers.py)
+        "dense": {"kind": "dense", "path": DENSE, "actors": 2, "weight": 2.0, "dtype": "float32"},
         "sparse": {"kind": "sparse", "path": str(splade_tiny), "weight": 0.5},
         "off": {"kind": "cross", "path": str(tiny_cross), "enabled": False},
     }
