@@ -284,8 +284,10 @@ def test_cross_encoder_teacher_scores_equal_the_model(prepared, tiny_cross):
 
     from spladeray.data.teachers import TeacherScorer
 
-    cfg = TeacherConfig(kind="cross", path=str(tiny_cross), batch_size=4)
-    scorer = TeacherScorer("cross", cfg)
+    cfg = TeacherConfig(kind="cross", path=str(tiny_cross), batch_size=4, dtype="float32")
+    threads = torch.get_num_threads()
+    scorer = TeacherScorer("cross", cfg)  # sets this process's torch threads, as in an actor
+    torch.set_num_threads(threads)
     scored = scorer(prepared["table"]).column("score_cross").to_pylist()
     cross = CrossEncoder(str(tiny_cross), device="cpu")
     for r, got in zip(prepared["rows"], scored, strict=True):
