@@ -299,6 +299,11 @@ class TeacherConfig(Section):
     device: str = Field(
         "auto", description="auto (CUDA only in an actor that holds a GPU) | cpu | cuda"
     )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="dense/cross forward precision: auto = bfloat16 autocast on a CPU with "
+        "native bf16 (AVX512-BF16/AMX), else float32",
+    )
 
 
 class EnsembleConfig(Section):

@@ -18,11 +18,14 @@ def ensure_ray(ray_cfg=None, *, log_to_driver: bool = True) -> None:
     cluster (``ray.address`` set, or ``RAY_ADDRESS`` under ``ray job submit``) declares no
     resources: ``num_cpus`` / ``num_gpus`` / the dashboard settings apply only to a cluster we
     start. ``None`` means the defaults of ``RayConfig`` (a local cluster with its dashboard on
-    127.0.0.1). Prints the dashboard's URL when the cluster has one.
+    127.0.0.1). Prints the dashboard's URL when the cluster has one. The job's worker processes
+    run :func:`spladeray.raylogging.quiet_ray_train_logs` (Ray Train's placement-group cleaner
+    would otherwise log a warning every second while the State API is unreachable).
     """
     import ray
 
     from spladeray.config import RayConfig
+    from spladeray.raylogging import worker_runtime_env
 
     if ray.is_initialized():
         return
@@ -32,6 +35,8 @@ def ensure_ray(ray_cfg=None, *, log_to_driver: bool = True) -> None:
         address is None and bool(os.environ.get("RAY_ADDRESS"))
     )
     kwargs = {"address": address, "log_to_driver": log_to_driver}
+    if runtime_env := worker_runtime_env():
+        kwargs["runtime_env"] = runtime_env
     if not joining:
         kwargs.update(
             num_cpus=ray_cfg.num_cpus,

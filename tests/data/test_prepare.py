@@ -133,7 +133,8 @@ def prepared(ray_cluster, tmp_path_factory, splade_tiny, tiny_cross):
     root = tmp_path_factory.mktemp("prepare")
     beir = tiny_beir(root / "beir")
     teachers = {
-        "dense": {"kind": "dense", "path": DENSE, "actors": 2, "weight": 2.0},
+        # float32: the scores are compared with the model run directly (bf16: test_teachers.py)
+        "dense": {"kind": "dense", "path": DENSE, "actors": 2, "weight": 2.0, "dtype": "float32"},
         "sparse": {"kind": "sparse", "path": str(splade_tiny), "weight": 0.5},
         "off": {"kind": "cross", "path": str(tiny_cross), "enabled": False},
     }
@@ -283,8 +284,10 @@ def test_cross_encoder_teacher_scores_equal_the_model(prepared, tiny_cross):
 
     from spladeray.data.teachers import TeacherScorer
 
-    cfg = TeacherConfig(kind="cross", path=str(tiny_cross), batch_size=4)
-    scorer = TeacherScorer("cross", cfg)
+    cfg = TeacherConfig(kind="cross", path=str(tiny_cross), batch_size=4, dtype="float32")
+    threads = torch.get_num_threads()
+    scorer = TeacherScorer("cross", cfg)  # sets this process's torch threads, as in an actor
+    torch.set_num_threads(threads)
     scored = scorer(prepared["table"]).column("score_cross").to_pylist()
     cross = CrossEncoder(str(tiny_cross), device="cpu")
     for r, got in zip(prepared["rows"], scored, strict=True):
