@@ -13,7 +13,6 @@ Nothing is dropped here; the caller writes rejected rows to ``rejects.jsonl``.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from collections.abc import Iterator
@@ -22,7 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from spladeray.data.beir import doc_text, iter_jsonl
+from spladeray.data.beir import doc_text, iter_jsonl, parse_json_line
+from spladeray.data.beir import iter_qrels as beir_iter_qrels
 
 STR_LIST = pa.list_(pa.string())
 CORPUS_SCHEMA = pa.schema(
@@ -64,19 +64,21 @@ def parse_corpus_lines(batch: pa.Table) -> pa.Table:
     for line in batch.column("text").to_pylist():
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            rows.append((None, None, f"invalid JSON: {exc.msg}", _raw(line)))
+        obj, problem = parse_json_line(line)
+        if problem is not None:
+            rows.append((None, None, problem, _raw(line)))
             continue
         if not isinstance(obj, dict):
             rows.append((None, None, "not a JSON object", _raw(line)))
             continue
         doc_id = obj.get("_id")
-        text = doc_text(obj) if isinstance(obj.get("text"), str | None) else ""
-        if not isinstance(doc_id, str | int) or str(doc_id).strip() == "":
+        strings = all(obj.get(k) is None or isinstance(obj[k], str) for k in ("title", "text"))
+        text = doc_text(obj) if strings else ""
+        if isinstance(doc_id, bool) or not isinstance(doc_id, str | int) or not str(doc_id).strip():
             rows.append((None, None, "corpus row without _id", _raw(line)))
-        elif not text or not isinstance(obj.get("title") or "", str):
+        elif not strings:
+            rows.append((str(doc_id), None, "title / text must be strings", _raw(line)))
+        elif not text:
             rows.append((str(doc_id), None, "document without text", _raw(line)))
         else:
             rows.append((str(doc_id), text, None, None))
@@ -97,17 +99,20 @@ def beir_corpus_dataset(beir_dir: str | Path):
 
 
 # ---------------------------------------------------------------------------- BEIR queries, qrels
+class _Sink:
+    """Adapts :mod:`spladeray.data.beir`'s ``rejects.add(source, line, reason)`` to a
+    ``reject(source, line, reason, id=None, raw=None)`` callable."""
+
+    def __init__(self, reject) -> None:
+        self.add = lambda source, line, reason: reject(source, line, reason)
+
+
 def iter_queries(beir_dir: str | Path, reject) -> Iterator[tuple[str, str]]:
     """``(query_id, text)``; bad rows go to ``reject(source, line, reason, id=None, raw=None)``."""
     path = Path(beir_dir) / "queries.jsonl"
-
-    class _Sink:  # adapts iter_jsonl's rejects.add(source, line, reason)
-        def add(self, source: str, line: int, reason: str) -> None:
-            reject(source, line, reason)
-
-    for n, obj in iter_jsonl(path, _Sink()):
+    for n, obj in iter_jsonl(path, _Sink(reject)):
         qid, text = obj.get("_id"), _clean(obj.get("text"))
-        if not isinstance(qid, str | int) or str(qid).strip() == "":
+        if isinstance(qid, bool) or not isinstance(qid, str | int) or str(qid).strip() == "":
             reject(str(path), n, "query without _id", raw=_raw(obj))
         elif text is None:
             reject(str(path), n, "empty query", id=str(qid), raw=_raw(obj))
@@ -116,21 +121,9 @@ def iter_queries(beir_dir: str | Path, reject) -> Iterator[tuple[str, str]]:
 
 
 def iter_qrels(path: str | Path, reject) -> Iterator[tuple[int, str, str, int]]:
-    """``(line, query_id, doc_id, relevance)`` from a qrels TSV (header line optional)."""
-    path = Path(path)
-    if not path.is_file():
-        available = sorted(p.stem for p in path.parent.glob("*.tsv"))
-        raise FileNotFoundError(f"{path} not found; splits available: {available}")
-    with open(path, encoding="utf-8", newline="") as fh:
-        for n, parts in enumerate(csv.reader(fh, delimiter="\t"), 1):
-            if not parts or (n == 1 and parts[0] in ("query-id", "qid", "query_id")):
-                continue
-            try:
-                if len(parts) not in (3, 4) or not parts[0].strip() or not parts[1].strip():
-                    raise ValueError
-                yield n, parts[0].strip(), parts[1].strip(), int(parts[-1])
-            except ValueError:
-                reject(str(path), n, "malformed qrels line", raw=_raw("\t".join(parts)))
+    """``(line, query_id, doc_id, relevance)`` from a qrels TSV (header line optional); bad lines
+    go to ``reject`` (see :func:`spladeray.data.beir.iter_qrels`)."""
+    return beir_iter_qrels(path, _Sink(reject))
 
 
 # ---------------------------------------------------------------------------- pair files
@@ -184,12 +177,9 @@ def parse_pairs_lines(batch: pa.Table, columns: dict[str, str]) -> pa.Table:
     for line in batch.column("text").to_pylist():
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            obj = exc
+        obj, problem = parse_json_line(line)
         if not isinstance(obj, dict):
-            reason = f"invalid JSON: {obj.msg}" if isinstance(obj, Exception) else "not an object"
+            reason = problem or "not an object"
             record = dict.fromkeys(PAIRS_SCHEMA.names)
             record.update(reject=reason, raw=_raw(line))
             records.append(record)

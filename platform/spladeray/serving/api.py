@@ -67,9 +67,13 @@ from spladeray.serving.schemas import (
     EncodeRequest,
     EncodeResponse,
     ErrorResponse,
+    HealthResponse,
+    HealthUnavailable,
+    IndexErrorResponse,
     IndexRequest,
     IndexResponse,
     MLCommonsRequest,
+    MLCommonsResponse,
     SearchHit,
     SearchRequest,
     SearchResponse,
@@ -81,13 +85,25 @@ logger = logging.getLogger(__name__)
 URL_TOKEN_PARAMS = ("token", "access_token")
 """Query parameters a client might put a token in; refused on protected routes."""
 
-ERRORS = {
-    400: {"model": ErrorResponse},
-    401: {"model": ErrorResponse},
-    413: {"model": ErrorResponse},
-    422: {"model": ErrorResponse},
-    503: {"model": ErrorResponse},
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying (the condition is transient)",
+        "schema": {"type": "integer"},
+    }
 }
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "the body is not valid JSON"},
+    401: {"model": ErrorResponse, "description": "missing or wrong bearer token (protected route)"},
+    413: {"model": ErrorResponse, "description": "too many items, or a body over the byte limit"},
+    422: {"model": ErrorResponse, "description": "invalid fields; detail lists them"},
+    503: {
+        "model": ErrorResponse,
+        "description": "encoder at capacity or unavailable, or the index backend unreachable",
+        "headers": RETRY_AFTER,
+    },
+}
+"""The error statuses every POST route declares (the OpenAPI document at ``/openapi.json``)."""
+INDEX_ERRORS = {k: {**v, "model": IndexErrorResponse} for k, v in ERRORS.items()}
 
 api = FastAPI(
     title="spladeray",
@@ -241,7 +257,9 @@ class Ingress:
                 headers={"Retry-After": "5"},
             ) from None
         except (DeploymentUnavailableError, RayActorError) as exc:
-            raise HTTPException(503, f"the encoder is unavailable: {exc}") from None
+            raise HTTPException(
+                503, f"the encoder is unavailable: {exc}", headers={"Retry-After": "5"}
+            ) from None
         except RayTaskError as exc:  # an error raised in the replica, as its cause
             if not isinstance(exc.cause, ModelLoadError):
                 raise
@@ -287,7 +305,14 @@ class Ingress:
         self.metrics.latency.labels(route).observe(time.perf_counter() - started)
 
     # ------------------------------------------------------------------ routes
-    @api.get("/healthz")
+    @api.get(
+        "/healthz",
+        response_model=None,
+        responses={
+            200: {"model": HealthResponse},
+            503: {"model": HealthUnavailable, "description": "no encoder replica is ready"},
+        },
+    )
     async def healthz(self) -> JSONResponse:
         """200 once an encoder replica has its model loaded; 503 while loading or down."""
         try:
@@ -302,12 +327,20 @@ class Ingress:
         index = {"backend": self.cfg.index.backend, "name": self.cfg.index.name}
         return JSONResponse({"status": "ok", "encoder": info, "index": index})
 
-    @api.get("/metrics")
+    @api.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics_text(self) -> Response:
         """Prometheus text of this ingress replica (see :mod:`spladeray.serving.metrics`)."""
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
-    @api.post("/encode", response_model=None, responses={200: {"model": EncodeResponse}, **ERRORS})
+    @api.post(
+        "/encode",
+        response_model=None,
+        responses={200: {"model": EncodeResponse | MLCommonsResponse}, **ERRORS},
+    )
     async def encode(self, body: EncodeRequest, request: Request) -> dict[str, Any]:
         """Sparse vectors ``{token: weight}`` for documents or queries."""
         started = time.perf_counter()
@@ -324,7 +357,11 @@ class Ingress:
         return {"vectors": vectors, "truncated": cut, "model": route.model or self.default_model}
 
     @api.post("/_plugins/_ml/_predict/sparse_encoding", include_in_schema=False)
-    @api.post("/_plugins/_ml/_predict/sparse_encoding/{model_id}", responses=ERRORS)
+    @api.post(
+        "/_plugins/_ml/_predict/sparse_encoding/{model_id}",
+        response_model=MLCommonsResponse,
+        responses=ERRORS,
+    )
     async def ml_commons_encode(
         self, body: MLCommonsRequest, request: Request, model_id: str = ""
     ) -> dict:
@@ -336,7 +373,11 @@ class Ingress:
         infos = await self._encode(texts, "document", route.model)
         return ml_commons_shape([i["vector"] for i in infos])
 
-    @api.post("/_plugins/_ml/_predict/sparse_tokenize/{model_id}", responses=ERRORS)
+    @api.post(
+        "/_plugins/_ml/_predict/sparse_tokenize/{model_id}",
+        response_model=MLCommonsResponse,
+        responses=ERRORS,
+    )
     async def ml_commons_tokenize(
         self, body: MLCommonsRequest, request: Request, model_id: str = ""
     ) -> dict:
@@ -348,7 +389,7 @@ class Ingress:
         infos = await self._encode(texts, "query", route.model)
         return ml_commons_shape([i["vector"] for i in infos])
 
-    @api.post("/index", response_model=IndexResponse, responses=ERRORS)
+    @api.post("/index", response_model=IndexResponse, responses=INDEX_ERRORS)
     async def index_documents(self, body: IndexRequest, request: Request):
         """Encode and bulk-write documents by id; failures are listed by id with the reason."""
         started = time.perf_counter()
