@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from spladeray.data.beir import Rejects, doc_text, iter_corpus, iter_qrels, load_queries
 from spladeray.data.readers import (
     PAIRS_SCHEMA,
+    _split_lines,
+    beir_corpus_dataset,
     iter_queries,
     normalize_pairs,
     parse_corpus_lines,
@@ -143,21 +145,19 @@ def test_qrels_lines_are_rows_or_rejects(data):
             assert qid and did and isinstance(rel, int)
 
 
-def text_lines(data: bytes) -> list[str]:
-    """What ``ray.data.read_text`` hands the Ray Data parsers (decoded, split into lines)."""
-    return data.decode("utf-8", "replace").splitlines()
-
-
 @BOUNDED
 @given(files)
 def test_ray_line_parsers_give_a_row_or_a_reject_per_line(data):
-    batch = pa.table({"text": pa.array(text_lines(data), pa.string())})
-    expected = sum(1 for line in batch.column("text").to_pylist() if line.strip())
+    # what read_text_lines hands the parsers: one row per line, undecodable ones flagged
+    batch = pa.Table.from_pylist(_split_lines({"bytes": data, "path": "corpus.jsonl"}))
+    if batch.num_rows == 0:
+        batch = pa.table({"text": pa.array([], pa.string()), "problem": pa.array([], pa.string())})
+    expected = non_blank(data)
     corpus = parse_corpus_lines(batch).to_pylist()
     assert len(corpus) == expected
     for row in corpus:
         assert (row["reject"] is None) == (row["text"] is not None)
-        assert row["reject"] is None or row["raw"] is not None
+        assert row["reject"] is None or row["reject"].strip()
     columns = {"query": "_id", "positive": "text", "negatives": "x"}
     pairs = parse_pairs_lines(batch, columns).to_pylist()
     assert len(pairs) == expected
@@ -213,3 +213,20 @@ def test_parquet_pairs_rows_are_rows_or_rejects(table):
             assert row["query"] and row["positive"] and row["query_id"]
         else:
             assert row["raw"] is not None
+
+
+def test_a_corpus_with_bytes_that_are_not_utf8_is_read_through_ray(ray_cluster, tmp_path):
+    """``ray.data.read_text`` would fail the whole file; each bad line is one reject instead."""
+    lines = [
+        json.dumps({"_id": "a", "text": "fine"}).encode(),
+        b'{"_id": "b", "text": "caf\xe9"}',  # latin-1, not UTF-8
+        json.dumps({"_id": "c", "text": "line\u2028separator"}, ensure_ascii=False).encode(),
+        b"\xff\xfe",
+    ]
+    (tmp_path / "corpus.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    rows = beir_corpus_dataset(tmp_path).take_all()
+    assert [r["doc_id"] for r in rows if r["reject"] is None] == ["a", "c"]
+    rejects = [r["reject"] for r in rows if r["reject"] is not None]
+    assert len(rejects) == 2
+    assert all("corpus.jsonl:" in r and "not valid UTF-8" in r for r in rejects)
+    assert {r.split("corpus.jsonl:")[1].split(":")[0] for r in rejects} == {"2", "4"}

@@ -57,11 +57,58 @@ def _raw(obj: Any) -> str:
     return text[:RAW_CHARS]
 
 
+# ---------------------------------------------------------------------------- text lines
+def read_text_lines(paths: str | list[str], **kwargs):
+    """Lines of text files as a Ray Dataset: ``text`` and ``problem`` ("" or why the line is
+    unusable).
+
+    ``ray.data.read_text`` decodes a whole file at once, so one byte that is not UTF-8 fails the
+    whole job; here each line (ending at ``\\n``) is decoded on its own and an undecodable one
+    becomes a reject (``problem`` names the file, line and byte) -- the parsers below turn it
+    into a reject row. Like ``read_text``, each file is read by one task.
+    """
+    import ray.data
+
+    files = ray.data.read_binary_files(paths, include_paths=True, **kwargs)
+    return files.flat_map(_split_lines)
+
+
+def _split_lines(row: dict[str, Any]) -> list[dict[str, str]]:
+    pieces = row["bytes"].split(b"\n")
+    if pieces and not pieces[-1]:  # the newline ending the last line opens no new line
+        pieces.pop()
+    out = []
+    for n, raw in enumerate(pieces, 1):
+        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
+            raw = raw[3:]
+        try:
+            out.append({"text": raw.decode("utf-8").rstrip("\r"), "problem": ""})
+        except UnicodeDecodeError as exc:
+            problem = f"{row['path']}:{n}: not valid UTF-8 (byte {exc.start} of the line)"
+            out.append({"text": "", "problem": problem})
+    return out
+
+
+def _lines(batch: pa.Table) -> Iterator[tuple[str, str | None]]:
+    """``(text, problem or None)`` per line of a :func:`read_text_lines` (or ``read_text``)
+    batch."""
+    texts = batch.column("text").to_pylist()
+    problems = (
+        batch.column("problem").to_pylist()
+        if "problem" in batch.column_names
+        else [None] * len(texts)
+    )
+    return zip(texts, [p or None for p in problems], strict=True)
+
+
 # ---------------------------------------------------------------------------- BEIR corpus
 def parse_corpus_lines(batch: pa.Table) -> pa.Table:
-    """``read_text`` lines -> corpus rows; bad JSON, no ``_id`` or no text become rejects."""
+    """Text lines -> corpus rows; bad bytes, bad JSON, no ``_id`` or no text become rejects."""
     rows = []
-    for line in batch.column("text").to_pylist():
+    for line, undecodable in _lines(batch):
+        if undecodable is not None:
+            rows.append((None, None, undecodable, None))
+            continue
         if not line.strip():
             continue
         obj, problem = parse_json_line(line)
@@ -88,12 +135,10 @@ def parse_corpus_lines(batch: pa.Table) -> pa.Table:
 
 def beir_corpus_dataset(beir_dir: str | Path):
     """``corpus.jsonl`` of a BEIR directory as a Ray Dataset of checked rows."""
-    import ray.data
-
     path = Path(beir_dir) / "corpus.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (expected a BEIR directory)")
-    return ray.data.read_text(str(path)).map_batches(
+    return read_text_lines(str(path)).map_batches(
         parse_corpus_lines, batch_format="pyarrow", batch_size=4096
     )
 
@@ -172,9 +217,14 @@ def normalize_pairs(batch: pa.Table, columns: dict[str, str]) -> pa.Table:
 
 
 def parse_pairs_lines(batch: pa.Table, columns: dict[str, str]) -> pa.Table:
-    """``read_text`` lines of a jsonl pairs file -> :data:`PAIRS_SCHEMA`; bad lines are rejects."""
+    """Text lines of a jsonl pairs file -> :data:`PAIRS_SCHEMA`; bad lines are rejects."""
     records = []
-    for line in batch.column("text").to_pylist():
+    for line, undecodable in _lines(batch):
+        if undecodable is not None:
+            record = dict.fromkeys(PAIRS_SCHEMA.names)
+            record.update(reject=undecodable)
+            records.append(record)
+            continue
         if not line.strip():
             continue
         obj, problem = parse_json_line(line)
@@ -214,7 +264,7 @@ def pairs_dataset(source):
 
     columns = dict(source.columns)
     if source.format == "jsonl":
-        ds = ray.data.read_text(str(source.path), file_extensions=["jsonl", "json"])
+        ds = read_text_lines(str(source.path), file_extensions=["jsonl", "json"])
         return ds.map_batches(parse_pairs_lines, fn_kwargs={"columns": columns}, **_ARROW)
     if source.format == "parquet":
         ds = ray.data.read_parquet(str(source.path))

@@ -1,6 +1,7 @@
 """Bulk indexing with Ray Data: read corpus lines, encode in an actor pool, write from the actors.
 
-``ray.data.read_text`` streams ``corpus.jsonl``; each actor of a fixed pool (``index.actors``,
+:func:`spladeray.data.readers.read_text_lines` reads ``corpus.jsonl`` (a line that is not UTF-8
+is a reject, not a crash); each actor of a fixed pool (``index.actors``,
 one GPU each when the cluster has GPUs) parses its batch, checks each row
 (:func:`spladeray.index.documents.check_row`), encodes it with its own :class:`SpladeEncoder`
 and bulk-writes it to the backend itself, returning only counts and failures. With ``resume``
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from spladeray.data.readers import read_text_lines
 from spladeray.raycluster import check_capacity, cluster_gpus, ensure_ray
 
 logger = logging.getLogger(__name__)
@@ -99,7 +101,11 @@ class EncodeAndWrite:
         from spladeray.index.documents import check_row
 
         docs, rejected, skipped = [], [], 0
-        for line in batch["text"]:
+        problems = batch.get("problem", [""] * len(batch["text"]))
+        for line, undecodable in zip(batch["text"], problems, strict=True):
+            if undecodable:  # not UTF-8 (see read_text_lines)
+                rejected.append(str(undecodable))
+                continue
             line = str(line)
             if not line.strip():
                 continue
@@ -181,7 +187,7 @@ def run_index(
     total = _count_lines(corpus)
     if limit:
         total = min(total, limit)
-    ds = ray.data.read_text(str(corpus))
+    ds = read_text_lines(str(corpus))  # a line that is not UTF-8 is a reject, not a crash
     if limit:
         ds = ds.limit(limit)
     out = ds.map_batches(
