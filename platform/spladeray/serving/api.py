@@ -50,7 +50,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spladeray.index import open_index
 from spladeray.index.base import Failure, Hit, IndexNotFoundError, IndexUnavailableError
-from spladeray.index.documents import check_document
+from spladeray.index.documents import check_document, printable
 from spladeray.index.opensearch import limit_query
 from spladeray.retrieval.fusion import rrf
 from spladeray.serving.encoder import ModelLoadError
@@ -115,7 +115,7 @@ api.add_middleware(BodyLimitMiddleware, get_limit=lambda: api.state.max_request_
 
 
 def _error(status: int, message: str, detail: Any = None, headers=None) -> JSONResponse:
-    body: dict[str, Any] = {"error": message}
+    body: dict[str, Any] = {"error": printable(message)}
     if detail is not None:
         body["detail"] = detail
     return JSONResponse(status_code=status, content=body, headers=headers)
@@ -126,8 +126,12 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return _error(400, "request body is not valid JSON")
-    detail = [
-        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": e.get("type")}
+    detail = [  # field names come from the client: escaped, so that any of them can be echoed
+        {
+            "loc": [printable(str(p)) for p in e.get("loc", ())],
+            "msg": printable(str(e.get("msg"))),
+            "type": e.get("type"),
+        }
         for e in errors
     ]
     summary = "; ".join(f"{'.'.join(d['loc'][1:]) or 'body'}: {d['msg']}" for d in detail[:5])

@@ -9,9 +9,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, model_validator
 
-NonEmptyText = Annotated[StrictStr, Field(min_length=1)]
+
+def _valid_unicode(text: str) -> str:
+    """JSON can carry lone surrogates (``"\\ud800"``), which no tokenizer or store accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"text is not valid Unicode (a lone surrogate at position {exc.start})"
+        ) from None
+    return text
+
+
+NonEmptyText = Annotated[StrictStr, Field(min_length=1), AfterValidator(_valid_unicode)]
 INDEX_NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-.]*$"
 
 
