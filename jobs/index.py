@@ -2,7 +2,9 @@
 """Bulk-index a corpus with Ray Data: ``python jobs/index.py [--config configs/demo.yaml]``.
 
 Also ``ray job submit --working-dir . -- python jobs/index.py --config ...``. ``--resume`` skips
-ids already in the index (also ``index.resume: true``); ``--limit N`` indexes the first N rows.
+ids already in the index, as the backend reports them (also ``index.resume: true``); when the
+backend becomes unreachable the job stops, says how many documents were confirmed, and
+``--resume`` continues from there; ``--limit N`` indexes the first N rows.
 On OpenSearch, ``--rollout`` builds ``<alias>-<model hash>`` beside the live index, verifies its
 count and swaps the alias atomically; ``--rollback [INDEX]`` points the alias back.
 """
@@ -44,9 +46,16 @@ def main() -> None:
 
         print(json.dumps(run_rollout(cfg, limit=args.limit, rebuild=args.rebuild), indent=2))
         return
-    from spladeray.index.bulk import run_index
+    from spladeray.index.base import IndexUnavailableError
+    from spladeray.index.bulk import IndexingStopped, run_index
 
-    summary = run_index(cfg, resume=args.resume, limit=args.limit)
+    try:
+        summary = run_index(cfg, resume=args.resume, limit=args.limit)
+    except IndexingStopped as exc:
+        print("\n" + exc.summary.report())
+        raise SystemExit(f"error: {exc}") from None
+    except IndexUnavailableError as exc:  # unreachable before anything was sent
+        raise SystemExit(f"error: {exc}; nothing was indexed") from None
     print("\n" + summary.report())
     if summary.failed:
         raise SystemExit(1)

@@ -50,3 +50,62 @@ def test_index_job_fails_fast_when_the_cluster_is_too_small(ray_cluster, splade_
     )
     with pytest.raises(RuntimeError, match="1000 CPUs but the cluster has"):
         run_index(cfg, show_progress=False)
+
+
+def test_backend_lost_mid_job_stops_then_resume_completes(
+    ray_cluster, splade_tiny, tmp_path, osmem
+):
+    """The backend refuses connections after 3 bulk writes: the job stops with a clear message
+    and counts only confirmed documents; --resume asks the backend, skips what it holds and
+    ends with exactly the corpus."""
+    from faultproxy import FaultProxy
+    from opensearchpy import OpenSearch
+
+    from spladeray.index.bulk import IndexingStopped
+
+    (tmp_path / "corpus.jsonl").write_text(
+        "".join(
+            json.dumps({"_id": f"d{i:02d}", "text": f"document {i} about cells"}) + "\n"
+            for i in range(40)
+        )
+    )
+    clone = osmem.clone()
+    proxy = FaultProxy(clone.url)
+    direct = OpenSearch(hosts=[clone.url])
+    cfg = parse_config(
+        {
+            "model": {"path": str(splade_tiny), "max_document_length": 32, "device": "cpu"},
+            "data": {"beir_dir": str(tmp_path)},
+            "index": {
+                "backend": "opensearch",
+                "name": "job",
+                "batch_size": 4,
+                "actors": 1,
+                "opensearch": {
+                    "hosts": [proxy.url],
+                    "username_env": None,
+                    "password_env": None,
+                },
+            },
+        }
+    )
+    try:
+        proxy.set("refuse", after_bulk=3)  # one bulk per batch of 4: 12 documents get in
+        with pytest.raises(IndexingStopped, match="unavailable.*--resume") as info:
+            run_index(cfg, show_progress=False)
+        direct.indices.refresh(index="job")
+        held = direct.count(index="job")["count"]
+        assert held == 12 == len(proxy.forwarded_ids)
+        assert info.value.summary.indexed <= held  # never a phantom success (in-flight batches)
+        assert f"{info.value.summary.indexed} documents were confirmed" in str(info.value)
+
+        proxy.set("pass")  # the backend is back, with its data
+        summary = run_index(cfg, resume=True, show_progress=False)
+        assert summary.skipped == 12 and summary.indexed == 28, summary
+        assert summary.failed == 0 and summary.count == 40
+        assert "skipped 12 already indexed" in summary.report()
+        hits = direct.search(index="job", body={"size": 100, "_source": False})["hits"]["hits"]
+        assert sorted(h["_id"] for h in hits) == [f"d{i:02d}" for i in range(40)]
+    finally:
+        proxy.close()
+        clone.close()

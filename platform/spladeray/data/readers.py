@@ -9,14 +9,10 @@ Nothing is dropped here; the caller writes rejected rows to ``rejects.jsonl``.
   text (:func:`text_id`), so the same text always gets the same id.
 - :func:`iter_qrels` and :func:`iter_queries`: the (small) BEIR qrels and queries, read in the
   driver with line numbers.
-
-Every path is a local path or a URI (``s3://bucket/prefix``); Ray Data reads a URI from whichever
-node runs the read task, so a multi-node cluster needs no copy on each node's disk.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from collections.abc import Iterator
@@ -26,7 +22,8 @@ from typing import Any
 import pyarrow as pa
 
 from spladeray import storage
-from spladeray.data.beir import check_qrels, doc_text, iter_jsonl
+from spladeray.data.beir import doc_text, iter_jsonl, parse_json_line
+from spladeray.data.beir import iter_qrels as beir_iter_qrels
 
 STR_LIST = pa.list_(pa.string())
 CORPUS_SCHEMA = pa.schema(
@@ -61,26 +58,80 @@ def _raw(obj: Any) -> str:
     return text[:RAW_CHARS]
 
 
+# ---------------------------------------------------------------------------- text lines
+def read_text_lines(uri: str | Path, **kwargs):
+    """Lines of text files as a Ray Dataset: ``text`` and ``problem`` ("" or why the line is
+    unusable).
+
+    ``ray.data.read_text`` decodes a whole file at once, so one byte that is not UTF-8 fails the
+    whole job; here each line (ending at ``\\n``) is decoded on its own and an undecodable one
+    becomes a reject (``problem`` names the file, line and byte) -- the parsers below turn it
+    into a reject row. Like ``read_text``, each file is read by one task.
+
+    ``uri`` is a file or folder: a local path or a URI (``s3://bucket/prefix``), read through
+    :func:`spladeray.storage.resolve`'s filesystem (so an S3-compatible endpoint from
+    ``AWS_ENDPOINT_URL`` applies) by whichever node runs the read task.
+    """
+    import ray.data
+
+    fs, path = storage.resolve(uri)
+    files = ray.data.read_binary_files(path, filesystem=fs, include_paths=True, **kwargs)
+    return files.flat_map(_split_lines)
+
+
+def _split_lines(row: dict[str, Any]) -> list[dict[str, str]]:
+    pieces = row["bytes"].split(b"\n")
+    if pieces and not pieces[-1]:  # the newline ending the last line opens no new line
+        pieces.pop()
+    out = []
+    for n, raw in enumerate(pieces, 1):
+        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
+            raw = raw[3:]
+        try:
+            out.append({"text": raw.decode("utf-8").rstrip("\r"), "problem": ""})
+        except UnicodeDecodeError as exc:
+            problem = f"{row['path']}:{n}: not valid UTF-8 (byte {exc.start} of the line)"
+            out.append({"text": "", "problem": problem})
+    return out
+
+
+def _lines(batch: pa.Table) -> Iterator[tuple[str, str | None]]:
+    """``(text, problem or None)`` per line of a :func:`read_text_lines` (or ``read_text``)
+    batch."""
+    texts = batch.column("text").to_pylist()
+    problems = (
+        batch.column("problem").to_pylist()
+        if "problem" in batch.column_names
+        else [None] * len(texts)
+    )
+    return zip(texts, [p or None for p in problems], strict=True)
+
+
 # ---------------------------------------------------------------------------- BEIR corpus
 def parse_corpus_lines(batch: pa.Table) -> pa.Table:
-    """``read_text`` lines -> corpus rows; bad JSON, no ``_id`` or no text become rejects."""
+    """Text lines -> corpus rows; bad bytes, bad JSON, no ``_id`` or no text become rejects."""
     rows = []
-    for line in batch.column("text").to_pylist():
+    for line, undecodable in _lines(batch):
+        if undecodable is not None:
+            rows.append((None, None, undecodable, None))
+            continue
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            rows.append((None, None, f"invalid JSON: {exc.msg}", _raw(line)))
+        obj, problem = parse_json_line(line)
+        if problem is not None:
+            rows.append((None, None, problem, _raw(line)))
             continue
         if not isinstance(obj, dict):
             rows.append((None, None, "not a JSON object", _raw(line)))
             continue
         doc_id = obj.get("_id")
-        text = doc_text(obj) if isinstance(obj.get("text"), str | None) else ""
-        if not isinstance(doc_id, str | int) or str(doc_id).strip() == "":
+        strings = all(obj.get(k) is None or isinstance(obj[k], str) for k in ("title", "text"))
+        text = doc_text(obj) if strings else ""
+        if isinstance(doc_id, bool) or not isinstance(doc_id, str | int) or not str(doc_id).strip():
             rows.append((None, None, "corpus row without _id", _raw(line)))
-        elif not text or not isinstance(obj.get("title") or "", str):
+        elif not strings:
+            rows.append((str(doc_id), None, "title / text must be strings", _raw(line)))
+        elif not text:
             rows.append((str(doc_id), None, "document without text", _raw(line)))
         else:
             rows.append((str(doc_id), text, None, None))
@@ -93,23 +144,26 @@ def beir_corpus_dataset(beir_dir: str | Path):
     path = storage.join(beir_dir, "corpus.jsonl")
     if not storage.is_file(path):
         raise FileNotFoundError(f"{path} not found (expected a BEIR directory)")
-    return read_text_dataset(path).map_batches(
+    return read_text_lines(path).map_batches(
         parse_corpus_lines, batch_format="pyarrow", batch_size=4096
     )
 
 
 # ---------------------------------------------------------------------------- BEIR queries, qrels
+class _Sink:
+    """Adapts :mod:`spladeray.data.beir`'s ``rejects.add(source, line, reason)`` to a
+    ``reject(source, line, reason, id=None, raw=None)`` callable."""
+
+    def __init__(self, reject) -> None:
+        self.add = lambda source, line, reason: reject(source, line, reason)
+
+
 def iter_queries(beir_dir: str | Path, reject) -> Iterator[tuple[str, str]]:
     """``(query_id, text)``; bad rows go to ``reject(source, line, reason, id=None, raw=None)``."""
     path = storage.join(beir_dir, "queries.jsonl")
-
-    class _Sink:  # adapts iter_jsonl's rejects.add(source, line, reason)
-        def add(self, source: str, line: int, reason: str) -> None:
-            reject(source, line, reason)
-
-    for n, obj in iter_jsonl(path, _Sink()):
+    for n, obj in iter_jsonl(path, _Sink(reject)):
         qid, text = obj.get("_id"), _clean(obj.get("text"))
-        if not isinstance(qid, str | int) or str(qid).strip() == "":
+        if isinstance(qid, bool) or not isinstance(qid, str | int) or str(qid).strip() == "":
             reject(str(path), n, "query without _id", raw=_raw(obj))
         elif text is None:
             reject(str(path), n, "empty query", id=str(qid), raw=_raw(obj))
@@ -118,18 +172,9 @@ def iter_queries(beir_dir: str | Path, reject) -> Iterator[tuple[str, str]]:
 
 
 def iter_qrels(path: str | Path, reject) -> Iterator[tuple[int, str, str, int]]:
-    """``(line, query_id, doc_id, relevance)`` from a qrels TSV (header line optional)."""
-    check_qrels(path)
-    with storage.open_text(path, newline="") as fh:
-        for n, parts in enumerate(csv.reader(fh, delimiter="\t"), 1):
-            if not parts or (n == 1 and parts[0] in ("query-id", "qid", "query_id")):
-                continue
-            try:
-                if len(parts) not in (3, 4) or not parts[0].strip() or not parts[1].strip():
-                    raise ValueError
-                yield n, parts[0].strip(), parts[1].strip(), int(parts[-1])
-            except ValueError:
-                reject(str(path), n, "malformed qrels line", raw=_raw("\t".join(parts)))
+    """``(line, query_id, doc_id, relevance)`` from a qrels TSV (header line optional); bad lines
+    go to ``reject`` (see :func:`spladeray.data.beir.iter_qrels`)."""
+    return beir_iter_qrels(path, _Sink(reject))
 
 
 # ---------------------------------------------------------------------------- pair files
@@ -178,17 +223,19 @@ def normalize_pairs(batch: pa.Table, columns: dict[str, str]) -> pa.Table:
 
 
 def parse_pairs_lines(batch: pa.Table, columns: dict[str, str]) -> pa.Table:
-    """``read_text`` lines of a jsonl pairs file -> :data:`PAIRS_SCHEMA`; bad lines are rejects."""
+    """Text lines of a jsonl pairs file -> :data:`PAIRS_SCHEMA`; bad lines are rejects."""
     records = []
-    for line in batch.column("text").to_pylist():
+    for line, undecodable in _lines(batch):
+        if undecodable is not None:
+            record = dict.fromkeys(PAIRS_SCHEMA.names)
+            record.update(reject=undecodable)
+            records.append(record)
+            continue
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            obj = exc
+        obj, problem = parse_json_line(line)
         if not isinstance(obj, dict):
-            reason = f"invalid JSON: {obj.msg}" if isinstance(obj, Exception) else "not an object"
+            reason = problem or "not an object"
             record = dict.fromkeys(PAIRS_SCHEMA.names)
             record.update(reject=reason, raw=_raw(line))
             records.append(record)
@@ -223,7 +270,7 @@ def pairs_dataset(source):
 
     columns = dict(source.columns)
     if source.format == "jsonl":
-        ds = read_text_dataset(source.path, file_extensions=["jsonl", "json"])
+        ds = read_text_lines(source.path, file_extensions=["jsonl", "json"])
         return ds.map_batches(parse_pairs_lines, fn_kwargs={"columns": columns}, **_ARROW)
     if source.format == "parquet":
         fs, path = storage.resolve(source.path)
@@ -236,12 +283,3 @@ def pairs_dataset(source):
 
 
 _ARROW = {"batch_format": "pyarrow", "batch_size": 4096}
-
-
-def read_text_dataset(uri: str | Path, **kwargs: Any):
-    """``ray.data.read_text`` of a local path or URI, through :func:`spladeray.storage.resolve`'s
-    filesystem (so an S3-compatible endpoint from ``AWS_ENDPOINT_URL`` applies to Ray Data too)."""
-    import ray.data
-
-    fs, path = storage.resolve(uri)
-    return ray.data.read_text(path, filesystem=fs, **kwargs)

@@ -177,6 +177,10 @@ def id_problem(doc_id: Any) -> str | None:
     """Why a document id is unusable, or None."""
     if not isinstance(doc_id, str) or not doc_id.strip():
         return f"document id must be a non-empty string, got {doc_id!r}"
-    if len(doc_id.encode()) > 512:
+    try:
+        size = len(doc_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "document id is not valid Unicode (a lone surrogate)"
+    if size > 512:
         return "document id is longer than 512 bytes"
     return None

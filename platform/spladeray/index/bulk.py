@@ -1,13 +1,21 @@
 """Bulk indexing with Ray Data: read corpus lines, encode in an actor pool, write from the actors.
 
-``ray.data.read_text`` streams ``corpus.jsonl`` (a local path or a URI such as
-``s3://bucket/beir/scifact``, read by whichever node runs the task); each actor of a fixed pool (``index.actors``,
+:func:`spladeray.data.readers.read_text_lines` reads ``corpus.jsonl`` (a local path or a URI such as
+``s3://bucket/beir/scifact``, read by whichever node runs the task; a line that is not UTF-8
+is a reject, not a crash); each actor of a fixed pool (``index.actors``,
 one GPU each when the cluster has GPUs) parses its batch, checks each row
 (:func:`spladeray.index.documents.check_row`), encodes it with its own :class:`SpladeEncoder`
 and bulk-writes it to the backend itself, returning only counts and failures. With ``resume``
 the ids already in the index are skipped (re-indexing an id would overwrite it, so a resumed run
 never duplicates; it only saves the encoding). Rows that are not valid JSON or are not usable
 documents are counted as rejected, never silently dropped.
+
+**The backend going away stops the job.** When an actor's bulk write finds the backend
+unreachable (:class:`~spladeray.index.base.IndexUnavailableError`: connection refused or dropped,
+5xx after the client's retries), the job stops with :class:`IndexingStopped`: its message says
+what happened and how many documents were confirmed, and its summary counts only documents the
+backend confirmed -- never one that was merely sent. ``--resume`` then asks the backend which ids
+it holds (the truth, not a progress file that could disagree with it) and skips them.
 
 :func:`run_index` is the stage (``jobs/index.py``); it returns an :class:`IndexSummary`.
 """
@@ -23,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from spladeray import storage
-from spladeray.data.readers import read_text_dataset
+from spladeray.data.readers import read_text_lines
 from spladeray.raycluster import check_capacity, cluster_gpus, ensure_ray
 
 logger = logging.getLogger(__name__)
@@ -64,6 +72,15 @@ class IndexSummary:
         return "\n".join(lines)
 
 
+class IndexingStopped(RuntimeError):
+    """The job stopped before the end (the backend became unavailable); ``summary`` holds what
+    was confirmed up to then."""
+
+    def __init__(self, message: str, summary: IndexSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 class EncodeAndWrite:
     """Ray Data actor: parse -> check -> encode -> ``index.add`` for one batch of corpus lines."""
 
@@ -86,7 +103,11 @@ class EncodeAndWrite:
         from spladeray.index.documents import check_row
 
         docs, rejected, skipped = [], [], 0
-        for line in batch["text"]:
+        problems = batch.get("problem", [""] * len(batch["text"]))
+        for line, undecodable in zip(batch["text"], problems, strict=True):
+            if undecodable:  # not UTF-8 (see read_text_lines)
+                rejected.append(str(undecodable))
+                continue
             line = str(line)
             if not line.strip():
                 continue
@@ -108,19 +129,23 @@ class EncodeAndWrite:
             ids, fields = [d.id for d in docs], [d.fields() for d in docs]
             try:
                 result = self.index.add(self.cfg.index.name, ids, vectors, fields)
-            except IndexUnavailableError as exc:
-                result = exc.result  # what was confirmed before the failure
-                if result is None:
-                    raise
-                logger.error("%s", exc)
+            except IndexUnavailableError as exc:  # the driver stops the job (see run_index)
+                confirmed = exc.result.indexed if exc.result is not None else 0
+                stopped = f"{exc} [{len(ids) - confirmed} documents of this batch unconfirmed]"
+                return self._row(batch, confirmed, skipped, [], rejected, stopped)
             indexed = result.indexed
             failures = [[f.id, f.error] for f in result.failed]
+        return self._row(batch, indexed, skipped, failures, rejected)
+
+    @staticmethod
+    def _row(batch, indexed, skipped, failures, rejected, stopped="") -> dict[str, np.ndarray]:
         return {
             "seen": np.array([len(batch["text"])]),
             "indexed": np.array([indexed]),
             "skipped": np.array([skipped]),
             "failed": np.array([json.dumps(failures)]),
             "rejected": np.array([json.dumps(rejected)]),
+            "stopped": np.array([stopped]),  # why the backend could not be written, or ""
         }
 
 
@@ -161,12 +186,12 @@ def run_index(
     index.create(name)
     skip: set[str] = set()
     if resume:
-        skip = index.ids(name)
-        logger.info("resume: %d documents already in %r are skipped", len(skip), name)
+        skip = index.ids(name)  # asked of the backend: the truth about what is indexed
+        logger.info("resume: %d documents are already in %r; they are skipped", len(skip), name)
     total = _count_lines(corpus)
     if limit:
         total = min(total, limit)
-    ds = read_text_dataset(corpus)
+    ds = read_text_lines(corpus)  # a line that is not UTF-8 is a reject, not a crash
     if limit:
         ds = ds.limit(limit)
     out = ds.map_batches(
@@ -191,6 +216,15 @@ def run_index(
             summary.failures.extend(failures[: max(MAX_REPORTED - len(summary.failures), 0)])
             summary.rejects.extend(rejects[: max(MAX_REPORTED - len(summary.rejects), 0)])
             bar.update(int(row["seen"]))
+            if str(row["stopped"]):
+                summary.seconds = round(time.perf_counter() - start, 2)
+                raise IndexingStopped(
+                    f"indexing stopped: the index backend is unavailable ({row['stopped']}). "
+                    f"{summary.indexed} documents were confirmed by the backend before the stop; "
+                    "nothing unconfirmed is counted. When the backend is back, run again with "
+                    "--resume: the ids it already holds are skipped.",
+                    summary,
+                )
     index.refresh(name)
     summary.seconds = round(time.perf_counter() - start, 2)
     summary.docs_per_s = round(summary.indexed / max(summary.seconds, 1e-9), 1)

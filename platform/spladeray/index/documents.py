@@ -11,6 +11,7 @@ fields it came with.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,9 +65,29 @@ def check_document(
 ) -> Document | Failure:
     """A :class:`Document`, or the :class:`Failure` (by id, with the reason) when it is unusable."""
     problem = document_problem(doc_id, title, text)
+    if problem is None:
+        problem = fields_problem({"title": title, "text": text, **dict(extra or {})})
     if problem is not None:
-        return Failure("" if doc_id is None else str(doc_id), problem)
+        return Failure("" if doc_id is None else printable(str(doc_id)), problem)
     return Document(normalise_id(doc_id), title or "", text or "", dict(extra or {}))
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates escaped (``\\ud800``), so that it can be echoed in JSON."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def fields_problem(fields: Mapping[str, Any]) -> str | None:
+    """Why stored fields cannot be written (not strict JSON -- NaN and infinities included -- or
+    strings that are not valid Unicode:
+    JSON can carry lone surrogates that no tokenizer, UTF-8 store or backend accepts)."""
+    try:
+        json.dumps(fields, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "the document is not valid Unicode (a lone surrogate in a field)"
+    except (TypeError, ValueError) as exc:
+        return f"fields are not JSON-serialisable: {exc}"
+    return None
 
 
 def check_row(row: Any, id_key: str = "_id") -> Document | Failure:

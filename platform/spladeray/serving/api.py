@@ -58,7 +58,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spladeray.index import open_index
 from spladeray.index.base import Failure, Hit, IndexNotFoundError, IndexUnavailableError
-from spladeray.index.documents import check_document
+from spladeray.index.documents import check_document, printable
 from spladeray.index.opensearch import limit_query
 from spladeray.retrieval.fusion import rrf
 from spladeray.serving.encoder import BatchedEncoder, ModelLoadError
@@ -75,9 +75,13 @@ from spladeray.serving.schemas import (
     EncodeRequest,
     EncodeResponse,
     ErrorResponse,
+    HealthResponse,
+    HealthUnavailable,
+    IndexErrorResponse,
     IndexRequest,
     IndexResponse,
     MLCommonsRequest,
+    MLCommonsResponse,
     SearchHit,
     SearchRequest,
     SearchResponse,
@@ -89,13 +93,25 @@ logger = logging.getLogger(__name__)
 URL_TOKEN_PARAMS = ("token", "access_token")
 """Query parameters a client might put a token in; refused on protected routes."""
 
-ERRORS = {
-    400: {"model": ErrorResponse},
-    401: {"model": ErrorResponse},
-    413: {"model": ErrorResponse},
-    422: {"model": ErrorResponse},
-    503: {"model": ErrorResponse},
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying (the condition is transient)",
+        "schema": {"type": "integer"},
+    }
 }
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "the body is not valid JSON"},
+    401: {"model": ErrorResponse, "description": "missing or wrong bearer token (protected route)"},
+    413: {"model": ErrorResponse, "description": "too many items, or a body over the byte limit"},
+    422: {"model": ErrorResponse, "description": "invalid fields; detail lists them"},
+    503: {
+        "model": ErrorResponse,
+        "description": "encoder at capacity or unavailable, or the index backend unreachable",
+        "headers": RETRY_AFTER,
+    },
+}
+"""The error statuses every POST route declares (the OpenAPI document at ``/openapi.json``)."""
+INDEX_ERRORS = {k: {**v, "model": IndexErrorResponse} for k, v in ERRORS.items()}
 
 api = FastAPI(
     title="spladeray",
@@ -119,7 +135,7 @@ def _retry_after(limits) -> str:
 
 
 def _error(status: int, message: str, detail: Any = None, headers=None) -> JSONResponse:
-    body: dict[str, Any] = {"error": message}
+    body: dict[str, Any] = {"error": printable(message)}
     if detail is not None:
         body["detail"] = detail
     return JSONResponse(status_code=status, content=body, headers=headers)
@@ -130,8 +146,12 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return _error(400, "request body is not valid JSON")
-    detail = [
-        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": e.get("type")}
+    detail = [  # field names come from the client: escaped, so that any of them can be echoed
+        {
+            "loc": [printable(str(p)) for p in e.get("loc", ())],
+            "msg": printable(str(e.get("msg"))),
+            "type": e.get("type"),
+        }
         for e in errors
     ]
     summary = "; ".join(f"{'.'.join(d['loc'][1:]) or 'body'}: {d['msg']}" for d in detail[:5])
@@ -314,7 +334,14 @@ class EncoderIngress:
         self.metrics.latency.labels(route).observe(time.perf_counter() - started)
 
     # ------------------------------------------------------------------ routes
-    @api.get("/healthz")
+    @api.get(
+        "/healthz",
+        response_model=None,
+        responses={
+            200: {"model": HealthResponse},
+            503: {"model": HealthUnavailable, "description": "no encoder replica is ready"},
+        },
+    )
     async def healthz(self) -> JSONResponse:
         """200 from a replica, which answers only once its model is loaded. While no replica
         can answer (starting, or replaced after a crash), the proxy answers 503
@@ -322,12 +349,20 @@ class EncoderIngress:
         index = {"backend": self.cfg.index.backend, "name": self.cfg.index.name}
         return JSONResponse({"status": "ok", "encoder": self.encoder.info(), "index": index})
 
-    @api.get("/metrics")
+    @api.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics_text(self) -> Response:
         """Prometheus text of this replica (see :mod:`spladeray.serving.metrics`)."""
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
-    @api.post("/encode", response_model=None, responses={200: {"model": EncodeResponse}, **ERRORS})
+    @api.post(
+        "/encode",
+        response_model=None,
+        responses={200: {"model": EncodeResponse | MLCommonsResponse}, **ERRORS},
+    )
     async def encode(self, body: EncodeRequest, request: Request) -> dict[str, Any]:
         """Sparse vectors ``{token: weight}`` for documents or queries."""
         started = time.perf_counter()
@@ -345,7 +380,11 @@ class EncoderIngress:
         )
 
     @api.post("/_plugins/_ml/_predict/sparse_encoding", include_in_schema=False)
-    @api.post("/_plugins/_ml/_predict/sparse_encoding/{model_id}", responses=ERRORS)
+    @api.post(
+        "/_plugins/_ml/_predict/sparse_encoding/{model_id}",
+        response_model=MLCommonsResponse,
+        responses=ERRORS,
+    )
     async def ml_commons_encode(
         self, body: MLCommonsRequest, request: Request, model_id: str = ""
     ) -> dict:
@@ -356,7 +395,11 @@ class EncoderIngress:
         route = await self._route(self.cfg.index.name)
         return _json(ml_commons_shape(await self._encode(texts, "document", route.model)))
 
-    @api.post("/_plugins/_ml/_predict/sparse_tokenize/{model_id}", responses=ERRORS)
+    @api.post(
+        "/_plugins/_ml/_predict/sparse_tokenize/{model_id}",
+        response_model=MLCommonsResponse,
+        responses=ERRORS,
+    )
     async def ml_commons_tokenize(
         self, body: MLCommonsRequest, request: Request, model_id: str = ""
     ) -> dict:
@@ -367,7 +410,7 @@ class EncoderIngress:
         route = await self._route(self.cfg.index.name)
         return _json(ml_commons_shape(await self._encode(texts, "query", route.model)))
 
-    @api.post("/index", response_model=IndexResponse, responses=ERRORS)
+    @api.post("/index", response_model=IndexResponse, responses=INDEX_ERRORS)
     async def index_documents(self, body: IndexRequest, request: Request):
         """Encode and bulk-write documents by id; failures are listed by id with the reason."""
         started = time.perf_counter()

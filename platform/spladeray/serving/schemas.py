@@ -9,9 +9,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, model_validator
 
-NonEmptyText = Annotated[StrictStr, Field(min_length=1)]
+
+def _valid_unicode(text: str) -> str:
+    """JSON can carry lone surrogates (``"\\ud800"``), which no tokenizer or store accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"text is not valid Unicode (a lone surrogate at position {exc.start})"
+        ) from None
+    return text
+
+
+NonEmptyText = Annotated[StrictStr, Field(min_length=1), AfterValidator(_valid_unicode)]
 INDEX_NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-.]*$"
 
 
@@ -132,8 +144,51 @@ class SearchResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
+    """Every 4xx/5xx body: ``error`` is one line for people; ``detail`` (422) lists the fields."""
+
+    error: str = Field(description="what went wrong, in one line")
+    detail: Any = Field(None, description="422: the invalid fields (loc, msg, type)")
+
+
+class IndexErrorResponse(ErrorResponse):
+    """``/index`` errors; a 503 from a backend that failed mid-write also says what it confirmed
+    (``indexed``) and lists every other document by id in ``failed`` -- nothing is lost."""
+
+    indexed: int | None = Field(None, description="503: documents the backend confirmed")
+    failed: list[FailureItem] | None = Field(
+        None, description="503: every document not confirmed, by id, with the reason"
+    )
+    index: str | None = None
+
+
+class HealthResponse(BaseModel):
+    """``/healthz`` 200: an encoder replica has its model loaded."""
+
+    status: Literal["ok"]
+    encoder: dict[str, Any] = Field(description="the model a replica serves and its batching")
+    index: dict[str, Any] = Field(description="the configured index backend and name")
+
+
+class HealthUnavailable(BaseModel):
+    """``/healthz`` 503: no encoder replica is ready (loading, or down)."""
+
+    status: Literal["loading", "unavailable"]
     error: str
-    detail: Any = None
+
+
+class MLCommonsOutput(BaseModel):
+    name: str
+    dataAsMap: dict[str, list[dict[str, float]]]  # noqa: N815 (ML Commons' spelling)
+
+
+class MLCommonsResult(BaseModel):
+    output: list[MLCommonsOutput]
+
+
+class MLCommonsResponse(BaseModel):
+    """OpenSearch ML Commons ``_predict`` response: one ``inference_results`` entry per text."""
+
+    inference_results: list[MLCommonsResult]
 
 
 def ml_commons_shape(vectors: list[dict[str, float]]) -> dict[str, Any]:
