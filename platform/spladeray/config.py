@@ -110,7 +110,11 @@ class ModelConfig(Section):
     )
     batch_size: int = Field(32, gt=0)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="precision of bulk encoding (weights stay fp32): auto = bfloat16 on a CPU "
+        "with native bf16 and on CUDA, float32 elsewhere (spladeray.model.precision)",
+    )
 
 
 class RayConfig(Section):
