@@ -749,7 +749,8 @@ class ExportMLCommonsConfig(Section):
 
 
 class ExportConfig(Section):
-    """Model export to OpenSearch ML Commons (jobs/export.py)."""
+    """Model export (jobs/export.py): OpenSearch ML Commons zips (TorchScript or ONNX) or a
+    Hugging Face Hub-ready directory with a model card."""
 
     output_dir: StorageURI = Field(
         "runs/export", description="local dir or URI (s3://...) for the zips and register bodies"
@@ -761,7 +762,13 @@ class ExportConfig(Section):
         None, description="where the zips will be served; fills `url` in the register bodies"
     )
     apply_pruning: bool = Field(True, description="bake model.top_k / threshold into the model")
-    tolerance: float = Field(1e-4, gt=0, description="max |TorchScript - encoder| accepted")
+    tolerance: float = Field(1e-4, gt=0, description="max |exported - encoder| accepted")
+    model_format: Literal["TORCH_SCRIPT", "ONNX"] = Field(
+        "TORCH_SCRIPT", description="what the ML Commons zip carries (jobs/export.py --format)"
+    )
+    license: str | None = Field(
+        None, description="model card license (an SPDX id); None writes a placeholder to fill in"
+    )
     ml_commons: ExportMLCommonsConfig = Field(default_factory=ExportMLCommonsConfig)
 
 
