@@ -111,9 +111,10 @@ class ModelConfig(Section):
     batch_size: int = Field(32, gt=0)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto",
-        description="precision of bulk encoding (weights stay fp32): auto = bfloat16 on a CPU "
-        "with native bf16 and on CUDA, float32 elsewhere (spladeray.model.precision)",
+        "float32",
+        description="precision of bulk encoding (weights stay fp32). auto = bfloat16 on a CPU "
+        "with native bf16 and on CUDA, float32 elsewhere (spladeray.model.precision); the "
+        "shipped configs set auto, an unset value is float32 (exact, as sentence-transformers)",
     )
 
 

@@ -4,7 +4,7 @@
 of the vocabulary projection and max-pool (:func:`spladeray.model.pooling.pool_logits`) and
 whether the backbone runs under ``torch.autocast``. Weights always come out fp32.
 
-``auto`` (the config default), and why:
+``auto`` (what the shipped configs set; an unset ``model.dtype`` is ``float32``), and why:
 
 - **CPU with native bf16** (AVX512-BF16 or AMX): ``bfloat16``. The projection is ~90% of a
   small SPLADE model's FLOPs and a bf16 GEMM runs ~3-4x faster than fp32 there; the bf16 logit
