@@ -53,7 +53,12 @@ def test_hf_directory_loads_with_sparse_encoder_and_card_parses(encoder, tmp_pat
     assert meta["license"] and "sparse-encoder" in meta["tags"]
     assert "| splade-tiny | sparse | 0.6440 | 0.9300 | 22 | 180 |" in readme
     assert "max_steps: 20" in readme
-    for usage in ("SpladeEncoder.from_pretrained", "SparseEncoder(", "AutoModelForMaskedLM", "neural_sparse"):
+    for usage in (
+        "SpladeEncoder.from_pretrained",
+        "SparseEncoder(",
+        "AutoModelForMaskedLM",
+        "neural_sparse",
+    ):
         assert usage in readme
     st = SparseEncoder(str(out), device="cpu", local_files_only=True)
     texts = ["vitamin D is made in the skin", "p53 mutations in mice"]

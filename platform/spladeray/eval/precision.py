@@ -97,7 +97,10 @@ def compare_precision(
     try:
         for name in ("float32", precision):
             encoder.precision = name
-            out[name] = (encoder.encode_csr(dtexts, "document"), encoder.encode_csr(qtexts, "query"))
+            out[name] = (
+                encoder.encode_csr(dtexts, "document"),
+                encoder.encode_csr(qtexts, "query"),
+            )
     finally:
         encoder.precision = saved
     (d32, q32), (dx, qx) = out["float32"], out[precision]
