@@ -14,7 +14,7 @@ batch size, in the same run. Rows:
   ``optimum``; otherwise the row says why not).
 
 The rows alternate over rounds of documents so all see the same machine load. For each row:
-docs/s, ratio to sentence-transformers, peak RSS (a fresh subprocess encoding 200 documents),
+docs/s, ratio to sentence-transformers, peak RSS (a fresh subprocess encoding ``--memory-docs``),
 the max abs difference of the document vectors to spladeray fp32, and the nDCG@10 delta to
 spladeray fp32 (SciFact dev queries over these documents, exact dot product; queries encoded by
 the same row). Prints a table and a final ``RESULT {json}`` line for bench/run_all.py.
@@ -160,8 +160,9 @@ def _peak_memory_worker(row: str, n: int, batch_size: int, workdir: str) -> None
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def _peak(row: str, batch_size: int, workdir: Path) -> float | None:
+def _peak(row: str, batch_size: int, workdir: Path, docs: int) -> float | None:
     cmd = [sys.executable, __file__, "--memory-worker", row, "--batch-size", str(batch_size)]
+    cmd += ["--memory-docs", str(docs)]
     cmd += ["--workdir", str(workdir)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -175,6 +176,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--rows", choices=["all", "main"], default="all")
+    parser.add_argument("--memory-docs", type=int, default=200, help="docs per peak-RSS worker")
     parser.add_argument("--memory-worker")
     parser.add_argument("--workdir")
     parser.add_argument("--export-worker", metavar="DIR")
@@ -187,7 +189,7 @@ def main() -> None:
         )
         return
     if args.memory_worker:
-        _peak_memory_worker(args.memory_worker, 200, args.batch_size, args.workdir)
+        _peak_memory_worker(args.memory_worker, args.memory_docs, args.batch_size, args.workdir)
         return
     workdir = Path(tempfile.mkdtemp(prefix="bench-encode-"))
     wanted = MAIN_ROWS + (CANDIDATES if args.rows == "all" else [])
@@ -196,7 +198,7 @@ def main() -> None:
     # ONNX graph is exported in a child too, for the same reason.
     if any("onnxruntime" in r or "spladeray openvino" in r for r in wanted):
         subprocess.run([sys.executable, __file__, "--export-worker", str(workdir)], check=True)
-    peak = {row: _peak(row, args.batch_size, workdir) for row in wanted}
+    peak = {row: _peak(row, args.batch_size, workdir, args.memory_docs) for row in wanted}
 
     import numpy as np
     import scipy.sparse as sp
