@@ -110,7 +110,12 @@ class ModelConfig(Section):
     )
     batch_size: int = Field(32, gt=0)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="precision of bulk encoding (weights stay fp32). auto = bfloat16 on a CPU "
+        "with native bf16 and on CUDA, float32 elsewhere (spladeray.model.precision); the "
+        "shipped configs set auto, an unset value is float32 (exact, as sentence-transformers)",
+    )
 
 
 class RayConfig(Section):
@@ -815,7 +820,8 @@ class ExportMLCommonsConfig(Section):
 
 
 class ExportConfig(Section):
-    """Model export to OpenSearch ML Commons (jobs/export.py)."""
+    """Model export (jobs/export.py): OpenSearch ML Commons zips (TorchScript or ONNX) or a
+    Hugging Face Hub-ready directory with a model card."""
 
     output_dir: StorageURI = Field(
         "runs/export", description="local dir or URI (s3://...) for the zips and register bodies"
@@ -827,7 +833,13 @@ class ExportConfig(Section):
         None, description="where the zips will be served; fills `url` in the register bodies"
     )
     apply_pruning: bool = Field(True, description="bake model.top_k / threshold into the model")
-    tolerance: float = Field(1e-4, gt=0, description="max |TorchScript - encoder| accepted")
+    tolerance: float = Field(1e-4, gt=0, description="max |exported - encoder| accepted")
+    model_format: Literal["TORCH_SCRIPT", "ONNX"] = Field(
+        "TORCH_SCRIPT", description="what the ML Commons zip carries (jobs/export.py --format)"
+    )
+    license: str | None = Field(
+        None, description="model card license (an SPDX id); None writes a placeholder to fill in"
+    )
     ml_commons: ExportMLCommonsConfig = Field(default_factory=ExportMLCommonsConfig)
 
 

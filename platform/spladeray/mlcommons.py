@@ -604,17 +604,19 @@ def run_export(
     register: bool = False,
     deploy: bool = True,
     predict: str | None = None,
+    model_format: str | None = None,
 ) -> ExportResult:
     """The export stage: ``cfg.model`` as ML Commons zips (``cfg.export``, defaults when absent).
 
-    ``url_prefix`` replaces ``export.url_prefix`` (where the zips will be served). With
+    ``url_prefix`` replaces ``export.url_prefix`` (where the zips will be served) and
+    ``model_format`` (``TORCH_SCRIPT`` | ``ONNX``) replaces ``export.model_format``. With
     ``register`` the zips are then registered (and deployed) by :func:`register_exported`, and
     ``result.registered`` lists them. ``export.output_dir`` may be a URI (``s3://...``): it is
     checked for writing before the model is loaded, and the paths in the result are URIs.
     """
     from spladeray.model.export import export_from_config
 
-    result = export_from_config(cfg, url_prefix=url_prefix)
+    result = export_from_config(cfg, url_prefix=url_prefix, model_format=model_format)
     if register:
         result.registered = register_exported(cfg, result, deploy=deploy, predict=predict)
     return result

@@ -35,6 +35,30 @@ def _st_dense(model: SparseEncoder, texts, kind: str) -> np.ndarray:
     return fn(texts, batch_size=16, convert_to_tensor=True).to_dense().cpu().numpy()
 
 
+def _no_special(enc, weights):
+    """The reference with the special tokens' dimensions zeroed, as the encoder does."""
+    weights = weights.clone()
+    weights[:, enc.tokenizer.all_special_ids] = 0
+    return weights
+
+
+def test_special_tokens_get_weight_zero(splade_tiny, tmp_path):
+    """[CLS], [SEP], [PAD] ... are never terms: zero in every vector, whatever the model says."""
+    tok = tiny_tokenizer(splade_tiny)
+    enc = SpladeEncoder.from_pretrained(str(build_tiny_mlm("bert", tok, tmp_path / "m")))
+    batch = enc.tokenize(["protein folding in cells", "a b"])
+    with torch.no_grad():
+        logits = enc.mlm(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
+        naive = pool_full_logits(logits, batch["attention_mask"])
+    special = tok.all_special_ids
+    assert (naive[:, special] > 0).any(), "the random model does weight special tokens"
+    for weights in (
+        enc.encode_documents_csr(["protein folding in cells", "a b"]).toarray(),
+        enc.encode_queries_csr(["protein folding in cells"]).toarray(),
+    ):
+        assert (weights[:, special] == 0).all() and (weights > 0).any()
+
+
 def test_vectors_equal_sentence_transformers(encoder, splade_tiny, texts):
     st = SparseEncoder(str(splade_tiny), device="cpu")
     st.max_seq_length = 256
@@ -105,12 +129,12 @@ def test_plain_masked_lm_fast_path_equals_naive(arch, splade_tiny, tmp_path):
     with torch.no_grad():
         fast = enc(batch["input_ids"], batch["attention_mask"])
         logits = enc.mlm(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
-        naive = pool_full_logits(logits, batch["attention_mask"])
+        naive = _no_special(enc, pool_full_logits(logits, batch["attention_mask"]))
     assert torch.allclose(fast, naive, atol=1e-5)
     enc.pooling = "sum"
     with torch.no_grad():
         fast_sum = enc(batch["input_ids"], batch["attention_mask"])
-    naive_sum = pool_full_logits(logits, batch["attention_mask"], pooling="sum")
+    naive_sum = _no_special(enc, pool_full_logits(logits, batch["attention_mask"], pooling="sum"))
     assert torch.allclose(fast_sum, naive_sum, atol=1e-4)
 
 
@@ -130,7 +154,7 @@ def test_legacy_head_file(splade_tiny, tmp_path):
     batch = enc.tokenize(["sparse retrieval with a legacy head"])
     with torch.no_grad():
         hidden = base(**batch).last_hidden_state
-        expected = pool_full_logits(head(hidden), batch["attention_mask"])
+        expected = _no_special(enc, pool_full_logits(head(hidden), batch["attention_mask"]))
         got = enc(batch["input_ids"], batch["attention_mask"])
     assert torch.allclose(got, expected, atol=1e-5)
     enc.save_pretrained(str(tmp_path / "legacy2"))

@@ -8,6 +8,12 @@ over the unmasked tokens ``i`` of the text, ``logit_ij`` the masked-LM's score o
 ``j`` at position ``i``. In doc-only (inference-free) mode a query is only tokenized and each
 distinct token ``t`` gets ``idf[t]`` (OpenSearch ``doc-v2/v3-distill`` style).
 
+Special tokens (``[CLS]``, ``[SEP]``, ``[PAD]``, ... : ``tokenizer.all_special_ids``) always get
+weight 0: they are not terms, and every export (TorchScript, ONNX) zeroes them the same way.
+
+Bulk encoding runs in the precision of ``precision`` (``float32`` | ``bfloat16`` | ``float16`` |
+``auto``, see :mod:`spladeray.model.precision`); ``forward`` is fp32 unless asked otherwise.
+
 Loading and saving live in :mod:`spladeray.model.loading` and :mod:`spladeray.model.saving`; this
 module is the computation.
 """
@@ -28,6 +34,7 @@ from tqdm.auto import tqdm
 from spladeray.model.heads import LinearHead, split_mlm
 from spladeray.model.idf import idf_to_tensor, tensor_to_idf
 from spladeray.model.pooling import Activation, Pooling, pool_full_logits, pool_logits
+from spladeray.model.precision import FP32, Plan, Precision, normalize, plan
 from spladeray.model.sparse import csr_to_dicts, dense_to_csr, prune, top_tokens
 
 logger = logging.getLogger(__name__)
@@ -52,6 +59,8 @@ class SpladeEncoder(nn.Module):
         top_k / threshold: optional pruning of output weights.
         idf: token -> weight table; required when ``doc_only``.
         doc_only: encode queries with ``idf`` instead of the model.
+        precision: what bulk encoding runs in (:mod:`spladeray.model.precision`); ``float32``
+            by default here, ``auto`` by default in configs.
         metadata: provenance, e.g. ``random_head`` (see :attr:`random_head`).
     """
 
@@ -71,6 +80,7 @@ class SpladeEncoder(nn.Module):
         doc_only: bool = False,
         batch_size: int = 32,
         chunk_tokens: int = 512,
+        precision: Precision | str | torch.dtype | None = "float32",
         metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -92,6 +102,7 @@ class SpladeEncoder(nn.Module):
         self.doc_only = doc_only
         self.batch_size = batch_size
         self.chunk_tokens = chunk_tokens
+        self.precision: Precision = normalize(precision)
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.vocab_size = len(tokenizer)
         weight = idf_to_tensor(idf, tokenizer) if idf is not None else torch.zeros(0)
@@ -99,6 +110,10 @@ class SpladeEncoder(nn.Module):
         self.idf_weight = nn.Parameter(weight, requires_grad=False)
         self._parts = None if head is not None else split_mlm(mlm)
         self._id_to_token: list[str] | None = None
+        special = sorted({i for i in tokenizer.all_special_ids if 0 <= i < self.vocab_size})
+        self.register_buffer(
+            "special_ids", torch.tensor(special, dtype=torch.long), persistent=False
+        )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -152,8 +167,26 @@ class SpladeEncoder(nn.Module):
             )
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Dense ``[batch, vocab]`` SPLADE weights through the model (differentiable)."""
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, plan: Plan = FP32
+    ) -> torch.Tensor:
+        """Dense ``[batch, vocab]`` SPLADE weights through the model (differentiable), special
+        tokens zeroed. ``plan`` (inference) picks reduced precision; the output is fp32 then."""
+        cast = (  # the backbone (and head transform) under autocast where the plan says so
+            torch.autocast(input_ids.device.type, dtype=plan.backbone)
+            if plan.backbone is not None
+            else contextlib.nullcontext()
+        )
+        with cast:
+            weights = self._pooled(input_ids, attention_mask, plan)
+        if self.special_ids.numel():
+            weights = weights.index_fill(1, self.special_ids.to(weights.device), 0.0)
+        return weights
+
+    def _pooled(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, plan: Plan
+    ) -> torch.Tensor:
+        projection = plan.projection if not torch.is_grad_enabled() else None
         if self.head is not None:
             hidden = self.mlm(input_ids=input_ids, attention_mask=attention_mask)[0]
             return pool_logits(
@@ -164,6 +197,7 @@ class SpladeEncoder(nn.Module):
                 pooling=self.pooling,
                 activation=self.activation,
                 chunk_tokens=self.chunk_tokens,
+                compute_dtype=projection,
             )
         if self._parts is not None:
             hidden = self._parts.backbone(input_ids=input_ids, attention_mask=attention_mask)[0]
@@ -175,10 +209,17 @@ class SpladeEncoder(nn.Module):
                 pooling=self.pooling,
                 activation=self.activation,
                 chunk_tokens=self.chunk_tokens,
+                compute_dtype=projection,
             )
-        logits = self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
+        cast = (
+            torch.autocast(input_ids.device.type, dtype=plan.projection)
+            if plan.projection is not None and plan.backbone is None
+            else contextlib.nullcontext()
+        )
+        with cast:
+            logits = self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
         return pool_full_logits(
-            logits, attention_mask, pooling=self.pooling, activation=self.activation
+            logits.float(), attention_mask, pooling=self.pooling, activation=self.activation
         )
 
     def idf_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -199,11 +240,9 @@ class SpladeEncoder(nn.Module):
         return self(features["input_ids"], features["attention_mask"])
 
     # ------------------------------------------------------------------ bulk encoding
-    def _autocast(self):
-        dtype = self.metadata.get("autocast_dtype")
-        if self.device.type == "cuda" and dtype in ("bfloat16", "float16"):
-            return torch.autocast("cuda", dtype=getattr(torch, dtype))
-        return contextlib.nullcontext()
+    def precision_plan(self) -> Plan:
+        """What :meth:`encode_csr` runs in on the current device (``self.precision`` resolved)."""
+        return plan(self.precision, self.device)
 
     @torch.inference_mode()
     def encode_csr(
@@ -234,6 +273,7 @@ class SpladeEncoder(nn.Module):
         pad_id = self.tokenizer.pad_token_id or 0
         was_training = self.training
         self.eval()
+        run_plan = self.precision_plan()
         blocks: list[tuple[np.ndarray, sp.csr_matrix]] = []
         device = self.device
         with tqdm(total=len(texts), desc=f"encode {kind}s", disable=not show_progress) as bar:
@@ -246,8 +286,7 @@ class SpladeEncoder(nn.Module):
                 for r, row in enumerate(rows):
                     input_ids[r, : len(row)] = torch.tensor(row)
                     mask[r, : len(row)] = 1
-                with self._autocast():
-                    weights = self(input_ids.to(device), mask.to(device)).float()
+                weights = self(input_ids.to(device), mask.to(device), run_plan).float()
                 weights = prune(weights, self.top_k, self.threshold)
                 blocks.append((batch_idx, dense_to_csr(weights)))
                 bar.update(len(rows))

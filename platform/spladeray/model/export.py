@@ -1,18 +1,22 @@
-"""Export a :class:`SpladeEncoder` for OpenSearch ML Commons (local TorchScript models).
+"""Export a :class:`SpladeEncoder` for OpenSearch ML Commons (local TorchScript or ONNX models).
 
 What ML Commons runs for a custom sparse model (``function_name: SPARSE_ENCODING``) is a zip
 holding one TorchScript file and ``tokenizer.json``. The TorchScript module takes one argument,
 a ``Dict[str, Tensor]`` with ``input_ids`` and ``attention_mask`` (the form DJL passes, and the
 form opensearch-py-ml traces), and returns ``{"output": <[batch, vocab] weights>}``; ML Commons
 then turns each row's non-zeros into ``{token: weight}``. We trace the *whole* computation, masked
-LM and SPLADE pooling (and our pruning), so the cluster computes exactly what
-:meth:`SpladeEncoder.encode_documents` computes.
+LM and SPLADE pooling (special tokens zeroed, and our pruning), so the cluster computes exactly
+what :meth:`SpladeEncoder.encode_documents` computes.
+
+``model_format="ONNX"`` puts one ONNX graph (:mod:`spladeray.model.onnx_export`: inputs
+``input_ids`` and ``attention_mask``, output the pooled vector) in the zip instead, checked on
+onnxruntime against the encoder, and registers it with ``model_format: ONNX``.
 
 The inference-free query side of a doc-only model is a second model, ``SPARSE_TOKENIZE``: a zip
 with ``tokenizer.json`` and ``idf.json`` and no network at all.
 
 Each zip comes with its ``Register Model API`` body (``register-*.json``): ``name``, ``version``,
-``model_format: TORCH_SCRIPT``, ``function_name``, ``model_content_hash_value`` (SHA-256 of the
+``model_format`` (``TORCH_SCRIPT`` or ``ONNX``), ``function_name``, ``model_content_hash_value`` (SHA-256 of the
 zip, which ML Commons checks on deploy: a mismatch fails with "model content changed") and
 ``model_content_size_in_bytes``. Add ``url`` (register from URL) or use
 :mod:`spladeray.mlcommons` (chunked upload of the local zip).
@@ -56,6 +60,7 @@ logger = logging.getLogger(__name__)
 SPARSE_ENCODING = "SPARSE_ENCODING"
 SPARSE_TOKENIZE = "SPARSE_TOKENIZE"
 MODEL_FORMAT = "TORCH_SCRIPT"
+MODEL_FORMATS = ("TORCH_SCRIPT", "ONNX")
 
 _CHECK_TEXTS = [
     "sparse retrieval with learned term weights",
@@ -94,10 +99,16 @@ class TorchScriptSplade(nn.Module):
         self.vocab_size = encoder.vocab_size
         params = inspect.signature(self.mlm.forward).parameters
         self.pass_token_type_ids = "token_type_ids" in params
+        keep = torch.ones(self.vocab_size)
+        keep[encoder.special_ids.cpu()] = 0.0  # special tokens get weight 0, as in the encoder
+        self.register_buffer("keep", keep, persistent=False)
 
     def forward(self, input: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # noqa: A002
-        input_ids = input["input_ids"]
-        attention_mask = input["attention_mask"]
+        return {"output": self.vectors(input["input_ids"], input["attention_mask"])}
+
+    def vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[batch, vocab]`` SPLADE weights: masked LM, activation, pooling, special tokens
+        zeroed, pruning."""
         dtype = self.mlm.get_input_embeddings().weight.dtype
         additive = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
         kwargs = {"input_ids": input_ids, "attention_mask": additive, "return_dict": False}
@@ -111,8 +122,8 @@ class TorchScriptSplade(nn.Module):
             weights = splade_activation(pooled, self.activation)
         else:
             weights = splade_activation(logits, self.activation).masked_fill(mask, 0.0).sum(dim=1)
-        weights = prune(weights, self.top_k, self.threshold)
-        return {"output": weights}
+        weights = weights * self.keep.to(weights.dtype)
+        return prune(weights, self.top_k, self.threshold)
 
 
 @dataclass
@@ -161,6 +172,7 @@ class ExportResult:
 
         summary = {
             "encoder": one(self.encoder_zip),
+            "model_format": self.encoder_zip.register_body.get("model_format"),
             "query_tokenizer": one(self.tokenizer_zip),
             "max_abs_diff_vs_encoder": self.max_abs_diff,
             "device_portable": self.device_portable,
@@ -289,12 +301,13 @@ def register_body(
     description: str | None = None,
     url: str | None = None,
     model_group_id: str | None = None,
+    model_format: str = MODEL_FORMAT,
 ) -> dict[str, Any]:
     """The ``POST /_plugins/_ml/models/_register`` body for a local model zip."""
     body: dict[str, Any] = {
         "name": name,
         "version": version,
-        "model_format": MODEL_FORMAT,
+        "model_format": model_format,
         "function_name": function_name,
         "model_content_hash_value": sha256_file(zip_path),
         "model_content_size_in_bytes": zip_path.stat().st_size,
@@ -336,11 +349,13 @@ def export_ml_commons(
     check_texts: list[str] | None = None,
     tolerance: float = 1e-4,
     allow_random_head: bool = False,
+    model_format: str = MODEL_FORMAT,
 ) -> ExportResult:
     """Write ``<name>.zip`` (``SPARSE_ENCODING``) and, for doc-only models, ``<name>-query.zip``
     (``SPARSE_TOKENIZE``), each with its ``register-*.json`` body, then ``export.json`` (the
     summary) into ``output_dir``: a local directory or a URI (``s3://bucket/prefix``).
 
+    ``model_format`` is ``TORCH_SCRIPT`` (a traced ``.pt``) or ``ONNX`` (a ``.onnx`` graph).
     The traced model is checked against the encoder on ``check_texts`` (batches of other shapes
     than the traced one); a difference above ``tolerance`` is an :class:`ExportError`.
     ``url_prefix`` (e.g. ``https://models.example.com/spladeray/``) fills ``url`` in the bodies.
@@ -349,6 +364,8 @@ def export_ml_commons(
     raised before any tracing.
     """
     encoder.check_servable(allow_random_head)
+    if model_format not in MODEL_FORMATS:
+        raise ValueError(f"model_format must be one of {MODEL_FORMATS}, got {model_format!r}")
     uri = os.fspath(output_dir)
     remote = storage.is_remote(uri)
     if remote:
@@ -366,6 +383,7 @@ def export_ml_commons(
             max_length=max_length,
             check_texts=check_texts,
             tolerance=tolerance,
+            model_format=model_format,
         )
     if remote:
         _point_at(result, out, uri)
@@ -373,8 +391,9 @@ def export_ml_commons(
     result.export_seconds = time.perf_counter() - start
     storage.write_json(summary_uri, result.summary())  # last: marks the export complete
     logger.info(
-        "exported %s (%d bytes, sha256 %s) in %.1fs; max |TorchScript - encoder| = %.2e",
+        "exported %s (%s, %d bytes, sha256 %s) in %.1fs; max |exported - encoder| = %.2e",
         result.encoder_zip.path,
+        model_format,
         result.encoder_zip.size_bytes,
         result.encoder_zip.sha256[:12],
         result.export_seconds,
@@ -408,8 +427,9 @@ def _write_zips(
     max_length: int | None,
     check_texts: list[str] | None,
     tolerance: float,
+    model_format: str = MODEL_FORMAT,
 ) -> ExportResult:
-    """Trace, check and zip the encoder into the local directory ``out`` (zips and bodies)."""
+    """Trace (or export to ONNX), check and zip the encoder into the local directory ``out`` (zips and bodies)."""
     out.mkdir(parents=True, exist_ok=True)
     stem = _safe_stem(name)
     device = encoder.device
@@ -419,33 +439,25 @@ def _write_zips(
     try:
         with tempfile.TemporaryDirectory(prefix="spladeray-export-") as tmp:
             work = Path(tmp)
-            scripted = trace_encoder(encoder, apply_pruning=apply_pruning)
-            pt_path = work / f"{stem}.pt"
-            with (
-                warnings.catch_warnings()
-            ):  # TorchScript is deprecated upstream; ML Commons needs it
-                warnings.filterwarnings("ignore", category=DeprecationWarning)
-                torch.jit.save(scripted, str(pt_path))
-                reloaded = torch.jit.load(str(pt_path), map_location="cpu")
-            diff = compare_with_encoder(
-                reloaded, encoder, check_texts or _CHECK_TEXTS, pruned=apply_pruning
-            )
-            pinned = pinned_devices(reloaded)
-            if pinned:
-                logger.warning(
-                    "the traced model creates tensors on a fixed device (%s); deploy it on CPU "
-                    "ML nodes only",
-                    pinned[0],
+            if model_format == "ONNX":
+                from spladeray.model.onnx_export import export_onnx
+
+                model_path = work / f"{stem}.onnx"
+                diff = export_onnx(  # checks on onnxruntime; raises ExportError past tolerance
+                    encoder,
+                    model_path,
+                    apply_pruning=apply_pruning,
+                    check_texts=check_texts,
+                    tolerance=tolerance,
                 )
-            if diff > tolerance:
-                raise ExportError(
-                    f"the TorchScript model differs from the encoder by {diff:.3g} "
-                    f"(tolerance {tolerance:g}); refusing to write a model that would index "
-                    "different vectors than spladeray serves"
+                pinned: list[str] = []  # an ONNX graph has no device
+            else:
+                model_path, diff, pinned = _torchscript(
+                    encoder, work / f"{stem}.pt", apply_pruning, check_texts, tolerance
                 )
             doc_tok = _tokenizer_json(encoder, max_length or encoder.max_document_length, work)
             zip_path = out / f"{stem}.zip"
-            _write_zip(zip_path, {f"{stem}.pt": pt_path, "tokenizer.json": doc_tok})
+            _write_zip(zip_path, {model_path.name: model_path, "tokenizer.json": doc_tok})
             body = register_body(
                 zip_path,
                 name=name,
@@ -454,6 +466,7 @@ def _write_zips(
                 description=description
                 or f"spladeray SPLADE-{encoder.pooling} document encoder ({stem})",
                 url=(url_prefix + zip_path.name) if url_prefix else None,
+                model_format=model_format,
             )
             encoder_zip = _finish(zip_path, body, out, stem, SPARSE_ENCODING)
             files = [zip_path, encoder_zip.register_body_path]
@@ -489,8 +502,43 @@ def _write_zips(
     )
 
 
-def export_from_config(cfg, *, url_prefix: str | None = None) -> ExportResult:
-    """Load ``cfg.model`` and export it as ``cfg.export`` says (defaults when absent).
+def _torchscript(
+    encoder: SpladeEncoder,
+    pt_path: Path,
+    apply_pruning: bool,
+    check_texts: list[str] | None,
+    tolerance: float,
+) -> tuple[Path, float, list[str]]:
+    """Trace, save, reload and check the TorchScript model; (path, max diff, pinned lines)."""
+    scripted = trace_encoder(encoder, apply_pruning=apply_pruning)
+    with warnings.catch_warnings():  # TorchScript is deprecated upstream; ML Commons needs it
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.jit.save(scripted, str(pt_path))
+        reloaded = torch.jit.load(str(pt_path), map_location="cpu")
+    diff = compare_with_encoder(
+        reloaded, encoder, check_texts or _CHECK_TEXTS, pruned=apply_pruning
+    )
+    pinned = pinned_devices(reloaded)
+    if pinned:
+        logger.warning(
+            "the traced model creates tensors on a fixed device (%s); deploy it on CPU "
+            "ML nodes only",
+            pinned[0],
+        )
+    if diff > tolerance:
+        raise ExportError(
+            f"the TorchScript model differs from the encoder by {diff:.3g} "
+            f"(tolerance {tolerance:g}); refusing to write a model that would index "
+            "different vectors than spladeray serves"
+        )
+    return pt_path, diff, pinned
+
+
+def export_from_config(
+    cfg, *, url_prefix: str | None = None, model_format: str | None = None
+) -> ExportResult:
+    """Load ``cfg.model`` and export it as ``cfg.export`` says (defaults when absent);
+    ``model_format`` (``TORCH_SCRIPT`` | ``ONNX``) replaces ``export.model_format``.
 
     A remote ``export.output_dir`` is checked for writing before the model is loaded.
     """
@@ -512,6 +560,7 @@ def export_from_config(cfg, *, url_prefix: str | None = None) -> ExportResult:
         apply_pruning=ecfg.apply_pruning,
         tolerance=ecfg.tolerance,
         allow_random_head=cfg.model.allow_random_head,
+        model_format=model_format or ecfg.model_format,
     )
 
 

@@ -30,6 +30,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from spladeray.model.encoder import SpladeEncoder
 from spladeray.model.heads import LinearHead
 from spladeray.model.idf import load_idf, tensor_to_idf
+from spladeray.model.precision import normalize
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,9 @@ def resolve_model_dir(path_or_hub_id: str) -> Path:
 def load_encoder(path_or_hub_id: str, **overrides: Any) -> SpladeEncoder:
     """Load an encoder; ``overrides`` are :class:`SpladeEncoder` keyword arguments.
 
-    ``idf_path`` may be given to load (or replace) the doc-only query table; ``dtype`` and
-    ``device`` place the model.
+    ``idf_path`` may be given to load (or replace) the doc-only query table; ``device`` places
+    the model and ``dtype`` (``float32`` default, ``bfloat16``, ``float16``, ``auto``) sets the
+    precision bulk encoding runs in (:mod:`spladeray.model.precision`); the weights stay fp32.
     """
     root = resolve_model_dir(path_or_hub_id)
     device = overrides.pop("device", None)
@@ -101,8 +103,8 @@ def load_encoder(path_or_hub_id: str, **overrides: Any) -> SpladeEncoder:
     if settings.get("doc_only") is None:
         settings["doc_only"] = False
     encoder = SpladeEncoder(mlm, tokenizer, head=head, idf=idf, metadata=metadata, **settings)
-    if dtype is not None:
-        encoder.metadata["autocast_dtype"] = str(dtype).replace("torch.", "")
+    if dtype is not None:  # what bulk encoding runs in (spladeray.model.precision)
+        encoder.precision = normalize(dtype)
     if device is not None:
         encoder.to(_pick_device(device))
     encoder.eval()
@@ -253,5 +255,5 @@ def load_encoder_from_config(model_cfg) -> SpladeEncoder:
         idf_path=model_cfg.idf_path,
         batch_size=model_cfg.batch_size,
         device=model_cfg.device,
-        dtype=None if model_cfg.dtype == "float32" else model_cfg.dtype,
+        dtype=model_cfg.dtype,
     )

@@ -18,6 +18,14 @@ wherever the pooled weight is zero, so only the active dimensions of each vector
 of 30k) carry a gradient, and the two dense ``[tokens, vocab]`` backward matmuls become
 ``index_add`` over those entries. torch's autograd cannot know that sparsity, hence the custom
 function (``python bench/train_step.py`` measures it against plain autograd).
+
+Reduced precision (inference): with ``compute_dtype=torch.bfloat16`` (or ``float16`` on a GPU)
+the projection multiplies bf16 tokens by a cached bf16 copy of the decoder weight (laid out
+``[hidden, vocab]`` contiguous, the layout oneDNN's bf16 kernels run fastest on) into a bf16
+buffer, and max-pools in bf16 (half the memory traffic of fp32). Max-pooling picks one of the
+values, so it adds no rounding; the pooled ``[batch, vocab]`` logits are then cast to fp32, the
+bias is added and the activation applied in fp32. The weights that come out are fp32 whose only
+rounding is the bf16 logit (8 significant bits; OpenSearch's ``rank_features`` keeps 9).
 """
 
 from __future__ import annotations
@@ -37,6 +45,25 @@ def splade_activation(x: torch.Tensor, activation: Activation = "relu") -> torch
     if activation == "log1p_relu":
         y = torch.log1p(y)
     return y
+
+
+def projection_weight(linear: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
+    """``linear.weight.t()`` (``[hidden, vocab]``) in ``dtype`` for the inference projection.
+
+    fp32 returns the transposed view (fp32 GEMM is fastest on it). A reduced dtype returns a
+    contiguous copy, made once and kept on the module until the weight changes (its storage or
+    its ``_version``, which moves with every in-place update such as an optimizer step).
+    """
+    weight = linear.weight
+    if dtype == weight.dtype:
+        return weight.t()
+    key = (weight.data_ptr(), weight._version, dtype, weight.device)
+    cached = linear.__dict__.get("_spladeray_projection")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, weight.detach().t().to(dtype).contiguous())
+        linear.__dict__["_spladeray_projection"] = cached  # not a buffer: never saved
+    return cached[1]
 
 
 def _segments(lengths: list[int], chunk_tokens: int) -> list[tuple[int, int]]:
@@ -61,10 +88,13 @@ def pool_logits(
     pooling: Pooling = "max",
     activation: Activation = "relu",
     chunk_tokens: int = 512,
+    compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """SPLADE vectors ``[batch, vocab]`` from backbone hidden states ``[batch, seq, hidden]``.
 
     Only unmasked positions are projected to the vocabulary; padding never costs a matmul.
+    ``compute_dtype`` (inference only) runs the projection and max-pool in that dtype and
+    returns fp32 weights (see the module docstring); ``None`` keeps the tokens' dtype.
     """
     mask = attention_mask.bool()
     lengths = mask.sum(dim=1).tolist()
@@ -80,14 +110,16 @@ def pool_logits(
     if pooling == "max" and isinstance(linear, nn.Linear) and not torch.is_grad_enabled():
         # Inference: one output buffer reused by every chunk. A fresh [chunk, vocab] tensor per
         # chunk is a fresh mmap whose page faults cost as much as a third of the matmul.
-        weight_t, deferred_bias = linear.weight.t(), linear.bias
+        if compute_dtype is not None:
+            tokens = tokens.to(compute_dtype)
+        weight_t, deferred_bias = projection_weight(linear, tokens.dtype), linear.bias
         longest = max(
             (offsets[e] - offsets[f] for f, e in _segments(lengths, chunk_tokens)), default=0
         )
         buffer = tokens.new_empty((longest, weight_t.shape[1]))
 
         def project(x: torch.Tensor) -> torch.Tensor:
-            return torch.mm(x, weight_t.to(x.dtype), out=buffer[: x.shape[0]])
+            return torch.mm(x, weight_t, out=buffer[: x.shape[0]])
     elif pooling == "max" and isinstance(linear, nn.Linear):
         pooled = MaxPooledProjection.apply(tokens, linear.weight, lengths, chunk_tokens)
         if linear.bias is not None:
@@ -99,7 +131,7 @@ def pool_logits(
     for first, end in _segments(lengths, chunk_tokens):
         logits = project(tokens[offsets[first] : offsets[end]])  # [chunk, vocab]
         if pooling == "sum":
-            logits = splade_activation(logits, activation)
+            logits = splade_activation(logits.float() if compute_dtype else logits, activation)
         base = offsets[first]
         for i in range(first, end):
             segment = logits[offsets[i] - base : offsets[i + 1] - base]
@@ -110,6 +142,8 @@ def pool_logits(
             else:
                 rows.append(segment.sum(dim=0))
     pooled = torch.stack(rows)
+    if compute_dtype is not None:
+        pooled = pooled.float()
     if pooling == "max":
         if deferred_bias is not None:
             pooled = pooled + deferred_bias.to(pooled.dtype)

@@ -45,7 +45,9 @@ def save_encoder(encoder: SpladeEncoder, directory: str | os.PathLike[str]) -> P
         torch.save(encoder.head.linear.state_dict(), out / LEGACY_HEAD_FILE)
     else:
         _write_sentence_transformers(encoder, out)
-    meta = {k: v for k, v in encoder.metadata.items() if k != "autocast_dtype"}
+    meta = {
+        k: v for k, v in encoder.metadata.items() if k != "autocast_dtype"
+    }  # pre-0.2 runtime key
     (out / METADATA_FILE).write_text(
         json.dumps(
             {"format_version": FORMAT_VERSION, "config": encoder.config_dict(), "metadata": meta},
