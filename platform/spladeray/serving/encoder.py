@@ -27,6 +27,7 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 from ray import serve
 
 from spladeray.serving.metrics import ENCODER_RAY_METRICS, RayMetrics
@@ -184,15 +185,21 @@ class EncoderDeployment:
         matrix = enc.encode_csr(texts, kind, batch_size=max(len(texts), 1))
         vectors = enc.to_dicts(matrix)
         max_length = enc.max_query_length if kind == "query" else enc.max_document_length
-        lengths = [
-            len(ids)
-            for ids in enc.tokenizer(
-                texts,
-                truncation=True,
-                max_length=max_length,
-                add_special_tokens=not (kind == "query" and enc.doc_only),
-            )["input_ids"]
-        ]
+        if kind == "document" and enc.document_stride is not None:  # chunked: every window
+            from spladeray.model.chunking import document_windows
+
+            windows, owner = document_windows(enc.tokenizer, texts, max_length, enc.document_stride)
+            lengths = np.bincount(owner, [len(w) for w in windows], len(texts)).astype(int).tolist()
+        else:
+            lengths = [
+                len(ids)
+                for ids in enc.tokenizer(
+                    texts,
+                    truncation=True,
+                    max_length=max_length,
+                    add_special_tokens=not (kind == "query" and enc.doc_only),
+                )["input_ids"]
+            ]
         n = len(texts)
         self.metrics.inc("spladeray_documents_encoded", n, kind=kind)
         self.metrics.inc("spladeray_tokens", sum(lengths), kind=kind)
