@@ -160,3 +160,36 @@ def test_tensorboard_events_hold_loss_terms_lambda_and_active_dims(trained):
     lam = [e.value for e in acc.Scalars("lambda/document")]
     assert lam[0] < lam[-1] and lam[-1] == pytest.approx(1e-3)
     assert all(e.value > 0 for e in acc.Scalars("active_dims/document"))
+
+
+def test_metrics_writer_alone_reaches_mlflow_and_tensorboard(mlflow_server, tmp_path, splade_tiny):
+    """The writer without a training run (no Ray): params, one metric per step, the model dir."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from spladeray.config import TrainMlflowConfig
+    from spladeray.train.metrics import MetricsWriter
+
+    writer = MetricsWriter(
+        enabled=True,
+        tb_dir=tmp_path / "tb",
+        mlflow_cfg=TrainMlflowConfig(tracking_uri=mlflow_server, experiment="writer-only"),
+        run_name="w",
+        params={"train": {"lr": 0.001, "losses": [{"name": "infonce"}], "eval": None}},
+    )
+    for step in (1, 2):
+        writer.write(
+            {"loss": 1.0 / step, "lambda/document": 1e-3 * step, "eval/nDCG@10": 0.5}, step
+        )
+    writer.log_model(splade_tiny)
+    writer.close()
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run = client.search_runs([client.get_experiment_by_name("writer-only").experiment_id])[0]
+    assert run.data.params == {"train.lr": "0.001", "train.losses": '[{"name": "infonce"}]'}
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+    assert client.get_metric_history(run.info.run_id, "eval/nDCG_at_10")
+    assert "model/config.json" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("lambda/document")] == [1, 2]
