@@ -6,6 +6,7 @@ the tools' own clients (``MlflowClient``, TensorBoard's ``EventAccumulator``).
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -52,6 +53,8 @@ def mlflow_server(tmp_path_factory):
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        # no background job runner (7 huey consumer processes): only tracking is tested
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
