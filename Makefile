@@ -7,7 +7,15 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: help install install-test demo test test-unit test-e2e lint format bench clean
+.PHONY: help install install-test demo test test-unit test-e2e lint format bench clean \
+	train train-resume tensorboard benchmark export-hf logs
+
+# The workflow targets' knobs: `make train CONFIG=configs/train_8gpu.yaml`, `make logs JOB=...`.
+CONFIG ?= configs/demo.yaml
+RUN ?=
+LOGDIR ?= runs
+TB_PORT ?= 6006
+JOB ?=
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +58,24 @@ lint: install-test  ## ruff check + format check
 format: install-test  ## ruff --fix + ruff format
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+train: install  ## train on CONFIG (default configs/demo.yaml); re-running a run name resumes it
+	$(PY) jobs/train.py --config $(CONFIG)
+
+train-resume: install  ## continue CONFIG's run (or RUN=name) from its latest checkpoint
+	$(PY) jobs/train.py --config $(CONFIG) --no-prepare $(if $(RUN),--set train.name=$(RUN))
+
+tensorboard: install  ## TensorBoard on 127.0.0.1:TB_PORT over every run under LOGDIR (runs/)
+	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --host 127.0.0.1 --port $(TB_PORT)
+
+benchmark: install  ## quality, dims and latency of CONFIG's systems (jobs/evaluate.py)
+	$(PY) jobs/evaluate.py --config $(CONFIG)
+
+export-hf: install  ## CONFIG's model as a Hugging Face directory (jobs/export.py --format hf)
+	$(PY) jobs/export.py --config $(CONFIG) --format hf
+
+logs: install  ## follow a Ray job's logs (JOB=raysubmit_...; RAY_ADDRESS); no JOB: list jobs
+	$(VENV)/bin/ray job $(if $(JOB),logs --follow $(JOB),list)
 
 bench: install-test  ## all benchmarks, one report (bench/REPORT.md)
 	$(PY) bench/run_all.py

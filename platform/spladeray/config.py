@@ -97,6 +97,14 @@ class ModelConfig(Section):
     )
     max_query_length: int = Field(64, gt=0, le=8192)
     max_document_length: int = Field(256, gt=0, le=8192)
+    document_stride: int | None = Field(
+        None,
+        ge=0,
+        description="None truncates documents at max_document_length (the default); an int "
+        "encodes long documents as windows of max_document_length tokens, consecutive windows "
+        "sharing this many tokens, and max-pools the windows' vectors (exact SPLADE-max over "
+        "the windows; docs/evaluate.md 'Long documents')",
+    )
     top_k: int | None = Field(None, gt=0, description="keep only the k largest weights per vector")
     threshold: float = Field(0.0, ge=0.0, description="drop weights <= threshold")
     doc_only: bool | None = Field(
@@ -116,6 +124,20 @@ class ModelConfig(Section):
         "with native bf16 and on CUDA, float32 elsewhere (spladeray.model.precision); the "
         "shipped configs set auto, an unset value is float32 (exact, as sentence-transformers)",
     )
+    trust_remote_code: bool = Field(
+        False,
+        description="allow a model whose config or tokenizer names Python code of its own "
+        "(auto_map, e.g. ltg/norbert3); that code runs in every process that loads the model",
+    )
+
+    @model_validator(mode="after")
+    def _stride_below_window(self) -> ModelConfig:
+        if self.document_stride is not None and self.document_stride >= self.max_document_length:
+            raise ValueError(
+                f"model.document_stride ({self.document_stride}) must be smaller than "
+                f"model.max_document_length ({self.max_document_length})"
+            )
+        return self
 
 
 class RayConfig(Section):

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from spladeray.model.chunking import check_stride, document_windows, pool_documents
 from spladeray.model.heads import LinearHead, split_mlm
 from spladeray.model.idf import idf_to_tensor, tensor_to_idf
 from spladeray.model.pooling import Activation, Pooling, pool_full_logits, pool_logits
@@ -56,6 +57,9 @@ class SpladeEncoder(nn.Module):
         pooling: ``max`` (default) or ``sum``.
         activation: ``relu`` (``log(1+relu)``) or ``log1p_relu`` (``log(1+log(1+relu))``).
         max_query_length / max_document_length: truncation, in tokens (special tokens included).
+        document_stride: None truncates documents at ``max_document_length``; an int encodes
+            every window of ``max_document_length`` tokens, consecutive windows sharing
+            ``document_stride`` tokens, and max-pools them (:mod:`spladeray.model.chunking`).
         top_k / threshold: optional pruning of output weights.
         idf: token -> weight table; required when ``doc_only``.
         doc_only: encode queries with ``idf`` instead of the model.
@@ -74,6 +78,7 @@ class SpladeEncoder(nn.Module):
         activation: Activation = "relu",
         max_query_length: int = 64,
         max_document_length: int = 256,
+        document_stride: int | None = None,
         top_k: int | None = None,
         threshold: float = 0.0,
         idf: dict[str, float] | None = None,
@@ -90,6 +95,13 @@ class SpladeEncoder(nn.Module):
             raise ValueError(f"activation must be 'relu' or 'log1p_relu', got {activation!r}")
         if doc_only and idf is None:
             raise ValueError("doc_only=True needs an idf table (idf.json)")
+        if document_stride is not None:
+            if pooling != "max":
+                raise ValueError(
+                    "document_stride (chunked documents) needs pooling='max': max-pooling the "
+                    "windows is exact only for SPLADE-max"
+                )
+            check_stride(tokenizer, max_document_length, document_stride)
         self.mlm = mlm
         self.head = head
         self.tokenizer = tokenizer
@@ -97,6 +109,7 @@ class SpladeEncoder(nn.Module):
         self.activation: Activation = activation
         self.max_query_length = max_query_length
         self.max_document_length = max_document_length
+        self.document_stride = document_stride
         self.top_k = top_k
         self.threshold = threshold
         self.doc_only = doc_only
@@ -257,6 +270,8 @@ class SpladeEncoder(nn.Module):
 
         Texts are tokenized once without padding, sorted by length and batched, so a batch is
         padded only to its own longest text; see :mod:`spladeray.model.pooling` for the rest.
+        With ``document_stride`` set, documents are windows max-pooled per document
+        (:mod:`spladeray.model.chunking`).
         """
         texts = _check_texts(texts)
         if not texts:
@@ -266,8 +281,11 @@ class SpladeEncoder(nn.Module):
         if kind == "query" and self.doc_only:
             return self._encode_idf_csr(texts)
         max_length = self.max_query_length if kind == "query" else self.max_document_length
-        enc = self.tokenizer(texts, truncation=True, max_length=max_length)
-        ids: list[list[int]] = enc["input_ids"]
+        chunked = kind == "document" and self.document_stride is not None
+        if chunked:
+            ids, owner = document_windows(self.tokenizer, texts, max_length, self.document_stride)
+        else:
+            ids = self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
         order = np.argsort([-len(x) for x in ids], kind="stable")
         bs = batch_size or self.batch_size
         pad_id = self.tokenizer.pad_token_id or 0
@@ -276,7 +294,7 @@ class SpladeEncoder(nn.Module):
         run_plan = self.precision_plan()
         blocks: list[tuple[np.ndarray, sp.csr_matrix]] = []
         device = self.device
-        with tqdm(total=len(texts), desc=f"encode {kind}s", disable=not show_progress) as bar:
+        with tqdm(total=len(ids), desc=f"encode {kind}s", disable=not show_progress) as bar:
             for start in range(0, len(order), bs):
                 batch_idx = order[start : start + bs]
                 rows = [ids[i] for i in batch_idx]
@@ -287,13 +305,16 @@ class SpladeEncoder(nn.Module):
                     input_ids[r, : len(row)] = torch.tensor(row)
                     mask[r, : len(row)] = 1
                 weights = self(input_ids.to(device), mask.to(device), run_plan).float()
-                weights = prune(weights, self.top_k, self.threshold)
+                if not chunked:  # windows are pruned after pooling
+                    weights = prune(weights, self.top_k, self.threshold)
                 blocks.append((batch_idx, dense_to_csr(weights)))
                 bar.update(len(rows))
         self.train(was_training)
         stacked = sp.vstack([b for _, b in blocks], format="csr")
         inverse = np.empty(len(order), dtype=np.int64)
         inverse[np.concatenate([i for i, _ in blocks])] = np.arange(len(order))
+        if chunked:
+            return pool_documents(stacked[inverse], owner, len(texts), self.top_k, self.threshold)
         return stacked[inverse]
 
     def _encode_idf_csr(self, texts: list[str]) -> sp.csr_matrix:
@@ -361,6 +382,7 @@ class SpladeEncoder(nn.Module):
             "activation": self.activation,
             "max_query_length": self.max_query_length,
             "max_document_length": self.max_document_length,
+            "document_stride": self.document_stride,
             "top_k": self.top_k,
             "threshold": self.threshold,
             "doc_only": self.doc_only,

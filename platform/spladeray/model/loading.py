@@ -13,6 +13,10 @@ Whenever the vocabulary projection has to be initialised randomly (a base encode
 ``neural_sparse_head.pt``, or a checkpoint without its MLM head weights) we log a loud warning,
 record ``random_head`` in the metadata, and :meth:`SpladeEncoder.check_servable` refuses the model
 for indexing and serving unless explicitly allowed.
+
+A directory whose ``config.json`` or ``tokenizer_config.json`` has an ``auto_map`` (its own Python
+modeling or tokenizer code, e.g. ``ltg/norbert3``) loads only with ``trust_remote_code=True``
+(``model.trust_remote_code``); otherwise :class:`RemoteCodeError` says so before any code runs.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from spladeray.model.encoder import SpladeEncoder
@@ -37,6 +41,29 @@ logger = logging.getLogger(__name__)
 METADATA_FILE = "spladeray.json"
 IDF_FILE = "idf.json"
 LEGACY_HEAD_FILE = "neural_sparse_head.pt"
+
+
+class RemoteCodeError(ValueError):
+    """A model directory needs its own Python code and ``trust_remote_code`` is off."""
+
+
+def check_remote_code(root: Path, trust_remote_code: bool) -> None:
+    """Refuse a directory whose config or tokenizer names custom code (``auto_map``) unless
+    ``trust_remote_code``; transformers would otherwise fail deep inside with a generic error."""
+    if trust_remote_code:
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        path = root / name
+        if not path.is_file():
+            continue
+        auto_map = json.loads(path.read_text()).get("auto_map")
+        if auto_map:
+            classes = sorted({str(v if isinstance(v, str) else v[0]) for v in auto_map.values()})
+            raise RemoteCodeError(
+                f"{root}: {name} maps to code shipped with the model ({', '.join(classes)}); "
+                "loading it runs that code. Set model.trust_remote_code: true (or pass "
+                "trust_remote_code=True) if you trust its source."
+            )
 
 
 def resolve_model_dir(path_or_hub_id: str) -> Path:
@@ -76,6 +103,7 @@ def load_encoder(path_or_hub_id: str, **overrides: Any) -> SpladeEncoder:
     device = overrides.pop("device", None)
     dtype = overrides.pop("dtype", None)
     idf_path = overrides.pop("idf_path", None)
+    trust = bool(overrides.pop("trust_remote_code", False))
     settings: dict[str, Any] = {}
     metadata: dict[str, Any] = {"source": str(path_or_hub_id)}
     if (root / METADATA_FILE).is_file():
@@ -85,13 +113,13 @@ def load_encoder(path_or_hub_id: str, **overrides: Any) -> SpladeEncoder:
     idf: dict[str, float] | None = None
 
     if (root / "modules.json").is_file():
-        mlm, tokenizer, head, st_settings, idf = _load_sentence_transformers(root, metadata)
+        mlm, tokenizer, head, st_settings, idf = _load_sentence_transformers(root, metadata, trust)
         for key, value in st_settings.items():
             settings.setdefault(key, value)
     elif (root / LEGACY_HEAD_FILE).is_file():
-        mlm, tokenizer, head = _load_legacy(root, metadata)
+        mlm, tokenizer, head = _load_legacy(root, metadata, trust)
     else:
-        mlm, tokenizer, head = _load_masked_lm(root, metadata)
+        mlm, tokenizer, head = _load_masked_lm(root, metadata, trust)
 
     if idf_path is not None:
         idf = load_idf(idf_path)
@@ -128,10 +156,13 @@ def _mark_random_head(metadata: dict[str, Any], reason: str) -> None:
     )
 
 
-def _load_masked_lm(root: Path, metadata: dict[str, Any]):
+def _load_masked_lm(root: Path, metadata: dict[str, Any], trust: bool = False):
     """Case (b): a plain masked-LM; any missing head weight means a random head."""
-    tokenizer = AutoTokenizer.from_pretrained(root)
-    mlm, info = AutoModelForMaskedLM.from_pretrained(root, output_loading_info=True)
+    check_remote_code(root, trust)
+    tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=trust)
+    mlm, info = AutoModelForMaskedLM.from_pretrained(
+        root, output_loading_info=True, trust_remote_code=trust
+    )
     prefix = getattr(mlm, "base_model_prefix", "")
     missing = [k for k in info.get("missing_keys", []) if not k.startswith(f"{prefix}.")]
     if missing:
@@ -145,10 +176,11 @@ def _load_masked_lm(root: Path, metadata: dict[str, Any]):
     return mlm, tokenizer, None
 
 
-def _load_legacy(root: Path, metadata: dict[str, Any]):
+def _load_legacy(root: Path, metadata: dict[str, Any], trust: bool = False):
     """Case (c): base encoder + ``neural_sparse_head.pt``."""
-    tokenizer = AutoTokenizer.from_pretrained(root)
-    base = _load_base_without_pooler(root)
+    check_remote_code(root, trust)
+    tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=trust)
+    base = _load_base_without_pooler(root, trust)
     head = LinearHead(base.config.hidden_size, len(tokenizer))
     state = torch.load(root / LEGACY_HEAD_FILE, map_location="cpu", weights_only=True)
     if isinstance(state, torch.Tensor):
@@ -168,18 +200,21 @@ def _load_legacy(root: Path, metadata: dict[str, Any]):
     return base, tokenizer, head
 
 
-def _load_base_without_pooler(root: Path):
+def _load_base_without_pooler(root: Path, trust: bool = False):
     """The base encoder without its pooler (``add_pooling_layer=False``) where the architecture
     has one (BERT, RoBERTa, ...): SPLADE reads only the token states, and a pooler whose output
     never reaches the loss makes DDP fail on the second step (unused parameters)."""
-    model_class = MODEL_MAPPING[AutoConfig.from_pretrained(root).__class__]
+    config = AutoConfig.from_pretrained(root, trust_remote_code=trust)
+    if config.__class__ not in MODEL_MAPPING:  # custom code: let AutoModel resolve its auto_map
+        return AutoModel.from_pretrained(root, trust_remote_code=trust)
+    model_class = MODEL_MAPPING[config.__class__]
     kwargs = {}
     if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
         kwargs["add_pooling_layer"] = False
     return model_class.from_pretrained(root, **kwargs)
 
 
-def _load_sentence_transformers(root: Path, metadata: dict[str, Any]):
+def _load_sentence_transformers(root: Path, metadata: dict[str, Any], trust: bool = False):
     """Case (a): a sentence-transformers SparseEncoder directory (ours included)."""
     modules = json.loads((root / "modules.json").read_text())
     settings: dict[str, Any] = {}
@@ -213,9 +248,9 @@ def _load_sentence_transformers(root: Path, metadata: dict[str, Any]):
         settings["pooling"] = pool_cfg.get("pooling_strategy", "max")
         settings["activation"] = pool_cfg.get("activation_function", "relu")
     mlm, tokenizer, head = (
-        _load_legacy(mlm_dir, metadata)
+        _load_legacy(mlm_dir, metadata, trust)
         if (mlm_dir / LEGACY_HEAD_FILE).is_file()
-        else _load_masked_lm(mlm_dir, metadata)
+        else _load_masked_lm(mlm_dir, metadata, trust)
     )
     if static_dir is not None:
         idf = _load_static_embedding(static_dir, tokenizer)
@@ -249,6 +284,7 @@ def load_encoder_from_config(model_cfg) -> SpladeEncoder:
         pooling=model_cfg.pooling,
         max_query_length=model_cfg.max_query_length,
         max_document_length=model_cfg.max_document_length,
+        document_stride=model_cfg.document_stride,
         top_k=model_cfg.top_k,
         threshold=model_cfg.threshold,
         doc_only=model_cfg.doc_only,
@@ -256,4 +292,5 @@ def load_encoder_from_config(model_cfg) -> SpladeEncoder:
         batch_size=model_cfg.batch_size,
         device=model_cfg.device,
         dtype=model_cfg.dtype,
+        trust_remote_code=model_cfg.trust_remote_code,
     )

@@ -1,15 +1,19 @@
 """Training metrics: sparsity statistics, TensorBoard / MLflow writers (rank 0), driver progress.
 
 Every ``log_every_steps`` all workers call ``ray.train.report`` (the Ray dashboard and the run's
-result); rank 0 also writes the same scalars to TensorBoard and, if configured, MLflow. The
+result); rank 0 also writes the same scalars to TensorBoard and, if configured, MLflow: the run's
+parameters once (the ``train`` section and the model's settings, flattened to ``train.lr`` ...),
+the scalars at every report, and the final model directory as the ``model`` artifact. The
 controller-side :class:`ProgressCallback` prints one progress line per report on the driver.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,12 @@ class MetricsWriter:
     """
 
     def __init__(
-        self, enabled: bool, tb_dir: str | Path | None, mlflow_cfg=None, run_name: str = ""
+        self,
+        enabled: bool,
+        tb_dir: str | Path | None,
+        mlflow_cfg=None,
+        run_name: str = "",
+        params: Mapping[str, Any] | None = None,
     ) -> None:
         self._tb = None
         self._mlflow = None
@@ -72,6 +81,8 @@ class MetricsWriter:
                 mlflow.set_experiment(mlflow_cfg.experiment)
                 if mlflow.active_run() is None:
                     mlflow.start_run(run_name=run_name)
+                if params:
+                    mlflow.log_params(flat_params(params))
                 self._mlflow = mlflow
 
     def write(self, metrics: dict[str, Any], step: int) -> None:
@@ -88,6 +99,11 @@ class MetricsWriter:
             self._mlflow.log_metrics(
                 {k.replace("@", "_at_"): v for k, v in scalars.items()}, step=step
             )
+
+    def log_model(self, local_dir: str | Path, artifact_path: str = "model") -> None:
+        """The final model directory as an MLflow artifact (rank 0; no-op without MLflow)."""
+        if self._mlflow is not None:
+            self._mlflow.log_artifacts(str(local_dir), artifact_path=artifact_path)
 
     def _set_gauges(self, scalars: dict[str, float]) -> None:
         from ray.util.metrics import Gauge
@@ -116,6 +132,23 @@ class MetricsWriter:
             self._tb.close()
         if self._mlflow is not None:
             self._mlflow.end_run()
+
+
+MLFLOW_PARAM_CHARS = 6000  # the tracking server's limit on a parameter's value
+
+
+def flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": "0.001"}``; lists as JSON, values cut to
+    the tracking server's length limit, ``None`` dropped."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_params(value, f"{name}."))
+        elif value is not None:
+            text = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+            out[name] = text[:MLFLOW_PARAM_CHARS]
+    return out
 
 
 def ray_metric_name(key: str) -> str:

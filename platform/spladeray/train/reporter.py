@@ -88,6 +88,11 @@ class Reporter:
             tb_dir=storage.join(self.run_dir, "tensorboard") if train_cfg.tensorboard else None,
             mlflow_cfg=train_cfg.mlflow,
             run_name=run_name,
+            params={
+                "train": train_cfg.model_dump(mode="json", exclude={"debug"}),
+                "model": encoder.config_dict(),
+                "world_size": world,
+            },
         )
         self.last_eval: dict[str, float] = {}
         self._reset()
@@ -242,6 +247,7 @@ class Reporter:
             )
             if final and self.rank == 0:
                 self.encoder.save_pretrained(str(Path(tmp) / MODEL_DIR))
+                self.writer.log_model(Path(tmp) / MODEL_DIR)
             self.writer.sync()  # event files reach a remote output_dir at every checkpoint
             ray.train.report(
                 metrics,

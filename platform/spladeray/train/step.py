@@ -39,8 +39,10 @@ def load_training_encoder(cfg):
         pooling=cfg.model.pooling,
         max_query_length=cfg.model.max_query_length,
         max_document_length=cfg.model.max_document_length,
+        document_stride=cfg.model.document_stride,
         doc_only=cfg.model.doc_only,
         idf_path=cfg.model.idf_path,
+        trust_remote_code=cfg.model.trust_remote_code,
     )
     if tc.gradient_checkpointing:
         encoder.mlm.gradient_checkpointing_enable(
