@@ -231,6 +231,15 @@ class DemoConfig(Section):
     top_tokens: int = Field(8, gt=0)
 
 
+class HoldoutConfig(Section):
+    """A deterministic part of a query set (:mod:`spladeray.data.split`): ``part: train`` keeps
+    the queries outside the held-out ``fraction``, ``part: validation`` the held-out ones."""
+
+    part: Literal["train", "validation"]
+    fraction: float = Field(0.15, gt=0, lt=1, description="share of queries held out")
+    seed: int = Field(0, description="changes which queries are held out")
+
+
 class PrepareSourceConfig(Section):
     """Where prepare reads (query, positive[, negatives]) from; see docs/prepare.md.
 
@@ -246,6 +255,9 @@ class PrepareSourceConfig(Section):
     split: str = "train"
     min_relevance: int = Field(1, description="qrels rows below this are not positives (rejected)")
     max_queries: int | None = Field(None, gt=0, description="use only the first N queries")
+    holdout: HoldoutConfig | None = Field(
+        None, description="keep one part of the queries only (train, leaving validation out)"
+    )
     columns: dict[str, str] = Field(
         default_factory=lambda: {
             "query": "query",
@@ -349,7 +361,10 @@ class TrainLossConfig(Section):
         description="teacher column for distillation losses: score_<teacher> in the prepared data",
     )
     temperature: float = Field(
-        1.0, gt=0.0, description="infonce: logits / T; kl: student and teacher scores / T"
+        1.0, gt=0.0, description="infonce: logits / T; kl: student scores / T (and teacher's)"
+    )
+    teacher_temperature: float | None = Field(
+        None, gt=0.0, description="kl: teacher scores / T_t; None = temperature"
     )
 
 
@@ -384,6 +399,9 @@ class TrainEvalConfig(Section):
     beir_dir: ConfigPath
     split: str = "dev"
     corpus_limit: int | None = Field(None, gt=0)
+    holdout: HoldoutConfig | None = Field(
+        None, description="evaluate one part of the split's queries (validation)"
+    )
     every_steps: int | None = Field(None, gt=0, description="None = only at the end")
     at_start: bool = Field(False, description="also evaluate the initial model (step 0)")
     bm25: bool = Field(False, description="also evaluate bm25s on the same split, once")
@@ -475,6 +493,11 @@ class TrainConfig(Section):
     max_query_length: int | None = Field(None, gt=0, description="None = model.max_query_length")
     max_document_length: int | None = Field(None, gt=0)
     losses: list[TrainLossConfig] = Field(default_factory=lambda: [TrainLossConfig(name="infonce")])
+    mask_in_batch_positives: bool = Field(
+        True,
+        description="InfoNCE: a document in the batch that is a positive of the query "
+        "(query_positive_ids) is not one of its negatives",
+    )
     regularizer: TrainRegularizerConfig = Field(default_factory=TrainRegularizerConfig)
     log_every_steps: int = Field(10, gt=0)
     checkpoint: TrainCheckpointConfig = Field(default_factory=TrainCheckpointConfig)
@@ -616,6 +639,9 @@ class EvalDatasetConfig(Section):
     beir_dir: ConfigPath
     split: str = "test"
     corpus_limit: int | None = Field(None, gt=0, description="use only the first N documents")
+    holdout: HoldoutConfig | None = Field(
+        None, description="evaluate one part of the split's queries (spladeray.data.split)"
+    )
 
 
 class EvalBM25Config(Section):
