@@ -291,13 +291,14 @@ class NegativesConfig(Section):
 
 
 class TeacherConfig(Section):
-    """One teacher: ``dense`` (SentenceTransformer), ``cross`` (CrossEncoder), ``sparse`` (SPLADE).
+    """One teacher: ``dense`` (SentenceTransformer), ``cross`` (CrossEncoder), ``sparse`` (SPLADE),
+    or ``bm25`` (the BM25 mining index's scores; needs ``negatives.method: bm25``, no model).
 
     ``path`` may be ``pkg:<python_package>/<subdir>`` for a model shipped inside a package.
     """
 
-    kind: Literal["dense", "cross", "sparse"]
-    path: ModelRef
+    kind: Literal["dense", "cross", "sparse", "bm25"]
+    path: ModelRef | None = Field(None, description="the model (every kind but bm25)")
     enabled: bool = True
     weight: float = Field(1.0, ge=0, description="weight in the ensemble")
     batch_size: int = Field(64, gt=0, description="texts or pairs per forward pass")
@@ -311,6 +312,12 @@ class TeacherConfig(Section):
     device: str = Field(
         "auto", description="auto (CUDA only in an actor that holds a GPU) | cpu | cuda"
     )
+
+    @model_validator(mode="after")
+    def _model_path(self):
+        if self.kind != "bm25" and self.path is None:
+            raise ValueError(f"a {self.kind} teacher needs path (its model)")
+        return self
 
 
 class EnsembleConfig(Section):
@@ -348,6 +355,16 @@ class PrepareConfig(Section):
     actor_start_timeout_s: int = Field(
         900, gt=0, description="wait this long for every actor pool to start (model loads)"
     )
+
+    @model_validator(mode="after")
+    def _bm25_teacher_needs_bm25_mining(self):
+        bm25 = [n for n, t in self.teachers.items() if t.kind == "bm25" and t.enabled]
+        if bm25 and self.negatives.method != "bm25":
+            raise ValueError(
+                f"teacher(s) {bm25} of kind bm25 score with the BM25 mining index: "
+                f"set negatives.method to bm25 (it is {self.negatives.method!r})"
+            )
+        return self
 
 
 class TrainLossConfig(Section):

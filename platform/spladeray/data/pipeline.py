@@ -240,6 +240,11 @@ def enabled_teachers(cfg: PrepareConfig) -> dict[str, TeacherConfig]:
     return {name: t for name, t in cfg.teachers.items() if t.enabled}
 
 
+def model_teachers(cfg: PrepareConfig) -> dict[str, TeacherConfig]:
+    """The enabled teachers that run a model in their own actor pool (all but ``bm25``)."""
+    return {name: t for name, t in enabled_teachers(cfg).items() if t.kind != "bm25"}
+
+
 def teacher_gpus(teacher: TeacherConfig, cluster_has_gpus: bool) -> float:
     """GPUs each actor of ``teacher`` reserves.
 
@@ -259,7 +264,7 @@ def check_pools(cfg: PrepareConfig) -> None:
     Ray Data would otherwise wait forever for CPUs or GPUs that the cluster does not have.
     """
     has_gpus = cluster_gpus() > 0
-    teachers = enabled_teachers(cfg).values()
+    teachers = model_teachers(cfg).values()
     neg = cfg.negatives
     cpus = neg.actors * neg.num_cpus if neg.method != "none" else 0.0
     cpus += sum(t.actors * t.num_cpus for t in teachers)
@@ -288,16 +293,22 @@ def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: str, stats) -> None:
     size = cfg.batch_size
     blocks = [pairs.slice(s, size) for s in range(0, pairs.num_rows, size)] or [pairs]
     neg = cfg.negatives
+    bm25_columns = [schema.score_column(n) for n, t in teachers.items() if t.kind == "bm25"]
     ds = ray.data.from_arrow(blocks).map_batches(
         NegativeMiner,
-        fn_constructor_kwargs={"work_dir": str(work), "cfg": neg, "stats": stats},
+        fn_constructor_kwargs={
+            "work_dir": str(work),
+            "cfg": neg,
+            "stats": stats,
+            "score_columns": bm25_columns,
+        },
         concurrency=neg.actors,
         num_cpus=neg.num_cpus,
         num_gpus=neg.num_gpus or None,
         batch_size=None,
         batch_format="pyarrow",
     )
-    for name, t in teachers.items():
+    for name, t in model_teachers(cfg).items():  # BM25 teachers were scored by the miner
         ds = ds.map_batches(
             TeacherScorer,
             fn_constructor_kwargs={"name": name, "cfg": t, "stats": stats},
@@ -410,7 +421,7 @@ def pool_sizes(cfg: PrepareConfig) -> dict[str, int | list[int]]:
     pools: dict[str, int | list[int]] = {}
     if cfg.negatives.method != "none":
         pools["mine"] = cfg.negatives.actors
-    for name, t in enabled_teachers(cfg).items():
+    for name, t in model_teachers(cfg).items():
         pools[schema.score_column(name)] = [t.actors, t.max_actors] if t.max_actors else t.actors
     return pools
 
