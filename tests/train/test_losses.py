@@ -147,6 +147,19 @@ def _losses(q, p, n):
     return InfoNCELoss()(sb), FlopsRegularizer("flops")(docs), FlopsRegularizer("l1")(q)
 
 
+def _keys(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank ``rank``'s document keys (positives, then negatives) and query positives: query 0 of
+    rank 0 also has rank 1's first positive (key 101) as a positive, across the gather (0 pads:
+    no document has key 0)."""
+    docs = torch.tensor(
+        [1 + 100 * rank + i for i in range(B)] + [1000 + 100 * rank + j for j in range(B * NNEG)]
+    )
+    positives = torch.tensor([[1 + 100 * rank + i, 0] for i in range(B)])
+    if rank == 0:
+        positives[0, 1] = 101
+    return docs, positives
+
+
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -158,8 +171,14 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     q, p, n = (x[sl].clone().requires_grad_(True) for x in (q, p, n))
     nce, flops, l1 = _losses(q, p, n)
     (nce + flops + l1).backward()
+    docs_keys, positive_keys = _keys(rank)
+    masked = SparseBatch(
+        queries=q, positives=p, negatives=n, document_keys=docs_keys,
+        query_positive_keys=positive_keys,
+    )  # fmt: skip
     torch.save(
         {
+            "nce_masked": InfoNCELoss()(masked).item(),
             "nce": nce.item(),
             "flops": flops.item(),
             "l1": l1.item(),
@@ -208,6 +227,17 @@ def test_two_gloo_ranks_match_one_process_on_the_full_batch(tmp_path):
         assert r["flops"] == pytest.approx(flops.item(), rel=1e-6)
         assert r["l1"] == pytest.approx(l1.item(), rel=1e-6)
     assert (ranks[0]["nce"] + ranks[1]["nce"]) / 2 == pytest.approx(nce.item(), rel=1e-6)
+    # the in-batch mask works across ranks: rank 1's first positive (global column 0 of rank 1's
+    # block) leaves the denominator of rank 0's query 0 only
+    with torch.no_grad():
+        docs_all = torch.cat(
+            [torch.cat([p[s], n[s].flatten(0, 1)]) for s in (slice(0, B), slice(B, 2 * B))]
+        )
+        logits = q[:B] @ docs_all.T
+        logits[0, B * (1 + NNEG)] = float("-inf")
+        want = torch.nn.functional.cross_entropy(logits, torch.arange(B))
+    assert ranks[0]["nce_masked"] == pytest.approx(want.item(), rel=1e-6)
+    assert ranks[1]["nce_masked"] == pytest.approx(nce_parts[1].item(), rel=1e-6)
     for r, rk in enumerate(ranks):
         sl = slice(r * B, (r + 1) * B)
         torch.testing.assert_close(rk["gq"] / 2, q.grad[sl])
