@@ -258,6 +258,15 @@ class DemoConfig(Section):
     top_tokens: int = Field(8, gt=0)
 
 
+class HoldoutConfig(Section):
+    """A deterministic part of a query set (:mod:`spladeray.data.split`): ``part: train`` keeps
+    the queries outside the held-out ``fraction``, ``part: validation`` the held-out ones."""
+
+    part: Literal["train", "validation"]
+    fraction: float = Field(0.15, gt=0, lt=1, description="share of queries held out")
+    seed: int = Field(0, description="changes which queries are held out")
+
+
 class PrepareSourceConfig(Section):
     """Where prepare reads (query, positive[, negatives]) from; see docs/prepare.md.
 
@@ -273,6 +282,9 @@ class PrepareSourceConfig(Section):
     split: str = "train"
     min_relevance: int = Field(1, description="qrels rows below this are not positives (rejected)")
     max_queries: int | None = Field(None, gt=0, description="use only the first N queries")
+    holdout: HoldoutConfig | None = Field(
+        None, description="keep one part of the queries only (train, leaving validation out)"
+    )
     columns: dict[str, str] = Field(
         default_factory=lambda: {
             "query": "query",
@@ -306,13 +318,14 @@ class NegativesConfig(Section):
 
 
 class TeacherConfig(Section):
-    """One teacher: ``dense`` (SentenceTransformer), ``cross`` (CrossEncoder), ``sparse`` (SPLADE).
+    """One teacher: ``dense`` (SentenceTransformer), ``cross`` (CrossEncoder), ``sparse`` (SPLADE),
+    or ``bm25`` (the BM25 mining index's scores; needs ``negatives.method: bm25``, no model).
 
     ``path`` may be ``pkg:<python_package>/<subdir>`` for a model shipped inside a package.
     """
 
-    kind: Literal["dense", "cross", "sparse"]
-    path: ModelRef
+    kind: Literal["dense", "cross", "sparse", "bm25"]
+    path: ModelRef | None = Field(None, description="the model (every kind but bm25)")
     enabled: bool = True
     weight: float = Field(1.0, ge=0, description="weight in the ensemble")
     batch_size: int = Field(64, gt=0, description="texts or pairs per forward pass")
@@ -331,6 +344,12 @@ class TeacherConfig(Section):
         description="dense/cross forward precision: auto = bfloat16 autocast on a CPU with "
         "native bf16 (AVX512-BF16/AMX), else float32",
     )
+
+    @model_validator(mode="after")
+    def _model_path(self):
+        if self.kind != "bm25" and self.path is None:
+            raise ValueError(f"a {self.kind} teacher needs path (its model)")
+        return self
 
 
 class EnsembleConfig(Section):
@@ -369,6 +388,16 @@ class PrepareConfig(Section):
         900, gt=0, description="wait this long for every actor pool to start (model loads)"
     )
 
+    @model_validator(mode="after")
+    def _bm25_teacher_needs_bm25_mining(self):
+        bm25 = [n for n, t in self.teachers.items() if t.kind == "bm25" and t.enabled]
+        if bm25 and self.negatives.method != "bm25":
+            raise ValueError(
+                f"teacher(s) {bm25} of kind bm25 score with the BM25 mining index: "
+                f"set negatives.method to bm25 (it is {self.negatives.method!r})"
+            )
+        return self
+
 
 class TrainLossConfig(Section):
     """One loss term; ``losses`` is a list of these, summed with their weights."""
@@ -381,7 +410,10 @@ class TrainLossConfig(Section):
         description="teacher column for distillation losses: score_<teacher> in the prepared data",
     )
     temperature: float = Field(
-        1.0, gt=0.0, description="infonce: logits / T; kl: student and teacher scores / T"
+        1.0, gt=0.0, description="infonce: logits / T; kl: student scores / T (and teacher's)"
+    )
+    teacher_temperature: float | None = Field(
+        None, gt=0.0, description="kl: teacher scores / T_t; None = temperature"
     )
 
 
@@ -416,6 +448,9 @@ class TrainEvalConfig(Section):
     beir_dir: StorageURI = Field(description="a BEIR directory: a local path or a URI")
     split: str = "dev"
     corpus_limit: int | None = Field(None, gt=0)
+    holdout: HoldoutConfig | None = Field(
+        None, description="evaluate one part of the split's queries (validation)"
+    )
     every_steps: int | None = Field(None, gt=0, description="None = only at the end")
     at_start: bool = Field(False, description="also evaluate the initial model (step 0)")
     bm25: bool = Field(False, description="also evaluate bm25s on the same split, once")
@@ -519,6 +554,11 @@ class TrainConfig(Section):
     max_query_length: int | None = Field(None, gt=0, description="None = model.max_query_length")
     max_document_length: int | None = Field(None, gt=0)
     losses: list[TrainLossConfig] = Field(default_factory=lambda: [TrainLossConfig(name="infonce")])
+    mask_in_batch_positives: bool = Field(
+        True,
+        description="InfoNCE: a document in the batch that is a positive of the query "
+        "(query_positive_ids) is not one of its negatives",
+    )
     regularizer: TrainRegularizerConfig = Field(default_factory=TrainRegularizerConfig)
     log_every_steps: int = Field(10, gt=0)
     checkpoint: TrainCheckpointConfig = Field(default_factory=TrainCheckpointConfig)
@@ -713,6 +753,9 @@ class EvalDatasetConfig(Section):
     beir_dir: StorageURI = Field(description="a BEIR directory: a local path or a URI")
     split: str = "test"
     corpus_limit: int | None = Field(None, gt=0, description="use only the first N documents")
+    holdout: HoldoutConfig | None = Field(
+        None, description="evaluate one part of the split's queries (spladeray.data.split)"
+    )
 
 
 class EvalBM25Config(Section):

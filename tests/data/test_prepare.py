@@ -136,6 +136,7 @@ def prepared(ray_cluster, tmp_path_factory, splade_tiny, tiny_cross):
         # float32: the scores are compared with the model run directly (bf16: test_teachers.py)
         "dense": {"kind": "dense", "path": DENSE, "actors": 2, "weight": 2.0, "dtype": "float32"},
         "sparse": {"kind": "sparse", "path": str(splade_tiny), "weight": 0.5},
+        "bm25": {"kind": "bm25", "weight": 1.0},
         "off": {"kind": "cross", "path": str(tiny_cross), "enabled": False},
     }
     cfg = prepare_config(root / "out", beir, teachers, ensemble={"scale": 3.0})
@@ -277,6 +278,27 @@ def test_teacher_scores_equal_the_models_run_directly(prepared, splade_tiny):
         np.testing.assert_allclose(r["score_sparse"], want, rtol=1e-4, atol=1e-4)
 
 
+def test_bm25_teacher_scores_equal_bm25s_over_the_corpus(prepared):
+    """score_bm25 of every candidate, the positive included, is its BM25 score over the whole
+    corpus (0 when it shares no term), as a BM25 index of the same documents gives it."""
+    from spladeray.retrieval import BM25Retriever
+
+    ids = list(DOCS)
+    bm25 = BM25Retriever().index(ids, [doc_text(d) for d in ids])
+    for r in prepared["rows"]:
+        hits = bm25.search([r["query"]], k=len(ids))[0]
+        want = [hits.get(d, 0.0) for d in [r["positive_id"], *r["negative_ids"]]]
+        np.testing.assert_allclose(r["score_bm25"], want, rtol=1e-5)
+        assert r["score_bm25"][0] > 0  # every positive here shares a term with its query
+
+
+def test_bm25_teacher_needs_bm25_mining(tmp_path):
+    with pytest.raises(ValueError, match="negatives.method to bm25"):
+        prepare_config(tmp_path, tmp_path, {"lex": {"kind": "bm25"}}, negatives={"method": "none"})
+    with pytest.raises(ValueError, match="needs path"):
+        TeacherConfig(kind="dense")
+
+
 def test_cross_encoder_teacher_scores_equal_the_model(prepared, tiny_cross):
     """The cross-encoder actor class, called in this process on rows of the real output."""
     import torch
@@ -300,8 +322,8 @@ def test_cross_encoder_teacher_scores_equal_the_model(prepared, tiny_cross):
 def test_ensemble_column_is_the_weighted_min_max_mean(prepared):
     for r in prepared["rows"]:
         assert len(r["score_ensemble"]) == 1 + len(r["negatives"])
-        norm = {t: minmax(r[f"score_{t}"]) for t in ("dense", "sparse")}
-        want = 3.0 * (2.0 * norm["dense"] + 0.5 * norm["sparse"]) / 2.5
+        norm = {t: minmax(r[f"score_{t}"]) for t in ("dense", "sparse", "bm25")}
+        want = 3.0 * (2.0 * norm["dense"] + 0.5 * norm["sparse"] + norm["bm25"]) / 3.5
         np.testing.assert_allclose(r["score_ensemble"], want, rtol=1e-5, atol=1e-6)
 
 
@@ -321,10 +343,11 @@ def test_output_schema_matches_the_docs(prepared):
         "query_positive_ids": lists,
         "score_dense": floats,
         "score_sparse": floats,
+        "score_bm25": floats,
         "score_ensemble": floats,
     }
     assert {f.name: f.type for f in schema} == expected
-    assert schema == data_schema.arrow_schema(["dense", "sparse"], ensemble=True)
+    assert schema == data_schema.arrow_schema(["dense", "sparse", "bm25"], ensemble=True)
     out = Path(prepared["cfg"].output_dir)
     assert (out / "_SUCCESS").is_file() and not (out / "_work").exists()
     docs = (ROOT / "docs" / "prepared-data.md").read_text()

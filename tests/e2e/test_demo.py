@@ -65,6 +65,9 @@ def test_full_demo_path_small(tmp_path):
         assert stage in out.stdout
     assert "POST /search" in out.stdout and "matched:" in out.stdout
     assert "| splade-tiny (fine-tuned) | sparse |" in out.stdout
+    assert "| bm25 + splade-tiny (fine-tuned) rrf | hybrid |" in out.stdout
+    assert "fine-tuning: nDCG@10 " in out.stdout
+    assert "fusing with BM25 (rrf): R@100 " in out.stdout
     runs = tmp_path / "runs" / "demo"
     assert (runs / "prepared" / "_SUCCESS").is_file()
     assert (runs / "train" / "demo" / "model" / "spladeray.json").is_file()

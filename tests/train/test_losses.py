@@ -45,6 +45,46 @@ def test_infonce_by_hand():
     assert InfoNCELoss(2.0)(batch()).item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
 
 
+def test_infonce_masks_an_in_batch_positive_of_the_query():
+    """Document p1 is also a positive of q0 (two rows of one query): with the keys it leaves
+    q0's denominator, so it does not count as q0's negative; q1 is unchanged."""
+    keys = torch.tensor([10, 11, 20, 21])  # p0, p1, n0, n1
+    positives = torch.tensor([[10, 11], [11, 0]])  # q0: p0 and p1; q1: p1 (0 = padding)
+    masked = SparseBatch(
+        queries=Q, positives=P, negatives=N, document_keys=keys, query_positive_keys=positives
+    )
+    # q0 scores: 1, 0 (p1, masked), 2, 3; q1: 1, 2, 1, 1 (label 1)
+    l0 = -math.log(math.exp(1) / (math.exp(1) + math.exp(2) + math.exp(3)))
+    l1 = -math.log(math.exp(2) / (3 * math.exp(1) + math.exp(2)))
+    assert InfoNCELoss()(masked).item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+    # and q0 sends it no gradient: dL/dp1 is q1's term alone, (1/2) d l1 / d p1
+    p = P.clone().requires_grad_(True)
+    full = SparseBatch(
+        queries=Q, positives=p, negatives=N, document_keys=keys, query_positive_keys=positives
+    )
+    (grad_masked,) = torch.autograd.grad(InfoNCELoss()(full), p)
+    docs = torch.cat([p, N.flatten(0, 1)])
+    l1_term = torch.nn.functional.cross_entropy(Q[1:] @ docs.T, torch.tensor([1])) / 2
+    (grad_q1,) = torch.autograd.grad(l1_term, p)
+    assert torch.allclose(grad_masked[1], grad_q1[1], atol=1e-6)
+
+
+def test_mask_keeps_the_labelled_positive_and_ignores_padding():
+    from spladeray.train.losses.infonce import false_negative_mask
+
+    keys = torch.tensor([10, 11, 20, 21])
+    positives = torch.tensor([[10, 11], [11, 0]])
+    mask = false_negative_mask(keys, positives, torch.tensor([0, 1]))
+    assert mask.tolist() == [[False, True, False, False], [False, False, False, False]]
+
+
+def test_kl_teacher_temperature_scales_the_teacher_only():
+    # T = 1 for the student, T_t = 2 for the teacher == the teacher's scores halved at T = 1
+    halved = SparseBatch(queries=Q, positives=P, negatives=N, teacher={"ensemble": T / 2})
+    expected = KLDistillationLoss("ensemble")(halved).item()
+    assert KLDistillationLoss("ensemble", 1.0, 2.0)(batch()).item() == pytest.approx(expected)
+
+
 def test_margin_mse_by_hand():
     # student margins: 1-2 = -1, 2-1 = 1; teacher margins: 2, -0.5
     expected = ((-1 - 2) ** 2 + (1 + 0.5) ** 2) / 2
@@ -107,6 +147,19 @@ def _losses(q, p, n):
     return InfoNCELoss()(sb), FlopsRegularizer("flops")(docs), FlopsRegularizer("l1")(q)
 
 
+def _keys(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank ``rank``'s document keys (positives, then negatives) and query positives: query 0 of
+    rank 0 also has rank 1's first positive (key 101) as a positive, across the gather (0 pads:
+    no document has key 0)."""
+    docs = torch.tensor(
+        [1 + 100 * rank + i for i in range(B)] + [1000 + 100 * rank + j for j in range(B * NNEG)]
+    )
+    positives = torch.tensor([[1 + 100 * rank + i, 0] for i in range(B)])
+    if rank == 0:
+        positives[0, 1] = 101
+    return docs, positives
+
+
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -118,8 +171,14 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     q, p, n = (x[sl].clone().requires_grad_(True) for x in (q, p, n))
     nce, flops, l1 = _losses(q, p, n)
     (nce + flops + l1).backward()
+    docs_keys, positive_keys = _keys(rank)
+    masked = SparseBatch(
+        queries=q, positives=p, negatives=n, document_keys=docs_keys,
+        query_positive_keys=positive_keys,
+    )  # fmt: skip
     torch.save(
         {
+            "nce_masked": InfoNCELoss()(masked).item(),
             "nce": nce.item(),
             "flops": flops.item(),
             "l1": l1.item(),
@@ -168,6 +227,17 @@ def test_two_gloo_ranks_match_one_process_on_the_full_batch(tmp_path):
         assert r["flops"] == pytest.approx(flops.item(), rel=1e-6)
         assert r["l1"] == pytest.approx(l1.item(), rel=1e-6)
     assert (ranks[0]["nce"] + ranks[1]["nce"]) / 2 == pytest.approx(nce.item(), rel=1e-6)
+    # the in-batch mask works across ranks: rank 1's first positive (global column 0 of rank 1's
+    # block) leaves the denominator of rank 0's query 0 only
+    with torch.no_grad():
+        docs_all = torch.cat(
+            [torch.cat([p[s], n[s].flatten(0, 1)]) for s in (slice(0, B), slice(B, 2 * B))]
+        )
+        logits = q[:B] @ docs_all.T
+        logits[0, B * (1 + NNEG)] = float("-inf")
+        want = torch.nn.functional.cross_entropy(logits, torch.arange(B))
+    assert ranks[0]["nce_masked"] == pytest.approx(want.item(), rel=1e-6)
+    assert ranks[1]["nce_masked"] == pytest.approx(nce_parts[1].item(), rel=1e-6)
     for r, rk in enumerate(ranks):
         sl = slice(r * B, (r + 1) * B)
         torch.testing.assert_close(rk["gq"] / 2, q.grad[sl])

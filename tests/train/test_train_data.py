@@ -29,6 +29,27 @@ def test_collator_shapes_and_negative_cycling(splade_tiny):
     assert out["teacher_ensemble"].tolist() == [[9.0, 1.0, 2.0, 1.0], [8.0, 3.0, 3.0, 3.0]]
 
 
+def test_collator_keys_follow_the_documents(splade_tiny):
+    """The in-batch mask's keys: one per document, in the order of ``document``."""
+    from spladeray.train.data import Collator, id_key
+
+    from helpers import tiny_tokenizer
+
+    tok = tiny_tokenizer(splade_tiny)
+    rows = {
+        "query": np.array(["a", "b"], dtype=object),
+        "positive": np.array(["x", "y"], dtype=object),
+        "negatives": np.array([["n1"], ["n2", "n3"]], dtype=object),
+        "positive_id": np.array(["d1", "d2"], dtype=object),
+        "negative_ids": np.array([["d9"], ["d7", "d8"]], dtype=object),
+        "query_positive_ids": np.array([["d1", "d2"], ["d2"]], dtype=object),
+    }
+    out = Collator(tok, num_negatives=2, max_query_length=8, max_document_length=8)(rows)
+    keys = [id_key(d) for d in ("d1", "d2", "d9", "d9", "d7", "d8")]
+    assert out["document_keys"].tolist() == keys
+    assert out["query_positive_keys"].tolist() == [[id_key("d1"), id_key("d2")], [id_key("d2"), 0]]
+
+
 @pytest.mark.parametrize("name", ["demo", "train_cpu_smoke", "train_8gpu", "scifact_finetune"])
 def test_training_configs_load(name):
     from spladeray.config import load_config

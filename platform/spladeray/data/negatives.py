@@ -178,10 +178,19 @@ class NegativeMiner:
     Input columns: ``query``, ``query_positive_ids`` (all positives of the query) and
     ``given_negative_ids`` (possibly empty). ``method="none"`` keeps only the given negatives.
     ``cfg`` is the typed :class:`NegativesConfig`.
+
+    ``score_columns`` (BM25 teachers, ``kind: bm25``): for each, ``score_<name>`` holds the BM25
+    score of ``[positive, *negatives]`` from the mining index itself (the positive's too, even
+    when it is not among the top ``depth`` hits), so BM25 joins the ensemble at no model cost.
     """
 
-    def __init__(self, work_dir: str, cfg: NegativesConfig, stats=None):
+    def __init__(
+        self, work_dir: str, cfg: NegativesConfig, stats=None, score_columns: Sequence[str] = ()
+    ):
         self.cfg, self.stats = cfg, stats
+        self.score_columns = list(score_columns)
+        if self.score_columns and cfg.method != "bm25":
+            raise ValueError("BM25 teacher scores need negatives.method bm25")
         work = storage.local_copy(work_dir)  # a URI: fetched once per node into its cache
         self.store = DocStore(work / "corpus.arrow")
         self.retriever = None
@@ -212,6 +221,15 @@ class NegativeMiner:
         out = batch.drop_columns(["given_negative_ids"])
         out = out.append_column("negative_ids", pa.array(ids, STR_LIST))
         out = out.append_column("negatives", pa.array(texts, STR_LIST))
+        if self.score_columns:
+            from spladeray.data.schema import SCORE_TYPE
+
+            row_of = self.store.row_of
+            pos = batch.column("positive_id").to_pylist()
+            rows = [[row_of[d] for d in [p, *row]] for p, row in zip(pos, ids, strict=True)]
+            scores = pa.array(self.retriever.score_rows(queries, rows), SCORE_TYPE)
+            for column in self.score_columns:
+                out = out.append_column(column, scores)
         if self.stats is not None:
             from spladeray.data.stats import report
 

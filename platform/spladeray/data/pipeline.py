@@ -90,12 +90,21 @@ def _pairs_table(pairs: list[dict]) -> pa.Table:
 
 
 class _QueryLimit:
-    """``max_queries``: keep the first N distinct queries; count (not reject) the rest."""
+    """``holdout`` then ``max_queries``: keep the queries of the holdout's part (all without
+    one), and of those the first N distinct; count (not reject) the rest."""
 
-    def __init__(self, limit: int | None) -> None:
+    def __init__(self, limit: int | None, holdout=None) -> None:
         self.limit, self.kept, self.skipped = limit, set(), 0
+        self.holdout, self.held_out = holdout, 0
 
     def allows(self, qid: str) -> bool:
+        if self.holdout is not None:
+            from spladeray.data.split import in_part
+
+            h = self.holdout
+            if not in_part(qid, h.part, h.fraction, h.seed):
+                self.held_out += 1
+                return False
         if self.limit is None or qid in self.kept or len(self.kept) < self.limit:
             self.kept.add(qid)
             return True
@@ -123,7 +132,7 @@ def read_beir(source, work: Path, rejects: RejectLog) -> SourceData:
                 rejects.add(corpus_path, None, "duplicate _id", id=ids[i])
         docs = len(store)
         qrels_path = storage.join(beir, "qrels", f"{source.split}.tsv")
-        pairs, seen, limit, lines = [], set(), _QueryLimit(source.max_queries), 0
+        pairs, seen, limit, lines = [], set(), _QueryLimit(source.max_queries, source.holdout), 0
         for n, qid, did, rel in iter_qrels(qrels_path, rejects.add):
             lines += 1
             bad = None
@@ -148,6 +157,7 @@ def read_beir(source, work: Path, rejects: RejectLog) -> SourceData:
         "docs": docs,
         "qrels_lines": lines,
         "skipped_by_max_queries": limit.skipped,
+        "held_out_pairs": limit.held_out,
     }
     return SourceData(_pairs_table(pairs), counts)
 
@@ -155,7 +165,7 @@ def read_beir(source, work: Path, rejects: RejectLog) -> SourceData:
 def read_pairs(source, work: Path, rejects: RejectLog) -> SourceData:
     """A pairs file / HF dataset streamed through Ray Data; its texts form the mining corpus."""
     name = source.hf_name or str(source.path)
-    pairs, seen, limit, rows = [], set(), _QueryLimit(source.max_queries), 0
+    pairs, seen, limit, rows = [], set(), _QueryLimit(source.max_queries, source.holdout), 0
     with DocStoreWriter(work / "corpus.arrow") as store:
         for batch in pairs_dataset(source).iter_batches(batch_format="pyarrow"):
             for row in batch.to_pylist():
@@ -174,7 +184,12 @@ def read_pairs(source, work: Path, rejects: RejectLog) -> SourceData:
                     row["given_negative_ids"] = row["negative_ids"]
                     pairs.append({k: row[k] for k in [*PAIR_COLUMNS[:4], "given_negative_ids"]})
         docs = len(store)
-    counts = {"rows": rows, "docs": docs, "skipped_by_max_queries": limit.skipped}
+    counts = {
+        "rows": rows,
+        "docs": docs,
+        "skipped_by_max_queries": limit.skipped,
+        "held_out_pairs": limit.held_out,
+    }
     return SourceData(_pairs_table(pairs), counts)
 
 
@@ -225,6 +240,11 @@ def enabled_teachers(cfg: PrepareConfig) -> dict[str, TeacherConfig]:
     return {name: t for name, t in cfg.teachers.items() if t.enabled}
 
 
+def model_teachers(cfg: PrepareConfig) -> dict[str, TeacherConfig]:
+    """The enabled teachers that run a model in their own actor pool (all but ``bm25``)."""
+    return {name: t for name, t in enabled_teachers(cfg).items() if t.kind != "bm25"}
+
+
 def teacher_gpus(teacher: TeacherConfig, cluster_has_gpus: bool) -> float:
     """GPUs each actor of ``teacher`` reserves.
 
@@ -244,7 +264,7 @@ def check_pools(cfg: PrepareConfig) -> None:
     Ray Data would otherwise wait forever for CPUs or GPUs that the cluster does not have.
     """
     has_gpus = cluster_gpus() > 0
-    teachers = enabled_teachers(cfg).values()
+    teachers = model_teachers(cfg).values()
     neg = cfg.negatives
     cpus = neg.actors * neg.num_cpus if neg.method != "none" else 0.0
     cpus += sum(t.actors * t.num_cpus for t in teachers)
@@ -273,16 +293,22 @@ def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: str, stats) -> None:
     size = cfg.batch_size
     blocks = [pairs.slice(s, size) for s in range(0, pairs.num_rows, size)] or [pairs]
     neg = cfg.negatives
+    bm25_columns = [schema.score_column(n) for n, t in teachers.items() if t.kind == "bm25"]
     ds = ray.data.from_arrow(blocks).map_batches(
         NegativeMiner,
-        fn_constructor_kwargs={"work_dir": str(work), "cfg": neg, "stats": stats},
+        fn_constructor_kwargs={
+            "work_dir": str(work),
+            "cfg": neg,
+            "stats": stats,
+            "score_columns": bm25_columns,
+        },
         concurrency=neg.actors,
         num_cpus=neg.num_cpus,
         num_gpus=neg.num_gpus or None,
         batch_size=None,
         batch_format="pyarrow",
     )
-    for name, t in teachers.items():
+    for name, t in model_teachers(cfg).items():  # BM25 teachers were scored by the miner
         ds = ds.map_batches(
             TeacherScorer,
             fn_constructor_kwargs={"name": name, "cfg": t, "stats": stats},
@@ -390,7 +416,7 @@ def pool_sizes(cfg: PrepareConfig) -> dict[str, int | list[int]]:
     pools: dict[str, int | list[int]] = {}
     if cfg.negatives.method != "none":
         pools["mine"] = cfg.negatives.actors
-    for name, t in enabled_teachers(cfg).items():
+    for name, t in model_teachers(cfg).items():
         pools[schema.score_column(name)] = [t.actors, t.max_actors] if t.max_actors else t.actors
     return pools
 

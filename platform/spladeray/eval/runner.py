@@ -95,6 +95,10 @@ class Dataset:
         queries = load_queries(cfg.beir_dir, rejects)
         keep = {d["_id"] for d in docs} if cfg.corpus_limit else None
         qrels = restrict_qrels(load_qrels(cfg.beir_dir, cfg.split, rejects), queries, keep)
+        if cfg.holdout is not None:  # one part of the split's queries (spladeray.data.split)
+            from spladeray.data.split import select
+
+            qrels = {q: qrels[q] for q in select(qrels, cfg.holdout)}
         if not qrels:
             raise ValueError(f"{cfg.beir_dir} split {cfg.split!r}: no judged queries to evaluate")
         return cls(

@@ -169,6 +169,23 @@ class BM25Retriever(Retriever):
             out[i] = (np.asarray(r[keep], dtype=np.int64), np.asarray(s[keep], dtype=np.float32))
         return out
 
+    def score_rows(self, queries: Sequence[str], rows: Sequence[Sequence[int]]) -> list:
+        """BM25 scores of chosen documents: for query ``i``, one float32 per row in ``rows[i]``
+        (0 where the document shares no term), whether or not it is in the query's top hits.
+        One ``bm25s`` score pass over the index per distinct query."""
+        model = self._model()
+        terms = self._known_terms(queries)
+        cache: dict[str, np.ndarray] = {}
+        out = []
+        for q, t, r in zip(queries, terms, rows, strict=True):
+            if not t:
+                out.append(np.zeros(len(r), dtype=np.float32))
+                continue
+            if q not in cache:
+                cache[q] = np.asarray(model.get_scores(t), dtype=np.float32)
+            out.append(cache[q][np.asarray(r, dtype=np.int64)])
+        return out
+
     def query_matrix(self, queries: Sequence[str]) -> sp.csr_matrix:
         """Queries x terms presence matrix, in the column space of :attr:`doc_matrix`."""
         vocab = self._model().vocab_dict

@@ -23,7 +23,21 @@ from spladeray.data import schema
 logger = logging.getLogger(__name__)
 
 
-def open_prepared(data_dir: str | Path, teachers: list[str]):
+MASK_COLUMNS = ("positive_id", "negative_ids", "query_positive_ids")
+"""The id columns that mask in-batch false negatives (``train.mask_in_batch_positives``)."""
+
+
+def id_key(doc_id: str) -> int:
+    """A document id as a signed 64-bit integer (blake2b), equal on every rank and process: the
+    in-batch mask compares these, so it works on ids gathered from other DDP ranks as tensors."""
+    import hashlib
+
+    return int.from_bytes(
+        hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little", signed=True
+    )
+
+
+def open_prepared(data_dir: str | Path, teachers: list[str], mask_ids: bool = False):
     """The prepared rows as a Ray Dataset with only the columns training needs.
 
     ``data_dir`` is a local path or a URI (``s3://bucket/prepared``), read through
@@ -80,6 +94,14 @@ def open_prepared(data_dir: str | Path, teachers: list[str]):
         )
     if "query_id" in available:  # named in messages about a batch (e.g. a NaN loss)
         columns.append("query_id")
+    if mask_ids:
+        missing = [c for c in MASK_COLUMNS if c not in available]
+        if missing:
+            raise ValueError(
+                f"{shards}: prepared data lacks column(s) {missing} that "
+                "train.mask_in_batch_positives needs; re-run prepare or turn the mask off"
+            )
+        columns.extend(MASK_COLUMNS)
     ds = ray.data.read_parquet(files, columns=columns, filesystem=fs)
     return ds.filter(lambda row: len(row["negatives"]) > 0)
 
@@ -126,10 +148,30 @@ class Collator(NumpyBatchCollateFn):
         }
         if "query_id" in batch:
             out["query_id"] = [str(q) for q in batch["query_id"]]
+        if all(c in batch for c in MASK_COLUMNS):
+            out.update(self._mask_keys(batch, n))
         for name in self.teachers:
-            rows = []
+            rows: list = []
             for scores in batch[schema.score_column(name)]:
                 scores = np.asarray(scores, dtype=np.float32)
                 rows.append([scores[0], *_cycle(scores[1:], n)] if n else [scores[0]])
             out[f"teacher_{name}"] = torch.tensor(np.asarray(rows, dtype=np.float32))
         return out
+
+    @staticmethod
+    def _mask_keys(batch: dict[str, np.ndarray], n: int) -> dict[str, torch.Tensor]:
+        """``document_keys`` ``[B(1+n)]``: the :func:`id_key` of every document, in the order of
+        ``document`` (positives, then each row's ``n`` negatives); ``query_positive_keys``
+        ``[B, P]``: each query's positives (all of its rows), padded with 0 (never a key here:
+        a real id's key is 0 with probability 2^-64)."""
+        ids = [str(p) for p in batch["positive_id"]]
+        ids += [str(d) for row in batch["negative_ids"] for d in _cycle(row, n)] if n else []
+        positives = [[id_key(str(d)) for d in row] for row in batch["query_positive_ids"]]
+        width = max(1, max(len(row) for row in positives))
+        padded = np.zeros((len(positives), width), dtype=np.int64)
+        for i, row in enumerate(positives):
+            padded[i, : len(row)] = row
+        return {
+            "document_keys": torch.tensor([id_key(d) for d in ids], dtype=torch.int64),
+            "query_positive_keys": torch.from_numpy(padded),
+        }

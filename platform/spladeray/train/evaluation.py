@@ -15,12 +15,16 @@ MEASURES = ("nDCG@10", "R@100")
 DEPTH = 100
 
 
-def _evaluate(system, beir_dir, split: str, corpus_limit: int | None, encoders=None) -> dict:
+def _evaluate(
+    system, beir_dir, split: str, corpus_limit: int | None, encoders=None, holdout=None
+) -> dict:
     from spladeray.config import EvalDatasetConfig
     from spladeray.eval.runner import evaluate_systems
 
     start = time.perf_counter()
-    dataset = EvalDatasetConfig(beir_dir=beir_dir, split=split, corpus_limit=corpus_limit)
+    dataset = EvalDatasetConfig(
+        beir_dir=beir_dir, split=split, corpus_limit=corpus_limit, holdout=holdout
+    )
     results = evaluate_systems(
         [dataset], [system], encoders=encoders, measures=MEASURES, depth=DEPTH, latency_queries=0
     )
@@ -33,23 +37,27 @@ def _evaluate(system, beir_dir, split: str, corpus_limit: int | None, encoders=N
     }
 
 
-def evaluate_sparse(encoder, beir_dir, split: str, corpus_limit: int | None = None) -> dict:
-    """``{nDCG@10, R@100, doc_active_dims, query_active_dims, seconds}`` for a SpladeEncoder."""
+def evaluate_sparse(
+    encoder, beir_dir, split: str, corpus_limit: int | None = None, holdout=None
+) -> dict:
+    """``{nDCG@10, R@100, doc_active_dims, query_active_dims, seconds}`` for a SpladeEncoder
+    (``holdout``: one part of the split's queries, :class:`spladeray.config.HoldoutConfig`)."""
     from spladeray.config import EvalSparseConfig
 
     was_training = encoder.training
     try:
         system = EvalSparseConfig(name="sparse")
-        return _evaluate(system, beir_dir, split, corpus_limit, encoders={"sparse": encoder})
+        encoders = {"sparse": encoder}
+        return _evaluate(system, beir_dir, split, corpus_limit, encoders, holdout)
     finally:
         encoder.train(was_training)
 
 
-def evaluate_bm25(beir_dir, split: str, corpus_limit: int | None = None) -> dict:
+def evaluate_bm25(beir_dir, split: str, corpus_limit: int | None = None, holdout=None) -> dict:
     """The same keys for bm25s (English stopwords, Snowball stemming)."""
     from spladeray.config import EvalBM25Config
 
-    return _evaluate(EvalBM25Config(), beir_dir, split, corpus_limit)
+    return _evaluate(EvalBM25Config(), beir_dir, split, corpus_limit, holdout=holdout)
 
 
 def comparison_table(metrics: dict) -> str:

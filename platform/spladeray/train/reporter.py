@@ -157,7 +157,9 @@ class Reporter:
 
         ev = self.tc.eval
         t0 = time.perf_counter()
-        scores = evaluate_sparse(self.encoder, ev.beir_dir, ev.split, corpus_limit=ev.corpus_limit)
+        scores = evaluate_sparse(
+            self.encoder, ev.beir_dir, ev.split, corpus_limit=ev.corpus_limit, holdout=ev.holdout
+        )
         self.eval_seconds += time.perf_counter() - t0
         logger.info("%s at step %d: %s", prefix, self.state.step, scores)
         return {f"{prefix}/{k}": v for k, v in scores.items()}
@@ -176,7 +178,7 @@ class Reporter:
             if ev.bm25:
                 from spladeray.train.evaluation import evaluate_bm25
 
-                scores = evaluate_bm25(ev.beir_dir, ev.split, ev.corpus_limit)
+                scores = evaluate_bm25(ev.beir_dir, ev.split, ev.corpus_limit, ev.holdout)
                 logger.info("bm25: %s", scores)
                 start.update({f"bm25/{k}": v for k, v in scores.items()})
             if ev.at_start:

@@ -120,6 +120,12 @@ def sparse_batch(
     """Split the encoded documents (positives, then ``num_negatives`` per query) for the losses;
     the teacher scores of ``train_cfg.teachers`` move to the queries' device."""
     b = queries.shape[0]
+    keys = {}
+    if getattr(train_cfg, "mask_in_batch_positives", False) and "document_keys" in batch:
+        keys = {
+            k: batch[k].to(queries.device, non_blocking=True)
+            for k in ("document_keys", "query_positive_keys")
+        }
     return SparseBatch(
         queries=queries,
         positives=documents[:b],
@@ -129,4 +135,6 @@ def sparse_batch(
             for t in train_cfg.teachers
         },
         query_idf=encoder.idf_weight if encoder.doc_only else None,
+        document_keys=keys.get("document_keys"),
+        query_positive_keys=keys.get("query_positive_keys"),
     )

@@ -47,7 +47,11 @@ def build_trainer(cfg, *, callbacks: list | None = None, datasets: dict | None =
     if tc is None:
         raise ValueError("the config has no train: section")
     if datasets is None:
-        datasets = {"train": open_prepared(tc.data_dir, list(tc.teachers))}
+        datasets = {
+            "train": open_prepared(
+                tc.data_dir, list(tc.teachers), mask_ids=tc.mask_in_batch_positives
+            )
+        }
     backend = tc.backend if tc.backend != "auto" else ("nccl" if tc.use_gpu else "gloo")
     resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
     if tc.use_gpu:

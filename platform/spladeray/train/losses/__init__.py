@@ -41,5 +41,7 @@ def build_loss(loss_cfg) -> nn.Module:
     if loss_cfg.name == "margin_mse":
         return MarginMSELoss(loss_cfg.teacher)
     if loss_cfg.name == "kl":
-        return KLDistillationLoss(loss_cfg.teacher, loss_cfg.temperature)
+        return KLDistillationLoss(
+            loss_cfg.teacher, loss_cfg.temperature, loss_cfg.teacher_temperature
+        )
     raise ValueError(f"unknown loss {loss_cfg.name!r}")

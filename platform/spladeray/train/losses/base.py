@@ -19,6 +19,10 @@ class SparseBatch:
     negatives: torch.Tensor  # [B, n, V]
     teacher: dict[str, torch.Tensor] = field(default_factory=dict)
     query_idf: torch.Tensor | None = None  # [V], doc-only models
+    # in-batch false negatives (spladeray.train.data.id_key of the ids): document_keys follows
+    # ``documents``; query_positive_keys holds every positive of each query, padded with 0
+    document_keys: torch.Tensor | None = None  # [B * (1 + n)] int64
+    query_positive_keys: torch.Tensor | None = None  # [B, P] int64
 
     @property
     def documents(self) -> torch.Tensor:
