@@ -115,3 +115,11 @@ def tiny_train_section(output_dir, data_dir, **overrides) -> dict:
         "checkpoint": {"every_steps": 2},
         **overrides,
     }
+
+
+def no_special(enc, weights):
+    """A naive SPLADE reference with the special tokens' dimensions zeroed, as the encoder does
+    (differentiable: a zeroed column has zero gradient, as in the encoder)."""
+    weights = weights.clone()
+    weights[:, enc.tokenizer.all_special_ids] = 0
+    return weights

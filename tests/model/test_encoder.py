@@ -17,7 +17,7 @@ from spladeray.index.build import index_documents
 from spladeray.model import RandomHeadError, SpladeEncoder, compute_idf, load_idf, save_idf
 from spladeray.model.pooling import pool_full_logits
 
-from helpers import build_tiny_base, build_tiny_mlm, tiny_tokenizer
+from helpers import build_tiny_base, build_tiny_mlm, no_special, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +33,6 @@ def encoder(splade_tiny):
 def _st_dense(model: SparseEncoder, texts, kind: str) -> np.ndarray:
     fn = model.encode_query if kind == "query" else model.encode_document
     return fn(texts, batch_size=16, convert_to_tensor=True).to_dense().cpu().numpy()
-
-
-def _no_special(enc, weights):
-    """The reference with the special tokens' dimensions zeroed, as the encoder does."""
-    weights = weights.clone()
-    weights[:, enc.tokenizer.all_special_ids] = 0
-    return weights
 
 
 def test_special_tokens_get_weight_zero(splade_tiny, tmp_path):
@@ -129,12 +122,12 @@ def test_plain_masked_lm_fast_path_equals_naive(arch, splade_tiny, tmp_path):
     with torch.no_grad():
         fast = enc(batch["input_ids"], batch["attention_mask"])
         logits = enc.mlm(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
-        naive = _no_special(enc, pool_full_logits(logits, batch["attention_mask"]))
+        naive = no_special(enc, pool_full_logits(logits, batch["attention_mask"]))
     assert torch.allclose(fast, naive, atol=1e-5)
     enc.pooling = "sum"
     with torch.no_grad():
         fast_sum = enc(batch["input_ids"], batch["attention_mask"])
-    naive_sum = _no_special(enc, pool_full_logits(logits, batch["attention_mask"], pooling="sum"))
+    naive_sum = no_special(enc, pool_full_logits(logits, batch["attention_mask"], pooling="sum"))
     assert torch.allclose(fast_sum, naive_sum, atol=1e-4)
 
 
@@ -154,7 +147,7 @@ def test_legacy_head_file(splade_tiny, tmp_path):
     batch = enc.tokenize(["sparse retrieval with a legacy head"])
     with torch.no_grad():
         hidden = base(**batch).last_hidden_state
-        expected = _no_special(enc, pool_full_logits(head(hidden), batch["attention_mask"]))
+        expected = no_special(enc, pool_full_logits(head(hidden), batch["attention_mask"]))
         got = enc(batch["input_ids"], batch["attention_mask"])
     assert torch.allclose(got, expected, atol=1e-5)
     enc.save_pretrained(str(tmp_path / "legacy2"))

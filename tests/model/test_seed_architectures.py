@@ -22,6 +22,8 @@ from transformers import PreTrainedTokenizerFast
 from spladeray.model import SpladeEncoder
 from spladeray.model.pooling import pool_full_logits
 
+from helpers import no_special
+
 KOREAN = ["한국어 검색 모델은 희소 벡터를 만든다", "안녕하세요 서울"]
 NORWEGIAN = ["Blåbær er søte og gode på sommeren", "Norsk søk med sparsomme vektorer og ærlig øl"]
 TEXTS = KOREAN + NORWEGIAN + ["", "blåbær 한국어"]
@@ -170,7 +172,7 @@ def test_fast_path_equals_naive_splade_max(encoder):
     with torch.inference_mode():
         fast = encoder(batch["input_ids"], batch["attention_mask"])
         logits = encoder.mlm(**batch).logits
-        naive = pool_full_logits(logits, batch["attention_mask"])
+        naive = no_special(encoder, pool_full_logits(logits, batch["attention_mask"]))
     assert fast.shape == (len(TEXTS), encoder.vocab_size)
     assert (naive > 0).any(dim=1).all()
     torch.testing.assert_close(fast, naive, atol=1e-5, rtol=1e-5)
@@ -201,7 +203,7 @@ def test_training_step_gradients_equal_autograd(seed_model):
         pooling.MaxPooledProjection.apply = original
     assert calls, "the training path did not use MaxPooledProjection"
     fast = torch.autograd.grad((fast_out**2).sum(), params, allow_unused=True)
-    naive_out = pool_full_logits(enc.mlm(**batch).logits, batch["attention_mask"])
+    naive_out = no_special(enc, pool_full_logits(enc.mlm(**batch).logits, batch["attention_mask"]))
     naive = torch.autograd.grad((naive_out**2).sum(), params, allow_unused=True)
     torch.testing.assert_close(fast_out, naive_out, atol=1e-5, rtol=1e-5)
     checked = 0
