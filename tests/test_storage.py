@@ -93,6 +93,25 @@ def test_text_and_json_round_trip(base):
     assert storage.read_text(note) == "second\n"
 
 
+def test_streamed_lines_is_file_stamp_and_basename(base):
+    """What the BEIR readers use on a URI: lines streamed as bytes (a non-UTF-8 byte stays in
+    its line), is_file (a prefix is not a file), stamp (size + mtime per file, no reads)."""
+    corpus = storage.join(base, "beir", "scifact", "corpus.jsonl")
+    storage.write_bytes(corpus, b'{"_id": "1"}\n\xff bad\n{"_id": "2"}\n')
+    with storage.open_binary(corpus) as fh:
+        assert list(fh) == [b'{"_id": "1"}\n', b"\xff bad\n", b'{"_id": "2"}\n']
+    assert storage.is_file(corpus)
+    assert not storage.is_file(storage.join(base, "beir", "scifact"))
+    assert not storage.is_file(storage.join(base, "beir", "nope.jsonl"))
+    (stamp,) = storage.stamp(storage.join(base, "beir"))
+    assert stamp[:2] == [corpus, 32] and stamp[2] > 0  # 32 bytes
+    assert storage.stamp(corpus) == [stamp] and storage.stamp(storage.join(base, "x")) == []
+    assert storage.basename(storage.join(base, "beir", "scifact") + "/") == "scifact"
+    missing = storage.join(base, "beir", "nope.jsonl")
+    with pytest.raises(StorageError, match="nope.jsonl"), storage.open_binary(missing):
+        pass
+
+
 def test_read_missing_names_the_uri(base):
     missing = storage.join(base, "nope.json")
     with pytest.raises(StorageError, match=missing):

@@ -170,8 +170,9 @@ def is_file(uri: str | os.PathLike) -> bool:
 
 @contextlib.contextmanager
 def open_binary(uri: str | os.PathLike) -> Iterator[io.BufferedReader]:
-    """A buffered binary stream over the file at ``uri`` (iterates by ``\n``-ended lines), read
-    as it is consumed, not downloaded first: what the BEIR readers use."""
+    """A buffered binary stream over the file at ``uri`` (iterates by ``\\n``-ended lines), read
+    as it is consumed, not downloaded first: what the BEIR readers use. Lines are bytes, so the
+    caller decodes each one on its own and one bad byte costs one line, not the file."""
     fs, path = resolve(uri)
     try:
         raw = fs.open_input_stream(path)
@@ -181,21 +182,6 @@ def open_binary(uri: str | os.PathLike) -> Iterator[io.BufferedReader]:
         raise StorageError(f"cannot read {uri}: {e}") from e
     with raw, io.BufferedReader(raw) as buffered:
         yield buffered
-
-
-@contextlib.contextmanager
-def open_text(uri: str | os.PathLike, *, newline: str | None = None) -> Iterator[io.TextIOBase]:
-    """A text stream (UTF-8) over the file at ``uri``, read as it is consumed (not downloaded
-    first): what the BEIR readers use for ``corpus.jsonl`` / ``queries.jsonl`` / qrels."""
-    fs, path = resolve(uri)
-    try:
-        raw = fs.open_input_stream(path)
-    except FileNotFoundError as e:
-        raise StorageError(f"nothing at {uri}: {e}") from e
-    except OSError as e:
-        raise StorageError(f"cannot read {uri}: {e}") from e
-    with raw, io.TextIOWrapper(raw, encoding="utf-8", newline=newline) as text:
-        yield text
 
 
 def read_json(uri: str | os.PathLike) -> Any:

@@ -150,7 +150,7 @@ class EncodeAndWrite:
 
 
 def _count_lines(uri) -> int:
-    with storage.open_text(uri) as fh:
+    with storage.open_binary(uri) as fh:  # bytes: a line that is not UTF-8 still counts
         return sum(1 for line in fh if line.strip())
 
 
