@@ -8,13 +8,14 @@ export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: help install install-test demo test test-unit test-e2e lint format bench clean \
-	train train-resume tensorboard benchmark export-hf logs
+	train train-resume sweep tensorboard benchmark export-hf logs
 
 # The workflow targets' knobs: `make train CONFIG=configs/train_8gpu.yaml`, `make logs JOB=...`.
 CONFIG ?= configs/demo.yaml
 RUN ?=
 LOGDIR ?= runs
 TB_PORT ?= 6006
+SWEEP ?= configs/sweeps/demo.yaml
 JOB ?=
 
 $(VENV)/bin/python:
@@ -64,6 +65,9 @@ train: install  ## train on CONFIG (default configs/demo.yaml); re-running a run
 
 train-resume: install  ## continue CONFIG's run (or RUN=name) from its latest checkpoint
 	$(PY) jobs/train.py --config $(CONFIG) --no-prepare $(if $(RUN),--set train.name=$(RUN))
+
+sweep: install  ## train SWEEP's variants of CONFIG, ranked on validation queries (jobs/sweep.py)
+	$(PY) jobs/sweep.py --config $(CONFIG) --sweep $(SWEEP)
 
 tensorboard: install  ## TensorBoard on 127.0.0.1:TB_PORT over every run under LOGDIR (runs/)
 	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --host 127.0.0.1 --port $(TB_PORT)

@@ -243,7 +243,7 @@ def free_port() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="measured seconds")
-    parser.add_argument("--warmup", type=float, default=10.0, help="seconds before RSS sample 1")
+    parser.add_argument("--warmup", type=float, default=20.0, help="seconds before RSS sample 1")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--backend", choices=["osmem", "local"], default="osmem")
     parser.add_argument("--pool", type=int, default=256, help="documents index requests draw from")

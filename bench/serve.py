@@ -78,6 +78,19 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] * 1000
 
 
+def mean_batch(url: str) -> float:
+    """Mean texts per document model call, from the replica's Prometheus ``/metrics``."""
+    import httpx
+
+    total = count = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("spladeray_encode_batch_size_sum") and 'kind="document"' in line:
+            total = float(line.split()[-1])
+        if line.startswith("spladeray_encode_batch_size_count") and 'kind="document"' in line:
+            count = float(line.split()[-1])
+    return total / count if count else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--docs", type=int, default=256)
@@ -85,6 +98,9 @@ def main() -> None:
     parser.add_argument("--per-request", type=int, default=1, help="documents per /encode request")
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
     args = parser.parse_args()
 
     import ray
@@ -106,9 +122,9 @@ def main() -> None:
             f"serve.torch_threads={args.threads}",
             "serve.num_gpus=0",
             "serve.max_batch_size=32",
-            "serve.batch_wait_timeout_s=0.005",
             "serve.max_ongoing_requests=64",
             "serve.target_ongoing_requests=32",
+            *args.set,
         ],
     )
 
@@ -152,6 +168,7 @@ def main() -> None:
         for name, pids in procs.items()
     }
     ok = sum(1 for s in statuses if s == 200) * k
+    calls = mean_batch(url)
     http = ok / http_s
     direct_after = in_process()
     direct = (direct_before + direct_after) / 2
@@ -168,6 +185,7 @@ def main() -> None:
         f"  HTTP /encode                : {http:8.1f} docs/s  (non-200: {len(statuses) - statuses.count(200)})"
     )
     print(f"  ratio HTTP / in-process     : {http / direct:8.2f}   (target >= 0.85)")
+    print(f"  texts per model call        : {calls:8.1f}   (replica's /metrics, warm-up included)")
     print(
         f"  latency per request         : p50 {pct(lat, 0.5):.1f} ms   p99 {pct(lat, 0.99):.1f} ms"
     )
@@ -232,6 +250,7 @@ def main() -> None:
                     "cpu_ms_per_doc": {n: round(v, 2) for n, v in per_doc.items()},
                     "direct_cpu_ms_per_doc": round(1000 * direct_cpu / direct_n, 2),
                     "cpu_ratio": round(cpu_ratio, 3),
+                    "texts_per_model_call": round(calls, 2),
                     "encode_only_docs_s": round(len(docs) / enc_s, 1),
                     "index_docs_s": round(len(docs) / idx_s, 1),
                 }

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU 
 TARGETS = {
     "train": "jobs/train.py --config configs/x.yaml",
     "train-resume": "jobs/train.py --config configs/x.yaml --no-prepare --set train.name=r1",
+    "sweep": "jobs/sweep.py --config configs/x.yaml --sweep configs/sweeps/demo.yaml",
     "tensorboard": "tensorboard --logdir runs --host 127.0.0.1 --port 6006",
     "benchmark": "jobs/evaluate.py --config configs/x.yaml",
     "export-hf": "jobs/export.py --config configs/x.yaml --format hf",

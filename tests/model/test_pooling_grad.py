@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from spladeray.model.encoder import SpladeEncoder
-from spladeray.model.pooling import MaxPooledProjection, pool_full_logits, pool_logits
+from spladeray.model.pooling import MaxPooledProjection, max_rows_, pool_full_logits, pool_logits
 
 from helpers import build_tiny_mlm, no_special, tiny_tokenizer
 
@@ -96,6 +96,33 @@ def test_inference_path_unchanged_without_grad():
         infer = pool_logits(hidden, mask, torch.nn.Identity(), decoder)
     train = pool_logits(hidden, mask, torch.nn.Identity(), decoder)
     assert train.requires_grad and torch.allclose(infer, train.detach(), atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 250])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_place_row_fold_equals_amax(rows, dtype):
+    """The inference pooling's halving fold picks exactly amax's values, odd counts included."""
+    torch.manual_seed(rows)
+    x = torch.randn(rows, 97).to(dtype)
+    expected = x.amax(dim=0)
+    assert torch.equal(max_rows_(x.clone()), expected)
+
+
+def test_inference_chunks_never_overwrite_pooled_rows():
+    """Texts sharing a reused projection buffer across several chunks keep their own maxima."""
+    torch.manual_seed(3)
+    hidden = torch.randn(5, 9, 8)
+    mask = torch.ones(5, 9, dtype=torch.long)
+    mask[1, 4:] = 0
+    mask[3, 1:] = 0
+    decoder = torch.nn.Linear(8, 50)
+    reference = pool_full_logits(decoder(hidden), mask)
+    with torch.no_grad():
+        for chunk_tokens in (1, 10, 1000):
+            pooled = pool_logits(
+                hidden, mask, torch.nn.Identity(), decoder, chunk_tokens=chunk_tokens
+            )
+            assert torch.allclose(pooled, reference, atol=1e-6)
 
 
 def test_bf16_inputs_give_bf16_gradients_close_to_fp32():

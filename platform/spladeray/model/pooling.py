@@ -66,6 +66,30 @@ def projection_weight(linear: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
     return cached[1]
 
 
+ROW_BUCKET = 16  # inference projections run on a multiple of this many rows (see pool_logits)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def max_rows_(x: torch.Tensor) -> torch.Tensor:
+    """``x.amax(dim=0)`` for a scratch ``[rows, vocab]`` tensor, overwriting ``x``; returns ``x[0]``.
+
+    A halving fold of elementwise ``maximum`` into the top half: ``log2(rows)`` vectorised passes
+    over contiguous rows. torch's ``amax(dim=0)`` reduces across rows in a slower kernel: for
+    ``[250, 30522]`` it measured 2.8 ms (bf16) / 3.0 ms (fp32) against 1.6 / 2.6 ms for the fold
+    (1 thread here), and the pooling was 30% of a bf16 document batch. Max picks one of the
+    values, so the result equals ``amax`` exactly. Inference only (it writes into ``x``).
+    """
+    n = x.shape[0]
+    while n > 1:
+        half = n // 2
+        torch.maximum(x[:half], x[n - half : n], out=x[:half])
+        n -= half  # odd n: the middle row stays in place and joins the next pass
+    return x[0]
+
+
 def _segments(lengths: list[int], chunk_tokens: int) -> list[tuple[int, int]]:
     """Group consecutive texts into runs of about ``chunk_tokens`` tokens: (first, end) pairs."""
     groups, start, total = [], 0, 0
@@ -106,7 +130,7 @@ def pool_logits(
     # ``max_i (x_i W^T + b) = max_i (x_i W^T) + b``: multiply without the bias (addmm would first
     # copy the bias into every [chunk, vocab] output, 17% of the time measured) and add it once.
     linear = decoder if isinstance(decoder, nn.Linear) else getattr(decoder, "linear", None)
-    deferred_bias = None
+    deferred_bias, scratch = None, False
     if pooling == "max" and isinstance(linear, nn.Linear) and not torch.is_grad_enabled():
         # Inference: one output buffer reused by every chunk. A fresh [chunk, vocab] tensor per
         # chunk is a fresh mmap whose page faults cost as much as a third of the matmul.
@@ -116,20 +140,31 @@ def pool_logits(
         longest = max(
             (offsets[e] - offsets[f] for f, e in _segments(lengths, chunk_tokens)), default=0
         )
-        buffer = tokens.new_empty((longest, weight_t.shape[1]))
+        # Row counts are rounded up to ROW_BUCKET (zero rows appended once; a chunk's extra rows
+        # are its neighbour's tokens or zeros, and their logits are never read): oneDNN caches
+        # one primitive per matmul shape, and a new row count per chunk grew a replica's RSS by
+        # 40% in 60 s of bench/load.py (ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 made it 3%, but then
+        # every call builds its primitive); with buckets the cache holds a few dozen shapes.
+        tokens = torch.cat([tokens, tokens.new_zeros(ROW_BUCKET - 1, tokens.shape[1])])
+        buffer = tokens.new_empty((_round_up(longest, ROW_BUCKET), weight_t.shape[1]))
+        scratch = True  # the buffer's rows may be overwritten by the pooling (max_rows_)
 
-        def project(x: torch.Tensor) -> torch.Tensor:
-            return torch.mm(x, weight_t, out=buffer[: x.shape[0]])
+        def project(lo: int, hi: int) -> torch.Tensor:
+            rows = _round_up(hi - lo, ROW_BUCKET)
+            return torch.mm(tokens[lo : lo + rows], weight_t, out=buffer[:rows])[: hi - lo]
     elif pooling == "max" and isinstance(linear, nn.Linear):
         pooled = MaxPooledProjection.apply(tokens, linear.weight, lengths, chunk_tokens)
         if linear.bias is not None:
             pooled = pooled + linear.bias.to(pooled.dtype)
         return splade_activation(pooled, activation)
     else:
-        project = decoder
+
+        def project(lo: int, hi: int) -> torch.Tensor:
+            return decoder(tokens[lo:hi])
+
     rows: list[torch.Tensor] = []
     for first, end in _segments(lengths, chunk_tokens):
-        logits = project(tokens[offsets[first] : offsets[end]])  # [chunk, vocab]
+        logits = project(offsets[first], offsets[end])  # [chunk, vocab]
         if pooling == "sum":
             logits = splade_activation(logits.float() if compute_dtype else logits, activation)
         base = offsets[first]
@@ -137,6 +172,8 @@ def pool_logits(
             segment = logits[offsets[i] - base : offsets[i + 1] - base]
             if segment.shape[0] == 0:  # an empty text: a zero vector, never NaN
                 rows.append(logits.new_zeros(logits.shape[1]))
+            elif pooling == "max" and scratch:
+                rows.append(max_rows_(segment).clone())  # before the next chunk reuses it
             elif pooling == "max":
                 rows.append(segment.amax(dim=0))
             else:

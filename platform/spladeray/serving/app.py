@@ -47,6 +47,16 @@ def _num_gpus(serve_cfg) -> float:
     return 1.0 if torch.cuda.is_available() else 0.0
 
 
+def _actor_options(serve_cfg) -> dict[str, Any]:
+    """The replicas' resources, and ``serve.env_vars`` in their environment: OpenMP and oneDNN
+    read theirs once, when torch loads them, so it goes in the runtime_env, not in the replica's
+    code."""
+    options: dict[str, Any] = {"num_cpus": serve_cfg.num_cpus, "num_gpus": _num_gpus(serve_cfg)}
+    if serve_cfg.env_vars:
+        options["runtime_env"] = {"env_vars": dict(serve_cfg.env_vars)}
+    return options
+
+
 def build_app(cfg: Config, *, check_model: bool = True, load_gate: str | None = None):
     """The bound application for ``serve.run``.
 
@@ -77,9 +87,10 @@ def build_app(cfg: Config, *, check_model: bool = True, load_gate: str | None = 
         max_ongoing_requests=s.max_ongoing_requests,
         max_queued_requests=s.max_queued_requests,
         backpressure_config=BackpressureConfig(retry_after_s=s.retry_after_s),
-        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": _num_gpus(s)},
+        ray_actor_options=_actor_options(s),
         graceful_shutdown_timeout_s=s.graceful_shutdown_timeout_s,
         health_check_period_s=s.health_check_period_s,
+        logging_config={"enable_access_log": s.access_log},
     ).bind(cfg, load_gate)
 
 

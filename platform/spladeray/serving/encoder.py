@@ -35,6 +35,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +139,11 @@ class BatchedEncoder:
         self.default_model = str(cfg.model.path)
         self.batching: dict[str, Any] = {}
         self.reconfigure(batch_user_config(cfg.serve))
+        # Every model call runs on this one thread, off the event loop: one model computes at a
+        # time anyway (the CPU's or GPU's threads are the model's), and one thread keeps torch's
+        # allocations in one malloc arena. asyncio.to_thread spread them over its pool's threads,
+        # and the replica's RSS grew 40% in 60 s of bench/load.py.
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
         self.loaded_at = time.time()
         logger.info("encoder in replica %d ready: %s", os.getpid(), cfg.model.path)
 
@@ -170,6 +176,7 @@ class BatchedEncoder:
             "vocab_size": int(enc.vocab_size),
             "device": str(enc.device),
             "batching": dict(self.batching),
+            "env": {k: os.environ.get(k) for k in self.cfg.serve.env_vars},  # serve.env_vars
             "pid": os.getpid(),
             "loaded_at": self.loaded_at,
         }
@@ -260,7 +267,7 @@ class BatchedEncoder:
                     out[i] = item
             return out  # type: ignore[return-value]
 
-        return await asyncio.to_thread(run)
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, run)
 
     def _encode_now(self, enc, texts: list[str], kind: str, lengths: list[int]) -> list[Encoded]:
         """One model call (or one IDF lookup) for ``texts``, with its metrics."""

@@ -1,0 +1,64 @@
+"""The sweep file: parsed and checked before any training, one run name per variant, ranked rows.
+
+Training itself is the train tests' job; ``jobs/sweep.py`` runs the demo's sweep (docs/train.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from spladeray.config import ConfigError
+from spladeray.paths import project_root
+from spladeray.train.sweep import SweepRow, load_sweep, sweep_table, variant_configs
+
+ROOT = project_root()
+
+
+def test_demo_sweep_ranks_on_validation_only():
+    spec = load_sweep(ROOT / "configs/sweeps/demo.yaml")
+    variants = variant_configs(ROOT / "configs/demo.yaml", spec, [])
+    names = [cfg.train.name for _, _, cfg in variants]
+    assert len(set(names)) == len(names) == len(spec["variants"])
+    for _, _, cfg in variants:
+        ev = cfg.train.eval
+        assert ev.split == "train" and ev.holdout.part == "validation"
+        # prepare trains on the other part of the same split: no query on both sides
+        assert cfg.prepare.source.holdout.part == "train"
+        assert cfg.prepare.source.holdout.fraction == ev.holdout.fraction
+    by_name = {name: cfg for name, _, cfg in variants}
+    assert [loss.name for loss in by_name["infonce-kl"].train.losses] == ["infonce", "kl"]
+    assert by_name["infonce-nomask"].train.mask_in_batch_positives is False
+    one = by_name["1-worker"].train
+    assert one.num_workers * one.batch_size == 16 == by_name["infonce"].train.num_workers * 8
+
+
+def test_a_variant_without_validation_is_refused(tmp_path):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("variants: [{name: a, set: []}]\n")  # demo.yaml has no train.eval
+    with pytest.raises(ConfigError, match="holdout"):
+        variant_configs(ROOT / "configs/demo.yaml", load_sweep(sweep), [])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("variants: []\n", "non-empty"),
+        ("variants: [{name: 'a b'}]\n", "name"),
+        ("variants: [{name: a}, {name: a}]\n", "repeat"),
+        ("variants: [\n", "sweep file"),
+    ],
+)
+def test_bad_sweep_files(tmp_path, text, message):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(sweep)
+
+
+def test_table_puts_the_best_validation_row_first():
+    rows = [
+        SweepRow("a", [], {"nDCG@10": 0.70, "R@100": 0.9}, 100, 0.5, 10.0),
+        SweepRow("b", ["x=1"], {"nDCG@10": 0.75, "R@100": 0.9}, 100, None, 10.0),
+    ]
+    lines = sweep_table(rows).splitlines()
+    assert lines[2].startswith("| b | 0.7500") and lines[3].startswith("| a | 0.7000")
