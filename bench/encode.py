@@ -34,9 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "platform"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: _env, _procs
+import _env  # noqa: E402  platform/ on sys.path, offline defaults
+
+ROOT = _env.ROOT
 
 MAIN_ROWS = ["sentence-transformers fp32", "spladeray fp32", "spladeray auto"]
 CANDIDATES = [

@@ -29,11 +29,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "platform"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: _env, _procs
+import _env  # noqa: E402  platform/ on sys.path, offline defaults
+
+ROOT = _env.ROOT
 
 
 def build_rows(beir: Path, n_rows: int, n_neg: int):

@@ -20,16 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "platform"))
-sys.path.insert(0, str(ROOT / "bench"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# the proxy hook docs/serve.md asks operators to set (503 + Retry-After when a replica is lost)
-os.environ.setdefault(
-    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "spladeray.serving.proxy:proxy_middlewares"
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: _env, _procs
+import _env  # noqa: E402  platform/ on sys.path, offline defaults
+
+ROOT = _env.ROOT
+_env.serve_proxy_hook()
 
 import _procs  # noqa: E402
 

@@ -14,10 +14,18 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spladeray.data.beir import Rejects, doc_text, iter_corpus, iter_qrels, load_queries
+from spladeray.data.beir import (
+    Rejects,
+    doc_text,
+    iter_corpus,
+    iter_qrels,
+    load_qrels,
+    load_queries,
+)
 from spladeray.data.readers import (
     PAIRS_SCHEMA,
     _split_lines,
@@ -230,3 +238,22 @@ def test_a_corpus_with_bytes_that_are_not_utf8_is_read_through_ray(ray_cluster, 
     assert len(rejects) == 2
     assert all("corpus.jsonl:" in r and "not valid UTF-8" in r for r in rejects)
     assert {r.split("corpus.jsonl:")[1].split(":")[0] for r in rejects} == {"2", "4"}
+
+
+def test_a_repeated_id_with_other_content_is_rejected_never_overwritten(tmp_path):
+    """A query id (or a qrels pair) given twice with different content keeps the first and
+    rejects the second, naming both lines; an exact repeat changes nothing and is skipped."""
+    (tmp_path / "queries.jsonl").write_text(
+        '{"_id": "q1", "text": "first"}\n{"_id": "q1", "text": "first"}\n'
+        '{"_id": "q1", "text": "second"}\n{"_id": "q2", "text": "other"}\n'
+    )
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("q1\td1\t1\nq1\td1\t1\nq1\td1\t0\nq1\td2\t1\n")
+    rejects = Rejects()
+    assert load_queries(tmp_path, rejects) == {"q1": "first", "q2": "other"}
+    assert load_qrels(tmp_path, "test", rejects) == {"q1": {"d1": 1, "d2": 1}}
+    lines = [(Path(r["source"]).name, r["line"]) for r in rejects.rows]
+    assert lines == [("queries.jsonl", 3), ("test.tsv", 3)]
+    assert all("first on line 1" in r["reason"] for r in rejects.rows)
+    with pytest.raises(ValueError, match=r"queries.jsonl:3: .*repeated"):
+        load_queries(tmp_path)

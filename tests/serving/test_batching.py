@@ -93,6 +93,23 @@ def test_a_batch_is_cut_under_the_token_budget_and_encodes_like_the_model(splade
     assert tokens == sum(lengths)
 
 
+def test_a_chunked_document_is_budgeted_by_all_its_windows(splade_tiny, tmp_path):
+    """With model.document_stride, a long document's length for the token budget is the tokens
+    of every window, and the served vectors still equal the encoder's (max-pooled windows)."""
+    cfg = serve_config(splade_tiny, tmp_path, max_batch_tokens=256)
+    cfg.model.document_stride = 32
+    batched = BatchedEncoder(cfg, ReplicaMetrics())
+    enc = batched.model
+    texts = ["cells divide " * 150, "short one"]
+    lengths = batched._lengths(enc, texts, "document")
+    whole = len(enc.tokenizer(texts[0], add_special_tokens=False)["input_ids"])
+    assert lengths[0] > cfg.model.max_document_length and lengths[0] >= whole
+    assert lengths[1] == len(enc.tokenizer(texts[1])["input_ids"])
+    out = asyncio.run(batched._run_batch("document", texts, [""] * 2, lengths))
+    for got, want in zip(out, enc.encode_documents(texts), strict=True):
+        assert set(got.vector) == set(want)
+
+
 def test_doc_only_queries_never_enter_the_batch_queue(splade_tiny, tmp_path):
     """A doc-only model's queries are IDF lookups answered at once: here, outside any Serve
     replica (where a ``@serve.batch`` queue cannot even be created), they encode, one lookup

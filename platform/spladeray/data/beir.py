@@ -95,9 +95,7 @@ def iter_jsonl(path: str | Path, rejects: Rejects | None = None) -> Iterator[tup
         if problem is None and not isinstance(obj, dict):
             problem = "not a JSON object"
         if problem is not None:
-            if rejects is None:
-                raise ValueError(f"{path}:{n}: {problem}")
-            rejects.add(str(path), n, problem)
+            _reject(path, n, problem, rejects)
             continue
         yield n, obj  # type: ignore[misc]
 
@@ -107,17 +105,30 @@ def iter_corpus(
 ) -> Iterator[dict]:
     """Documents ``{"_id", "title", "text"}``; rows without an id or any text are rejected."""
     path = storage.join(beir_dir, "corpus.jsonl")
-    rows = _checked(path, iter_jsonl(path, rejects), rejects, ("title", "text"))
+    rows = (row for _, row in _checked(path, iter_jsonl(path, rejects), rejects, ("title", "text")))
     return islice(rows, limit) if limit else rows
 
 
 def load_queries(beir_dir: str | Path, rejects: Rejects | None = None) -> dict[str, str]:
-    """``{query_id: text}``; empty queries are rejected."""
+    """``{query_id: text}``; empty queries are rejected. A query id seen again with another text
+    is rejected (the first is kept, the message names its line); an exact repeat changes nothing
+    and is skipped."""
     path = storage.join(beir_dir, "queries.jsonl")
-    return {
-        row["_id"]: row["text"]
-        for row in _checked(path, iter_jsonl(path, rejects), rejects, ("text",))
-    }
+    queries: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for n, row in _checked(path, iter_jsonl(path, rejects), rejects, ("text",)):
+        qid = row["_id"]
+        if qid not in queries:
+            queries[qid], first_line[qid] = row["text"], n
+        elif queries[qid] != row["text"]:
+            _reject(
+                path,
+                n,
+                f"query id {qid!r} repeated with another text (first on line "
+                f"{first_line[qid]}, kept)",
+                rejects,
+            )
+    return queries
 
 
 def load_qrels(
@@ -126,8 +137,19 @@ def load_qrels(
     """``{query_id: {doc_id: relevance}}`` from ``qrels/<split>.tsv`` (header line optional)."""
     path = storage.join(beir_dir, "qrels", f"{split}.tsv")
     qrels: dict[str, dict[str, int]] = {}
-    for _, qid, did, rel in iter_qrels(path, rejects):
-        qrels.setdefault(qid, {})[did] = rel
+    first_line: dict[tuple[str, str], int] = {}
+    for n, qid, did, rel in iter_qrels(path, rejects):
+        judged = qrels.setdefault(qid, {})
+        if did not in judged:
+            judged[did], first_line[qid, did] = rel, n
+        elif judged[did] != rel:
+            _reject(
+                path,
+                n,
+                f"({qid}, {did}) judged again as {rel} (first on line "
+                f"{first_line[qid, did]} as {judged[did]}, kept)",
+                rejects,
+            )
     return qrels
 
 
@@ -152,9 +174,7 @@ def iter_qrels(
                 continue
             problem = _qrels_problem(parts)
         if problem is not None:
-            if rejects is None:
-                raise ValueError(f"{path}:{n}: {problem}")
-            rejects.add(str(path), n, problem)
+            _reject(path, n, problem, rejects)
             continue
         yield n, parts[0], parts[1], int(parts[-1])
 
@@ -181,7 +201,7 @@ def _qrels_problem(parts: list[str]) -> str | None:
 
 def _checked(
     path: str | Path, rows: Iterator[tuple[int, dict]], rejects: Rejects | None, text_keys: tuple
-) -> Iterator[dict]:
+) -> Iterator[tuple[int, dict]]:
     for n, row in rows:
         problem = None
         doc_id = row.get("_id")
@@ -192,9 +212,14 @@ def _checked(
         elif not any(isinstance(row.get(k), str) and row[k].strip() for k in text_keys):
             problem = f"missing {' / '.join(text_keys)}"
         if problem:
-            if rejects is None:
-                raise ValueError(f"{path}:{n}: {problem}")
-            rejects.add(str(path), n, problem)
+            _reject(path, n, problem, rejects)
             continue
         row["_id"] = str(row["_id"])
-        yield row
+        yield n, row
+
+
+def _reject(path: str | Path, line: int, problem: str, rejects: Rejects | None) -> None:
+    """Count a bad line in ``rejects``, or raise ``ValueError`` naming file and line."""
+    if rejects is None:
+        raise ValueError(f"{path}:{line}: {problem}")
+    rejects.add(str(path), line, problem)

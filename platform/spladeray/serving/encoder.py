@@ -221,8 +221,20 @@ class BatchedEncoder:
         )
 
     def _lengths(self, enc, texts: Sequence[str], kind: str) -> list[int]:
-        """Input tokens per text after truncation (what the model sees)."""
+        """Input tokens per text after truncation (what the model sees). A chunked document
+        (``model.document_stride``) counts every window's tokens, so the token budget of
+        :func:`plan_batches` sees its real cost, not its first window's."""
         max_length = enc.max_query_length if kind == "query" else enc.max_document_length
+        if kind == "document" and enc.document_stride is not None:
+            from spladeray.model.chunking import document_windows
+
+            windows, owner = document_windows(
+                enc.tokenizer, list(texts), max_length, enc.document_stride
+            )
+            lengths = [0] * len(texts)
+            for window, text in zip(windows, owner, strict=True):
+                lengths[text] += len(window)
+            return lengths
         ids = enc.tokenizer(
             list(texts),
             truncation=True,
