@@ -101,6 +101,10 @@ class Dataset:
             qrels = {q: qrels[q] for q in select(qrels, cfg.holdout)}
         if not qrels:
             raise ValueError(f"{cfg.beir_dir} split {cfg.split!r}: no judged queries to evaluate")
+        for row in rejects.rows[:20]:  # all counted in info()["rejected_rows"]
+            logger.warning("rejected %s:%d: %s", row["source"], row["line"], row["reason"])
+        if len(rejects) > 20:
+            logger.warning("... and %d more rejected lines", len(rejects) - 20)
         return cls(
             name=cfg.name or storage.basename(cfg.beir_dir),
             beir_dir=cfg.beir_dir,
