@@ -85,11 +85,23 @@ def test_train_job_runs_on_worker_nodes(multinode_cluster, tmp_path, splade_tiny
     data = write_prepared(tmp_path / "prepared", n_rows=16, n_neg=1)
     cfg_path = tmp_path / "train.yaml"
     train = tiny_train_section(tmp_path / "out", data)
+    # The workers hold after the last step until the test has seen its metric on a node's
+    # Prometheus endpoint: Ray exports a worker's metrics every few seconds, so a worker that
+    # exits right after its last step can take that step's value with it (this failed CI under
+    # load). Held, the only wait is for the export, and the job ends when the test says.
+    release = tmp_path / "release"
+    train["debug"] = {"hold_after_step": 2, "hold_file": str(release)}
     cfg_path.write_text(
         yaml.safe_dump({"run_name": "job", "model": {"path": str(model)}, "train": train})
     )
 
     sid = cluster.submit(["python", "jobs/train.py", "--config", str(cfg_path)], env_vars=JOB_ENV)
+    try:
+        # the per-step training metrics reached a node's Prometheus endpoint (ray.util.metrics)
+        step = _scrape(cluster, "ray_spladeray_train_step{", 'run="job"', timeout=400)
+    finally:
+        release.touch()
+    assert step and float(step.rsplit(" ", 1)[1]) == 2.0, step
     job = _succeeded(cluster, sid)
     assert "[train] done: step 2" in cluster.job_logs(sid)
     assert (tmp_path / "out" / "job" / "model" / "modules.json").is_file()
@@ -98,9 +110,6 @@ def test_train_job_runs_on_worker_nodes(multinode_cluster, tmp_path, splade_tiny
     train_workers = [a for a in cluster.actors(job["job_id"]) if "TrainWorker" in a["class_name"]]
     assert len(train_workers) == 2, [a["class_name"] for a in cluster.actors(job["job_id"])]
     assert all(a["node_id"] != head for a in train_workers)
-    # the per-step training metrics reached a node's Prometheus endpoint (ray.util.metrics)
-    step = _scrape(cluster, "ray_spladeray_train_step{", 'run="job"')
-    assert step and float(step.rsplit(" ", 1)[1]) == 2.0, step
 
 
 def _scrape(cluster, *needles: str, timeout: float = 120.0) -> str | None:
