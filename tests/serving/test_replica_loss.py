@@ -4,11 +4,11 @@
 What a client may see: 200, or 503 with ``Retry-After`` (Serve's proxy alone would answer 500 for
 the requests on the dying replica; :mod:`spladeray.serving.proxy` answers 503). No request
 hangs: each has a client timeout of ``BOUND_S``, and a timeout fails the test. (Ray Serve's
-router loses one request in about one run in five; the proxy's response deadline, 60 s in the
-serve tests, answers it 503.) Serve replaces the
-replica: ``/healthz`` answers 503 while none runs, then 200 from a new process. Nothing is
-reported indexed that is not in the backend, and a client that retries its failed batches with
-the same ids ends with exactly its documents, once each.
+router rarely loses a request here, 2 runs in 9 one day and 0 in 62 the next; the proxy's
+response deadline, 60 s in the serve tests, answers it 503.) Serve replaces the replica:
+``/healthz`` answers 503 while none runs, then 200 from a new process. Nothing is reported
+indexed that is not in the backend, and a client that retries its failed batches with the same
+ids ends with exactly its documents, once each.
 
 The replacement is held in "loading" by the app's load gate until ``/healthz`` has answered 503,
 so the unready state is observed however fast or slow the machine is (no timing assertions).
@@ -160,7 +160,7 @@ def test_replica_killed_under_load(kill_app):
 
     statuses = Counter(str(status) for _, status, _, _, _ in results)
     by_route = Counter(f"{route} {status}" for route, status, _, _, _ in results)
-    late = sum(1 for *_, r in results if r is not None and "within" in r.text)
+    late = sum(1 for _, status, *_, r in results if status == 503 and "deadline" in r.text)
     print(
         f"\n{REQUESTS} requests in {elapsed:.0f}s, by status: {dict(statuses)}; {dict(by_route)}; "
         f"503 at the proxy's response deadline: {late}"

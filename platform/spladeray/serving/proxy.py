@@ -16,10 +16,11 @@ the replica died, and then re-queued for the replacement, was in rare cases neve
 (2 runs in 9 of ``tests/serving/test_replica_loss.py`` one day, 0 in 62 the next: one request
 of 200 waited, with the replacement serving the others, until the client gave up; the proxy log
 shows it re-queued after "will not be considered for future requests because it has died" and
-nothing after). The deadline turns such a request into a 503 its client can retry, instead of a hang.
+nothing after). The deadline turns such a request into a 503 its client can retry, instead of a
+hang.
 
-:class:`ReplicaLossMiddleware` does all three. It is an ASGI middleware in the proxy, installed with
-Ray Serve's proxy hook: the environment of the Ray nodes (where ``ray start`` runs, before the
+:class:`ReplicaLossMiddleware` does all three. It is an ASGI middleware in the proxy, installed
+with Ray Serve's proxy hook: the environment of the Ray nodes (where ``ray start`` runs, before the
 proxy starts) sets
 
     RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=spladeray.serving.proxy:proxy_middlewares
@@ -82,11 +83,11 @@ class ReplicaLossMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = asyncio.Event()
+        started = asyncio.get_running_loop().create_future()  # done once the response starts
 
         async def tracking_send(message) -> None:
-            if message["type"] == "http.response.start":
-                started.set()
+            if message["type"] == "http.response.start" and not started.done():
+                started.set_result(None)
             await send(message)
 
         method, path = scope.get("method"), scope.get("path", "")
@@ -97,11 +98,11 @@ class ReplicaLossMiddleware:
                 self.app(scope, receive, tracking_send), started, deadline
             )
         except Exception:
-            if started.is_set():
+            if started.done():
                 raise
             logger.exception("the proxy failed on %s %s; 503", method, path)
             answered = True  # not a deadline: the replica was lost (below)
-        if started.is_set():
+        if started.done():
             return
         if not answered:
             logger.warning("no replica answered %s %s within %gs; 503", method, path, deadline)
@@ -129,25 +130,24 @@ class ReplicaLossMiddleware:
         )
 
     @staticmethod
-    async def _answered_within(call, started: asyncio.Event, deadline: float | None) -> bool:
+    async def _answered_within(call, started: asyncio.Future, deadline: float | None) -> bool:
         """Run ``call`` to its end unless its response has not started by ``deadline``: then
         cancel it and return False. (Not ``asyncio.wait_for``: the proxy swallows the
         cancellation and returns, which ``wait_for`` reports as done.)"""
-        task = asyncio.ensure_future(call)
         if deadline is None:
-            await task
+            await call
             return True
-        start = asyncio.ensure_future(started.wait())
+        task = asyncio.ensure_future(call)
         try:
-            await asyncio.wait({task, start}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
-            if task.done() or start.done():
+            await asyncio.wait(
+                {task, started}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED
+            )
+            if task.done() or started.done():
                 await task  # started in time: no deadline on the rest; exceptions propagate
                 return True
         except asyncio.CancelledError:
             task.cancel()
             raise
-        finally:
-            start.cancel()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
