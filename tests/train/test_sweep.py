@@ -32,6 +32,20 @@ def test_demo_sweep_ranks_on_validation_only():
     assert one.num_workers * one.batch_size == 16 == by_name["infonce"].train.num_workers * 8
 
 
+def test_scifact_sweep_ranks_on_validation_and_keeps_every_checkpoint():
+    spec = load_sweep(ROOT / "configs/sweeps/scifact.yaml")
+    variants = variant_configs(ROOT / "configs/scifact_finetune.yaml", spec, [])
+    for _, _, cfg in variants:
+        ev = cfg.train.eval
+        assert ev.split == "train" and ev.holdout.part == "validation" and ev.corpus_limit is None
+        assert cfg.prepare.source.holdout.part == "train"
+        assert cfg.train.checkpoint.num_to_keep is None  # every step stays, with its score
+        assert cfg.train.checkpoint.every_steps == ev.every_steps
+    by_name = {name: cfg for name, _, cfg in variants}
+    assert [loss.name for loss in by_name["infonce-kl"].train.losses] == ["infonce", "kl"]
+    assert by_name["infonce"].train.eval.at_start and not by_name["infonce-kl"].train.eval.at_start
+
+
 def test_a_variant_without_validation_is_refused(tmp_path):
     sweep = tmp_path / "s.yaml"
     sweep.write_text("variants: [{name: a, set: []}]\n")  # demo.yaml has no train.eval
