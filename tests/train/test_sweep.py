@@ -14,18 +14,23 @@ from spladeray.train.sweep import SweepRow, load_sweep, sweep_table, variant_con
 ROOT = project_root()
 
 
-def test_demo_sweep_ranks_on_validation_only():
-    spec = load_sweep(ROOT / "configs/sweeps/demo.yaml")
-    variants = variant_configs(ROOT / "configs/demo.yaml", spec, [])
+def ranked_on_validation(config: str, sweep: str) -> dict:
+    """The sweep's variant configs by name, after checking that each one ranks on validation
+    queries and trains on the other part of the same split (no query on both sides)."""
+    spec = load_sweep(ROOT / sweep)
+    variants = variant_configs(ROOT / config, spec, [])
     names = [cfg.train.name for _, _, cfg in variants]
     assert len(set(names)) == len(names) == len(spec["variants"])
     for _, _, cfg in variants:
         ev = cfg.train.eval
         assert ev.split == "train" and ev.holdout.part == "validation"
-        # prepare trains on the other part of the same split: no query on both sides
         assert cfg.prepare.source.holdout.part == "train"
         assert cfg.prepare.source.holdout.fraction == ev.holdout.fraction
-    by_name = {name: cfg for name, _, cfg in variants}
+    return {name: cfg for name, _, cfg in variants}
+
+
+def test_demo_sweep_ranks_on_validation_only():
+    by_name = ranked_on_validation("configs/demo.yaml", "configs/sweeps/demo.yaml")
     assert [loss.name for loss in by_name["infonce-kl"].train.losses] == ["infonce", "kl"]
     assert by_name["infonce-nomask"].train.mask_in_batch_positives is False
     one = by_name["1-worker"].train
@@ -33,15 +38,11 @@ def test_demo_sweep_ranks_on_validation_only():
 
 
 def test_scifact_sweep_ranks_on_validation_and_keeps_every_checkpoint():
-    spec = load_sweep(ROOT / "configs/sweeps/scifact.yaml")
-    variants = variant_configs(ROOT / "configs/scifact_finetune.yaml", spec, [])
-    for _, _, cfg in variants:
-        ev = cfg.train.eval
-        assert ev.split == "train" and ev.holdout.part == "validation" and ev.corpus_limit is None
-        assert cfg.prepare.source.holdout.part == "train"
+    by_name = ranked_on_validation("configs/scifact_finetune.yaml", "configs/sweeps/scifact.yaml")
+    for cfg in by_name.values():
+        assert cfg.train.eval.corpus_limit is None  # the whole corpus
         assert cfg.train.checkpoint.num_to_keep is None  # every step stays, with its score
-        assert cfg.train.checkpoint.every_steps == ev.every_steps
-    by_name = {name: cfg for name, _, cfg in variants}
+        assert cfg.train.checkpoint.every_steps == cfg.train.eval.every_steps
     assert [loss.name for loss in by_name["infonce-kl"].train.losses] == ["infonce", "kl"]
     assert by_name["infonce"].train.eval.at_start and not by_name["infonce-kl"].train.eval.at_start
 
