@@ -440,6 +440,12 @@ class TrainCheckpointConfig(Section):
         "step", description="reported metric ranking checkpoints for num_to_keep"
     )
     score_order: Literal["max", "min"] = "max"
+    save_model: bool = Field(
+        True,
+        description="every checkpoint also holds model/ (save_pretrained), so the checkpoint a "
+        "validation sweep selects is a model that evaluate, export and serve load as it is; "
+        "false: only the final checkpoint (model/ is about a third of train_state.pt)",
+    )
 
 
 class TrainEvalConfig(Section):

@@ -68,6 +68,7 @@ def test_resume_same_name_continues_at_checkpoint_step(
     """A run dies after its step-2 checkpoint; re-running the same name restores step 2 with the
     checkpoint's parameters and ends at max_steps, with every step applied exactly once. The BM25
     baseline measured at step 0 of the first attempt is still in the resumed run's final report."""
+    from spladeray.model import SpladeEncoder
     from spladeray.train import run_train
     from spladeray.train.reporter import baselines_uri
 
@@ -100,6 +101,16 @@ def test_resume_same_name_continues_at_checkpoint_step(
     assert result.metrics["step"] == 4
     final = torch.load(_checkpoints(again)[-1] / "train_state.pt", weights_only=False)
     assert final["state"]["step"] == 4
+    # every checkpoint is a usable model (train.checkpoint.save_model): step 2's model/ holds
+    # step 2's encoder weights, not the final ones
+    step2 = SpladeEncoder.from_pretrained(str(_checkpoints(again)[0] / "model"))
+    for name, value in step2.state_dict().items():
+        matches = [k for k in saved["model"] if k.endswith("." + name)]
+        assert len(matches) == 1, name
+        assert torch.equal(value, saved["model"][matches[0]].to(value.dtype)), name
+    assert any(
+        not torch.equal(saved["model"][k], final["model"][k]) for k in saved["model"]
+    )  # the run went on training after step 2
     assert all(int(s["step"]) == 4 for s in final["optimizer"]["state"].values())
 
 

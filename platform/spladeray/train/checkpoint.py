@@ -9,8 +9,10 @@ A checkpoint directory (one per report, merged from all workers by Ray Train) ho
   state of that rank's own GPU;
 - ``manifest_rank<R>.json`` (every rank, written after that rank's files): size and sha256 of
   each file the rank wrote, so a truncated or corrupted file is detected before it is loaded;
-- ``model/`` (final checkpoint only): the exported model, loadable by
-  ``SpladeEncoder.from_pretrained`` and ``sentence_transformers.SparseEncoder``.
+- ``model/`` (rank 0; every checkpoint, or the final one only with
+  ``train.checkpoint.save_model: false``): the exported model, loadable by
+  ``SpladeEncoder.from_pretrained`` and ``sentence_transformers.SparseEncoder``, so the
+  checkpoint a validation sweep selects is used as it is.
 
 :func:`read_checkpoint` checks a directory before anything is restored: every manifest's files
 must be there with the recorded size and hash, and ``train_state.pt`` must unpickle. Checkpoints

@@ -247,8 +247,9 @@ class Reporter:
                 world_size=self.world,
                 device=self.device,
             )
-            if final and self.rank == 0:
+            if self.rank == 0 and (final or self.tc.checkpoint.save_model):
                 self.encoder.save_pretrained(str(Path(tmp) / MODEL_DIR))
+            if final and self.rank == 0:
                 self.writer.log_model(Path(tmp) / MODEL_DIR)
             self.writer.sync()  # event files reach a remote output_dir at every checkpoint
             ray.train.report(
