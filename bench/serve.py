@@ -7,6 +7,13 @@ client: ms of CPU per document, from /proc); then ``/index`` into osmem vs encod
 Prints the ratio HTTP / in-process (target >= 0.85 on CPU, 1 document per request). The app is
 the one ``serve run serve/config.yaml`` starts: one deployment, proxy -> replica, with the
 proxy middleware of :mod:`spladeray.serving.proxy` installed as docs/serve.md says.
+
+``--direct-ingress`` measures Ray Serve 2.60's direct ingress instead
+(``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``): the replica serves HTTP on its own port (from 30000)
+and the client posts there, with no proxy hop. It is a measurement of what the proxy costs, not
+a deployment mode of the platform: with several replicas a load balancer must front their ports
+(Ray's HAProxy mode needs the ``haproxy`` binary), and the proxy's replica-loss answers (503 +
+``Retry-After``) are not on that path. 1 replica only.
 """
 
 from __future__ import annotations
@@ -86,6 +93,22 @@ def mean_batch(url: str) -> float:
     return total / count if count else float("nan")
 
 
+def direct_ingress_url() -> str:
+    """The replica's own HTTP server under direct ingress: Serve allocates ports from
+    ``RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT`` (30000) up, so the first that answers the app's
+    ``/healthz`` is the replica's."""
+    import httpx
+
+    first = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "30000"))
+    for port in range(first, first + 100):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return f"http://127.0.0.1:{port}"
+        except httpx.HTTPError:
+            continue
+    raise SystemExit(f"no replica answers /healthz on ports {first}-{first + 99}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--docs", type=int, default=256)
@@ -93,6 +116,11 @@ def main() -> None:
     parser.add_argument("--per-request", type=int, default=1, help="documents per /encode request")
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--direct-ingress",
+        action="store_true",
+        help="post to the replica's own HTTP port (Ray Serve direct ingress), not the proxy",
+    )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
     )
@@ -142,21 +170,26 @@ def main() -> None:
     direct_before = in_process()
 
     # 2. HTTP /encode through Serve
+    if args.direct_ingress:
+        if args.replicas != 1:
+            parser.error("--direct-ingress measures 1 replica (several need a load balancer)")
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # read by the cluster ray.init starts
     ray.init(num_cpus=max(4, args.replicas + 2), include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     serve.run(build_app(cfg, check_model=False), name="bench", route_prefix="/")
+    encode_url = direct_ingress_url() if args.direct_ingress else url
     k = args.per_request
     bodies = [{"texts": docs[i : i + k]} for i in range(0, len(docs), k)]
-    asyncio.run(fire(f"{url}/encode", bodies[:64], args.concurrency))  # warm up
+    asyncio.run(fire(f"{encode_url}/encode", bodies[:64], args.concurrency))  # warm up
     procs = {
         "replica": _procs.find("ray::ServeReplica:bench:"),  # every replica of the app
         "proxy": _procs.find("ray::ProxyActor"),
         "client": [os.getpid()],
     }
     cpu0 = {name: [_procs.cpu_seconds(p) or 0.0 for p in pids] for name, pids in procs.items()}
-    http_s, lat, statuses = asyncio.run(fire(f"{url}/encode", bodies, args.concurrency))
+    http_s, lat, statuses = asyncio.run(fire(f"{encode_url}/encode", bodies, args.concurrency))
     cpu_ms = {
         name: 1000
         * sum((_procs.cpu_seconds(p) or 0.0) - c for p, c in zip(pids, cpu0[name], strict=True))
@@ -170,6 +203,7 @@ def main() -> None:
     print(
         f"\n/encode  {len(docs)} SciFact docs, {k}/request, concurrency {args.concurrency}, "
         f"{args.replicas} replica(s) x {args.threads} torch threads"
+        + (f", direct ingress ({encode_url}, no proxy)" if args.direct_ingress else "")
     )
     print(
         f"  in-process encode_documents : {direct:8.1f} docs/s "
@@ -236,7 +270,9 @@ def main() -> None:
                     "candidate": round(http, 2),
                     "baseline_name": "SpladeEncoder.encode_documents in one process",
                     "candidate_name": f"HTTP /encode through Ray Serve, {k} doc/request, "
-                    f"concurrency {args.concurrency}",
+                    f"concurrency {args.concurrency}"
+                    + (", direct ingress (no proxy)" if args.direct_ingress else ""),
+                    "direct_ingress": args.direct_ingress,
                     "direct_docs_s": round(direct, 1),
                     "http_docs_s": round(http, 1),
                     "ratio": round(http / direct, 3),
