@@ -182,7 +182,7 @@ def test_the_recipe_test_config_reads_dev_once_at_512_tokens(monkeypatch):
     monkeypatch.setenv("SPLADERAY_RUNS", "/runs")
     cfg = load_config(ROOT / "configs" / "evaluate_scifact_recipe.yaml")
     assert [d.split for d in cfg.evaluate.datasets] == ["dev"]
-    chosen = "/runs/scifact_finetune/train/ray/scifact-sweep-infonce/checkpoint_0000400/model"
+    chosen = "/runs/scifact_finetune/train/ray/scifact-sweep-qlambda0.3/checkpoint_0000400/model"
     assert cfg.model.path == chosen and cfg.model.max_document_length == 512
     sparse = [s for s in cfg.evaluate.systems if s.kind == "sparse"]
     assert [s.model.max_document_length for s in sparse if s.model is not None] == [512]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from spladeray.config import ConfigError
+from spladeray.config import ConfigError, load_config
 from spladeray.paths import project_root
 from spladeray.train.sweep import SweepRow, load_sweep, sweep_table, variant_configs
 
@@ -45,6 +45,44 @@ def test_scifact_sweep_ranks_on_validation_and_keeps_every_checkpoint():
         assert cfg.train.checkpoint.every_steps == cfg.train.eval.every_steps
     assert [loss.name for loss in by_name["infonce-kl"].train.losses] == ["infonce", "kl"]
     assert by_name["infonce"].train.eval.at_start and not by_name["infonce-kl"].train.eval.at_start
+
+
+def test_scifact_sweep_searches_one_factor_at_a_time():
+    """The temperature and FLOPS-weight variants each move one of the recipe's three settings and
+    keep everything else that shapes the model (steps, data, batch, lr) as the recipe has it."""
+    by_name = ranked_on_validation("configs/scifact_finetune.yaml", "configs/sweeps/scifact.yaml")
+    base = by_name["infonce"].train
+
+    def factors(t) -> tuple:
+        return (t.losses[0].temperature, t.regularizer.query_lambda, t.regularizer.document_lambda)
+
+    def shape(t) -> tuple:
+        return (t.max_steps, t.batch_size, t.num_negatives, t.lr, t.data_dir, t.precision)
+
+    changed = {
+        name: [
+            i
+            for i, (a, b) in enumerate(zip(factors(cfg.train), factors(base), strict=True))
+            if a != b
+        ]
+        for name, cfg in by_name.items()
+    }
+    assert changed == {
+        "infonce": [],
+        "infonce-kl": [],
+        "t2.5": [0],
+        "t10": [0],
+        "qlambda0.03": [1],
+        "qlambda0.3": [1],
+        "dlambda0.01": [2],
+    }
+    for cfg in by_name.values():
+        assert shape(cfg.train) == shape(base)
+        assert cfg.train.max_steps % cfg.train.eval.every_steps == 0  # the last step is scored
+    # the recipe carries the winner (query lambda 0.3, docs/train.md), and trains as it did
+    recipe = load_config(ROOT / "configs/scifact_finetune.yaml").train
+    assert factors(recipe) == factors(by_name["qlambda0.3"].train)
+    assert shape(recipe) == shape(base)
 
 
 def test_a_variant_without_validation_is_refused(tmp_path):
