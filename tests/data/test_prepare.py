@@ -242,6 +242,14 @@ def test_one_row_per_qrels_pair(prepared):
         assert r["positive"] == doc_text(r["positive_id"])
 
 
+def test_rows_are_written_in_qrels_order(prepared):
+    """One config gives one row order (Ray Data's preserve_order in prepare): the rows pass a dense
+    pool of two actors one pair per batch, yet the shards hold them in qrels order, as training
+    reads them (its shuffle is seeded, so the order decides the model)."""
+    first_seen = list(dict.fromkeys((q, d) for q, d, _ in QRELS if (q, d) in GOOD_PAIRS))
+    assert [(r["query_id"], r["positive_id"]) for r in prepared["rows"]] == first_seen
+
+
 def test_negatives_never_include_a_positive(prepared):
     positives: dict[str, set] = {}
     for q, d in GOOD_PAIRS:

@@ -396,14 +396,27 @@ def _clear(out: str) -> None:
 @contextmanager
 def _data_context(cfg: PrepareConfig):
     """Progress bars per config; a fixed actor pool starts whole before data flows (so every
-    actor gets work and a pool that cannot start fails loudly). Restored afterwards."""
+    actor gets work and a pool that cannot start fails loudly); blocks leave every stage in the
+    order they entered it. Restored afterwards.
+
+    ``preserve_order``: without it the shards hold the rows in whichever order the actors
+    finished their batches, so two prepares of one config wrote the same rows in different
+    orders, and training (whose shuffle is seeded, but over the rows in shard order) gave two
+    different models from one config and seed: the demo's fine-tuned dev nDCG@10 moved by 0.006
+    between two fresh clones (docs/train.md). With it, one config gives one shard order and one
+    model. The cost is head-of-line waiting when one batch is slow (docs/prepare.md, Benchmark).
+    """
+    import copy
+
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     keys = ("enable_progress_bars", "enable_operator_progress_bars", "wait_for_min_actors_s")
     saved = {k: getattr(ctx, k) for k in keys}
+    saved["execution_options"] = copy.copy(ctx.execution_options)
     ctx.enable_progress_bars = ctx.enable_operator_progress_bars = cfg.progress
     ctx.wait_for_min_actors_s = cfg.actor_start_timeout_s
+    ctx.execution_options.preserve_order = True
     try:
         yield
     finally:
