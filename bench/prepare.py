@@ -10,7 +10,9 @@ importing torch and the model library, and loading the model:
 
 - plain: imports + ``load_teacher`` + ``score_rows`` over the batches, in this process (torch is
   not imported before: the timer starts before ``import torch``);
-- ray: ``ray.data.from_arrow(...).map_batches(TeacherScorer, concurrency=n)``, consumed here.
+- ray: ``ray.data.from_arrow(...).map_batches(TeacherScorer, concurrency=n)``, consumed here,
+  with ``preserve_order`` on as prepare runs it (one config, one row order); 2 actors are also
+  run without it, which prints what keeping the order costs.
 
 Printed: pairs/s of each, the ratio ray/plain for 1 actor (the Ray Data overhead; target >= 1.0)
 and the speed-up of 2 actors over 1 (scaling; bounded by free cores on this machine). The ratio
@@ -71,13 +73,16 @@ def plain_loop(table, teacher_cfg, batch_size: int) -> float:
     return time.perf_counter() - start
 
 
-def ray_data(table, teacher_cfg, batch_size: int, actors: int) -> tuple[float, dict]:
+def ray_data(
+    table, teacher_cfg, batch_size: int, actors: int, preserve_order: bool = True
+) -> tuple[float, dict]:
     import ray
     import ray.data
 
     from spladeray.data.stats import StageStats
     from spladeray.data.teachers import TeacherScorer
 
+    ray.data.DataContext.get_current().execution_options.preserve_order = preserve_order
     stats = StageStats.remote()
     blocks = [table.slice(s, batch_size) for s in range(0, table.num_rows, batch_size)]
     start = time.perf_counter()
@@ -143,10 +148,15 @@ def main() -> None:
             f"(in-actor {pairs / stage['actor_s']:.1f} pairs/actor-s, x{stage['actors_used']} "
             f"= {busy:.1f} pairs/s excluding start-up)"
         )
+    unordered_s, _ = ray_data(table, teacher_cfg, args.batch_size, 2, preserve_order=False)
+    print(
+        f"ray data, 2 actors, order not kept: {unordered_s:6.1f}s  {pairs / unordered_s:7.1f} pairs/s"
+    )
     ray.shutdown()
     ratio = plain_s / results[1]
     print(f"ratio ray/plain (1 actor, start-up included): {ratio:.2f}  (target >= 1.0)")
     print(f"scaling 2 actors / 1 actor: {results[1] / results[2]:.2f}x on {os.cpu_count()} cores")
+    print(f"keeping the row order, 2 actors: {unordered_s / results[2]:.2f}x the speed without")
     result = {
         "name": "prepare",
         "metric": "pairs/s",
@@ -157,6 +167,7 @@ def main() -> None:
         "candidate_name": "teacher scoring through Ray Data (1 actor)",
         "scaling_2_vs_1_actors": round(results[1] / results[2], 3),
         "ratio_excluding_startup": round(in_actor[1] / (pairs / plain_s), 3),
+        "order_kept_vs_not_2_actors": round(unordered_s / results[2], 3),
         "pairs": pairs,
     }
     print("RESULT " + json.dumps(result))

@@ -37,6 +37,22 @@ def test_demo_sweep_ranks_on_validation_only():
     assert one.num_workers * one.batch_size == 16 == by_name["infonce"].train.num_workers * 8
 
 
+def test_demo_sweep_winner_is_the_demo_recipe():
+    """The sweep's centre (200 queries, 100 steps) is pinned in its own data folder, and the
+    variant that won trains exactly what configs/demo.yaml trains, on the demo's prepared data."""
+    by_name = ranked_on_validation("configs/demo.yaml", "configs/sweeps/demo.yaml")
+    demo = load_config(ROOT / "configs/demo.yaml")
+    winner = by_name["all-queries-200-steps"]
+    assert winner.prepare == demo.prepare
+    selection_only = {"eval", "checkpoint", "name"}
+    assert winner.train.model_dump(exclude=selection_only) == demo.train.model_dump(
+        exclude=selection_only
+    )
+    centre = by_name["infonce"]
+    assert (centre.prepare.source.max_queries, centre.train.max_steps) == (200, 100)
+    assert centre.train.data_dir == centre.prepare.output_dir != demo.prepare.output_dir
+
+
 def test_scifact_sweep_ranks_on_validation_and_keeps_every_checkpoint():
     by_name = ranked_on_validation("configs/scifact_finetune.yaml", "configs/sweeps/scifact.yaml")
     for cfg in by_name.values():
