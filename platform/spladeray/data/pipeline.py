@@ -400,11 +400,11 @@ def _data_context(cfg: PrepareConfig):
     order they entered it. Restored afterwards.
 
     ``preserve_order``: without it the shards hold the rows in whichever order the actors
-    finished their batches, so two prepares of one config wrote the same rows in different
-    orders, and training (whose shuffle is seeded, but over the rows in shard order) gave two
-    different models from one config and seed: the demo's fine-tuned dev nDCG@10 moved by 0.006
-    between two fresh clones (docs/train.md). With it, one config gives one shard order and one
-    model. The cost is head-of-line waiting when one batch is slow (docs/prepare.md, Benchmark).
+    finished their batches, so two prepares of one config could write the same rows in
+    different orders, and training (whose shuffle is seeded, but over the rows in shard order)
+    would train two models from one config and seed (tests/data/test_prepare.py saw the order
+    change between runs). With it, one config gives one shard order. The possible cost,
+    head-of-line waiting behind a slow batch, did not show in bench/prepare.py (docs/prepare.md).
     """
     import copy
 
