@@ -10,7 +10,7 @@ importing torch and the model library, and loading the model:
 
 - plain: imports + ``load_teacher`` + ``score_rows`` over the batches, in this process (torch is
   not imported before: the timer starts before ``import torch``);
-- ray: ``ray.data.from_arrow(...).map_batches(TeacherScorer, concurrency=n)``, consumed here,
+- ray: ``ray.data.from_arrow(...).map_batches(TeacherScorer, compute=ActorPoolStrategy(size=n))``, consumed here,
   with ``preserve_order`` on as prepare runs it (one config, one row order); 2 actors are also
   run without it, which prints what keeping the order costs.
 
@@ -89,7 +89,7 @@ def ray_data(
     ds = ray.data.from_arrow(blocks).map_batches(
         TeacherScorer,
         fn_constructor_kwargs={"name": "bench", "cfg": teacher_cfg, "stats": stats},
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1,
         batch_size=None,
         batch_format="pyarrow",

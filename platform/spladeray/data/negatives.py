@@ -145,7 +145,7 @@ def build_model_index(
     ds = ray.data.from_arrow(blocks).map_batches(
         CorpusEncoder,
         fn_constructor_kwargs={"method": method, "model": model, "batch_size": batch_size},
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=num_cpus,
         num_gpus=num_gpus or None,
         batch_size=None,

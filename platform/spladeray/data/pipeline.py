@@ -302,7 +302,7 @@ def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: str, stats) -> None:
             "stats": stats,
             "score_columns": bm25_columns,
         },
-        concurrency=neg.actors,
+        compute=ray.data.ActorPoolStrategy(size=neg.actors),
         num_cpus=neg.num_cpus,
         num_gpus=neg.num_gpus or None,
         batch_size=None,
@@ -312,7 +312,9 @@ def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: str, stats) -> None:
         ds = ds.map_batches(
             TeacherScorer,
             fn_constructor_kwargs={"name": name, "cfg": t, "stats": stats},
-            concurrency=(t.actors, t.max_actors) if t.max_actors else t.actors,
+            compute=ray.data.ActorPoolStrategy(min_size=t.actors, max_size=t.max_actors)
+            if t.max_actors
+            else ray.data.ActorPoolStrategy(size=t.actors),
             num_cpus=t.num_cpus,
             num_gpus=teacher_gpus(t, has_gpus) or None,
             batch_size=None,
