@@ -10,9 +10,9 @@ importing torch and the model library, and loading the model:
 
 - plain: imports + ``load_teacher`` + ``score_rows`` over the batches, in this process (torch is
   not imported before: the timer starts before ``import torch``);
-- ray: ``ray.data.from_arrow(...).map_batches(TeacherScorer, compute=ActorPoolStrategy(size=n))``, consumed here,
-  with ``preserve_order`` on as prepare runs it (one config, one row order); 2 actors are also
-  run without it, which prints what keeping the order costs.
+- ray: ``ray.data.from_arrow(...).map_batches(TeacherScorer, compute=ActorPoolStrategy(size=n))``,
+  consumed here, with ``preserve_order`` on as prepare runs it (one config, one row order); 2
+  actors are also run without it, which prints what keeping the order costs.
 
 Printed: pairs/s of each, the ratio ray/plain for 1 actor (the Ray Data overhead; target >= 1.0)
 and the speed-up of 2 actors over 1 (scaling; bounded by free cores on this machine). The ratio

@@ -312,9 +312,10 @@ def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: str, stats) -> None:
         ds = ds.map_batches(
             TeacherScorer,
             fn_constructor_kwargs={"name": name, "cfg": t, "stats": stats},
-            compute=ray.data.ActorPoolStrategy(min_size=t.actors, max_size=t.max_actors)
-            if t.max_actors
-            else ray.data.ActorPoolStrategy(size=t.actors),
+            # max_size = min_size is a fixed pool (what size= sets in Ray)
+            compute=ray.data.ActorPoolStrategy(
+                min_size=t.actors, max_size=t.max_actors or t.actors
+            ),
             num_cpus=t.num_cpus,
             num_gpus=teacher_gpus(t, has_gpus) or None,
             batch_size=None,
