@@ -349,6 +349,10 @@ class TeacherConfig(Section):
     def _model_path(self):
         if self.kind != "bm25" and self.path is None:
             raise ValueError(f"a {self.kind} teacher needs path (its model)")
+        if self.max_actors is not None and self.max_actors < self.actors:
+            raise ValueError(
+                f"max_actors ({self.max_actors}) is below actors ({self.actors}), the pool's minimum"
+            )
         return self
 
 

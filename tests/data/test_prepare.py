@@ -214,6 +214,13 @@ def test_config_rejects_reserved_teacher_name():
         PrepareConfig.model_validate({"teachers": {"ensemble": {"kind": "dense", "path": "x/y"}}})
 
 
+def test_config_rejects_an_autoscaling_pool_whose_maximum_is_below_its_minimum():
+    teacher = {"kind": "dense", "path": "x/y", "actors": 3, "max_actors": 2}
+    with pytest.raises(ValueError, match=r"max_actors \(2\) is below actors \(3\)"):
+        TeacherConfig.model_validate(teacher)
+    assert TeacherConfig.model_validate({**teacher, "max_actors": 3}).max_actors == 3
+
+
 def test_dense_mining_index_and_search_in_process(tmp_path):
     """CorpusEncoder (the index actor) and DenseRetriever (the miner's search), without Ray."""
     from spladeray.data.negatives import CorpusEncoder, load_retriever
