@@ -76,3 +76,21 @@ def load(args: argparse.Namespace, require: str | None = None):
     if require is not None and getattr(cfg, require) is None:
         sys.exit(f"error: {path}: no {require}: section, and this job needs one")
     return cfg
+
+
+def checked_outputs(job: str, outputs: list) -> list:
+    """``outputs`` (:class:`spladeray.outputs.Output`) with absolute local paths; exits with one
+    message, before any work, when one would land in a Ray job's unpacked working directory."""
+    from spladeray.outputs import OutputLocationError, check_outputs
+
+    try:
+        return check_outputs(outputs, example_command=f"python jobs/{job}.py")
+    except OutputLocationError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def print_written(job: str, outputs: list, *, skip: tuple[str, ...] = ()) -> None:
+    """The job's last line: ``[job] wrote: <what> <where>, ...`` (lasting locations)."""
+    from spladeray.outputs import summary_line
+
+    print(summary_line(job, outputs, skip=skip), flush=True)

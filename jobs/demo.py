@@ -6,7 +6,7 @@ serve -> index -> search -> evaluate); ``--search-only`` just indexes with the c
 and prints searches.
 """
 
-from _common import load, parse_args
+from _common import checked_outputs, load, parse_args, print_written
 
 
 def main() -> None:
@@ -17,12 +17,17 @@ def main() -> None:
         ),
     )
     cfg = load(args)
+    from spladeray.outputs import demo_outputs
+
+    full = not (args.search_only or cfg.prepare is None or cfg.train is None)
+    outputs = checked_outputs("demo", demo_outputs(cfg, full=full))
     from spladeray.demo import run_full_demo, run_search_demo
 
-    if args.search_only or cfg.prepare is None or cfg.train is None:
-        run_search_demo(cfg)
-    else:
+    if full:
         run_full_demo(cfg)
+    else:
+        run_search_demo(cfg)
+    print_written("demo", outputs)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,18 @@ the ``data:`` section), prints the table and writes ``results.json``, ``results.
 uses 1,500 SciFact abstracts; ``--config configs/evaluate_scifact.yaml`` the whole corpus.
 """
 
-from _common import load, parse_args
+from _common import checked_outputs, load, parse_args, print_written
 
 
 def main() -> None:
     cfg = load(parse_args(__doc__))
+    from spladeray.outputs import evaluate_outputs
+
+    outputs = checked_outputs("evaluate", evaluate_outputs(cfg))
     from spladeray.eval import run_evaluation
 
     run_evaluation(cfg)
+    print_written("evaluate", outputs)
 
 
 if __name__ == "__main__":

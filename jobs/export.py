@@ -13,7 +13,7 @@
 import json
 import sys
 
-from _common import load, parse_args
+from _common import checked_outputs, load, parse_args, print_written
 
 FORMATS = {"torchscript": "TORCH_SCRIPT", "onnx": "ONNX", "hf": None}
 
@@ -42,14 +42,20 @@ def flags(parser) -> None:
 def main() -> None:
     args = parse_args(__doc__, flags)
     cfg = load(args)
-    if args.format == "hf":
+    from spladeray.outputs import Output, export_outputs
+
+    hf = args.format == "hf"
+    outputs = checked_outputs("export", export_outputs(cfg, hf=hf, hf_output=args.output))
+    if hf:
         from spladeray.model.hub import export_hf_from_config, push_to_hub
 
         out = export_hf_from_config(cfg, args.output)
         summary = {"format": "hf", "directory": str(out)}
         if args.push_to_hub:
             summary["hub_url"] = push_to_hub(out, args.push_to_hub)
+            outputs.append(Output("hub repo", "--push-to-hub", summary["hub_url"]))
         print(json.dumps(summary, indent=2))
+        print_written("export", outputs)
         return
     from spladeray.mlcommons import MLCommonsError, run_export
 
@@ -65,6 +71,7 @@ def main() -> None:
     except MLCommonsError as exc:
         sys.exit(f"error: {exc}")
     print(json.dumps(result.summary(), indent=2))
+    print_written("export", outputs)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ count and swaps the alias atomically; ``--rollback [INDEX]`` points the alias ba
 
 import json
 
-from _common import load, parse_args
+from _common import checked_outputs, load, parse_args, print_written
 
 
 def _flags(parser) -> None:
@@ -36,15 +36,20 @@ def _flags(parser) -> None:
 def main() -> None:
     args = parse_args(__doc__, _flags)
     cfg = load(args, require=None if args.rollback is not None else "data")
+    from spladeray.outputs import index_outputs
+
+    outputs = checked_outputs("index", index_outputs(cfg))
     if args.rollback is not None:
         from spladeray.index.rollout_job import run_rollback
 
         print(json.dumps(run_rollback(cfg, args.rollback), indent=2))
+        print_written("index", outputs)
         return
     if args.rollout:
         from spladeray.index.rollout_job import run_rollout
 
         print(json.dumps(run_rollout(cfg, limit=args.limit, rebuild=args.rebuild), indent=2))
+        print_written("index", outputs)
         return
     from spladeray.index.base import IndexUnavailableError
     from spladeray.index.bulk import IndexingStopped, run_index
@@ -57,6 +62,7 @@ def main() -> None:
     except IndexUnavailableError as exc:  # unreachable before anything was sent
         raise SystemExit(f"error: {exc}; nothing was indexed") from None
     print("\n" + summary.report())
+    print_written("index", outputs)
     if summary.failed:
         raise SystemExit(1)
 

@@ -9,7 +9,7 @@ docs/train.md, "Selection protocol", has the protocol and the demo's sweep.
 
 import sys
 
-from _common import ROOT, parse_args
+from _common import ROOT, checked_outputs, parse_args, print_written
 
 
 def main() -> None:
@@ -18,15 +18,19 @@ def main() -> None:
         lambda p: p.add_argument("--sweep", required=True, help="sweep file (configs/sweeps/)"),
     )
     from spladeray.config import ConfigError
-    from spladeray.train.sweep import load_sweep, run_sweep, sweep_table
+    from spladeray.outputs import sweep_outputs
+    from spladeray.train.sweep import load_sweep, run_sweep, sweep_table, variant_configs
 
     config = args.config or str(ROOT / args.default_config)
     try:
         spec = load_sweep(args.sweep)
+        variants = variant_configs(config, spec, list(args.overrides))
+        outputs = checked_outputs("sweep", sweep_outputs(variants, spec["name"]))
         rows = run_sweep(config, spec, args.overrides)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
     print(sweep_table(rows))
+    print_written("sweep", outputs)
 
 
 if __name__ == "__main__":

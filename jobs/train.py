@@ -7,7 +7,7 @@ config's ``prepare.output_dir`` is ``train.data_dir`` (as in the default configs
 workers, 20 steps), the prepare stage runs first; it is a no-op when its output is up to date.
 """
 
-from _common import load, parse_args
+from _common import checked_outputs, load, parse_args, print_written
 
 
 def main() -> None:
@@ -20,6 +20,9 @@ def main() -> None:
         ),
     )
     cfg = load(args, require="train")
+    from spladeray.outputs import train_outputs
+
+    outputs = checked_outputs("train", train_outputs(cfg, prepare=not args.no_prepare))
     from spladeray.train import run_train
 
     result = run_train(cfg, prepare=not args.no_prepare)
@@ -34,6 +37,7 @@ def main() -> None:
     table = comparison_table(m)
     if table:
         print(table)
+    print_written("train", outputs, skip=() if result.model_dir else ("model",))
 
 
 if __name__ == "__main__":
