@@ -189,6 +189,8 @@ def test_export_job_runs_on_its_default_config(tmp_path):
     assert first == f"[config] {(root / 'configs' / 'demo.yaml').resolve()} " + (
         "(the default; choose another with --config)"
     )
-    summary = json.loads(rest)
+    body, _, wrote = rest.rstrip("\n").rpartition("\n")
+    summary = json.loads(body)
+    assert wrote == f"[export] wrote: ML Commons zips {out_dir}"  # the job's last line
     assert summary["encoder"]["function_name"] == SPARSE_ENCODING
     assert (out_dir / "demo.zip").is_file() and "ml_commons" not in summary

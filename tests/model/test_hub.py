@@ -88,6 +88,8 @@ def test_export_job_hf_format(tmp_path):
         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads(proc.stdout[proc.stdout.index("{") :])
+    body, _, wrote = proc.stdout.rstrip("\n").rpartition("\n")
+    summary = json.loads(body[body.index("{") :])
+    assert wrote == f"[export] wrote: hf directory {out}"  # the job's last line
     assert summary["format"] == "hf" and (out / "README.md").is_file()
     assert (out / "modules.json").is_file() and (out / "model.safetensors").is_file()
