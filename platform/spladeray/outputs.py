@@ -7,7 +7,7 @@ resolve inside it. That copy is Ray's cache, not the user's: Ray deletes it once
 and the node's cache is full, a resubmitted checkout that changed unpacks into a new
 ``_ray_pkg_<hash>`` (so ``prepare`` starts over and ``train`` does not resume), and the workers
 on the other nodes write into their own node's copy, which the driver never sees. So every job
-checks, before any work, that none of its outputs (:func:`job_outputs`) lies in such a copy
+checks, before any work, that none of its outputs (the ``*_outputs`` functions) lies in a copy
 (:func:`check_outputs`), and ends with one line naming where its outputs are
 (:func:`summary_line`). docs/cluster.md, "Where outputs go", says why it refuses rather than
 warns.
@@ -110,20 +110,24 @@ def check_outputs(
     if not bad:
         return outputs
     copies = sorted({copy for _, copy in bad})
+    uri_keys = [o.key for o, _ in bad if not o.local_only]
     how = "this job runs under `ray job submit` and " if submitted_job(environ) else ""
     lines = [
         f"refusing to start: {how}these outputs would be written inside Ray's unpacked copy of "
-        f"the job's working directory ({', '.join(copies)}), which Ray deletes once the job's "
-        "runtime env is released, and which the workers on other nodes never see:",
+        f"the job's working directory ({', '.join(copies)}), which Ray may delete once the job "
+        "ends, a resubmitted checkout does not reuse, and the workers on other nodes never see:",
         *(f"  {o.key}: {o.what} -> {o.location}" for o, _ in bad),
         f"Write them to a lasting place: set {RUNS_ENV} (the configs write under "
         f"${{{RUNS_ENV}:-runs}}) to object storage or to an absolute path every node shares, e.g.",
         "  ray job submit --working-dir . --runtime-env-json "
         f"""'{{"env_vars": {{"{RUNS_ENV}": "s3://my-bucket/spladeray/runs"}}}}' -- """
         f"{example_command}",
-        f"  ({RUNS_ENV}=/mnt/shared/spladeray/runs works too), or set the key itself, e.g. "
-        f"--set {next((o for o, _ in bad if not o.local_only), bad[0][0]).key}="
-        "s3://my-bucket/spladeray/runs/...",
+        f"  ({RUNS_ENV}=/mnt/shared/spladeray/runs works too)"
+        + (
+            f", or set the key itself, e.g. --set {uri_keys[0]}=s3://my-bucket/..."
+            if uri_keys
+            else ""
+        ),
     ]
     if local := sorted({o.key for o, _ in bad if o.local_only}):
         lines.append(
