@@ -1,7 +1,9 @@
 """What every entry point in jobs/ shares: ``--config`` / ``--set`` parsing and config loading.
 
-A job is ``args = parse_args(__doc__, flags)``, ``cfg = load(args, require="train")``, one library
-call and a printout. With no ``--config`` a job runs on :data:`DEFAULT_CONFIG` (CPU, offline, a few
+A job is ``args = parse_args(__doc__, flags)``, ``cfg = load(args, require="train")``,
+``outputs = checked_outputs("train", train_outputs(cfg))`` (refuses, before any work, outputs in a
+Ray job's unpacked working dir: docs/cluster.md, "Where outputs go"), one library call, a
+printout, and ``print_written("train", outputs)`` as the last line. With no ``--config`` a job runs on :data:`DEFAULT_CONFIG` (CPU, offline, a few
 minutes), so ``ray job submit --working-dir . -- python jobs/train.py`` works on a fresh checkout.
 """
 
