@@ -56,10 +56,18 @@ def main() -> None:
         k = int(torch.count_nonzero(grad))
         times = {}
         for name, fn in (
-            ("sparse", lambda g=grad: pooling._sparse_backward(
-                g, tokens, weight, argmax, need_tokens=True, need_weight=True)),
-            ("dense", lambda g=grad: pooling._dense_backward(
-                g, tokens, weight, argmax, lengths, 512, need_tokens=True, need_weight=True)),
+            (
+                "sparse",
+                lambda g=grad: pooling._sparse_backward(
+                    g, tokens, weight, argmax, need_tokens=True, need_weight=True
+                ),
+            ),
+            (
+                "dense",
+                lambda g=grad: pooling._dense_backward(
+                    g, tokens, weight, argmax, lengths, 512, need_tokens=True, need_weight=True
+                ),
+            ),
         ):
             fn()
             samples = []
@@ -76,20 +84,28 @@ def main() -> None:
             flush=True,
         )
     for i, name in ((2, "sparse"), (3, "dense")):
-        (d0, k0, *t0), (d1, k1, *t1) = rows[0], rows[-1]
+        (_, k0, *t0), (_, k1, *t1) = rows[0], rows[-1]
         slope = math.log(t1[i - 2] / t0[i - 2]) / math.log(k1 / k0)
         print(f"log-log slope of {name} time in K: {slope:.2f}")
     crossover = next((d for d, _, s, dn in rows if s > dn), None)
     print(f"crossover (first density where dense is faster): {crossover}")
     top = rows[-1]
-    print("RESULT " + json.dumps({
-        "name": "pooling_backward",
-        "metric": "seconds per backward at full density",
-        "baseline": round(top[2], 5), "candidate": round(top[3], 5),
-        "ratio": round(top[2] / top[3], 3),
-        "baseline_name": "sparse backward", "candidate_name": "dense backward",
-        "crossover_density": crossover, "dtype": args.dtype,
-    }))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "name": "pooling_backward",
+                "metric": "seconds per backward at full density",
+                "baseline": round(top[2], 5),
+                "candidate": round(top[3], 5),
+                "ratio": round(top[2] / top[3], 3),
+                "baseline_name": "sparse backward",
+                "candidate_name": "dense backward",
+                "crossover_density": crossover,
+                "dtype": args.dtype,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

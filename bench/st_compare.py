@@ -118,18 +118,32 @@ def spladeray_train_step(model_dir: Path, queries, positives, negatives, *, devi
     return step
 
 
-def compare_training(model_dir: Path, queries, positives, negatives, *, device, doc_length,
-                     warmup: int = 2, steps: int = 5) -> dict:
+def compare_training(
+    model_dir: Path,
+    queries,
+    positives,
+    negatives,
+    *,
+    device,
+    doc_length,
+    warmup: int = 2,
+    steps: int = 5,
+) -> dict:
     """Seconds per training step of each side and spladeray's speed-up."""
     import torch
 
     kwargs = dict(device=device, doc_length=doc_length)
     torch.manual_seed(0)
-    st = _median_step(st_train_step(model_dir, queries, positives, negatives, **kwargs),
-                      device, warmup, steps)
+    st = _median_step(
+        st_train_step(model_dir, queries, positives, negatives, **kwargs), device, warmup, steps
+    )
     torch.manual_seed(0)
-    ours = _median_step(spladeray_train_step(model_dir, queries, positives, negatives, **kwargs),
-                        device, warmup, steps)
+    ours = _median_step(
+        spladeray_train_step(model_dir, queries, positives, negatives, **kwargs),
+        device,
+        warmup,
+        steps,
+    )
     return {
         "st_step_s": round(st, 5),
         "spladeray_step_s": round(ours, 5),
@@ -137,8 +151,9 @@ def compare_training(model_dir: Path, queries, positives, negatives, *, device, 
     }
 
 
-def compare_encoding(model_dir: Path, docs: list[str], *, device, doc_length,
-                     batch_size: int = 128) -> dict:
+def compare_encoding(
+    model_dir: Path, docs: list[str], *, device, doc_length, batch_size: int = 128
+) -> dict:
     """Documents/s of ``SparseEncoder.encode_document`` and ``SpladeEncoder.encode_documents``
     (bf16 both), after one warm-up batch each."""
     import torch
@@ -149,8 +164,13 @@ def compare_encoding(model_dir: Path, docs: list[str], *, device, doc_length,
     st = SparseEncoder(str(model_dir), device=str(device)).to(torch.bfloat16)
     st.max_seq_length = doc_length
     st.eval()
-    ours = load_encoder(str(model_dir), device=str(device), dtype="bfloat16",
-                        batch_size=batch_size, max_document_length=doc_length)
+    ours = load_encoder(
+        str(model_dir),
+        device=str(device),
+        dtype="bfloat16",
+        batch_size=batch_size,
+        max_document_length=doc_length,
+    )
 
     def timed(run) -> float:
         run(docs[:batch_size])
@@ -160,8 +180,9 @@ def compare_encoding(model_dir: Path, docs: list[str], *, device, doc_length,
         _sync(device)
         return len(docs) / (time.perf_counter() - t0)
 
-    st_rate = timed(lambda d: st.encode_document(d, batch_size=batch_size,
-                                                 convert_to_sparse_tensor=True))
+    st_rate = timed(
+        lambda d: st.encode_document(d, batch_size=batch_size, convert_to_sparse_tensor=True)
+    )
     our_rate = timed(ours.encode_documents)
     return {
         "st_encode_docs_per_s": round(st_rate, 1),

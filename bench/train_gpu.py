@@ -238,22 +238,30 @@ def encode_throughput(model_dir: Path, docs: list[str], device: str) -> float:
 def side_by_side(model_dir: Path, data_dir: Path, args, device: str) -> dict:
     """:mod:`st_compare` on one batch of the run's own prepared rows."""
     import pyarrow.parquet as pq
-
     import st_compare
+
     from spladeray.data import schema
 
     table = pq.read_table(data_dir / schema.SHARDS_DIR).slice(0, args.batch_size).to_pylist()
     queries = [r["query"] for r in table]
     positives = [r["positive"] for r in table]
-    negatives = [r["negatives"][k % len(r["negatives"])] for r in table
-                 for k in range(args.negatives)]
+    negatives = [
+        r["negatives"][k % len(r["negatives"])] for r in table for k in range(args.negatives)
+    ]
     out = st_compare.compare_training(
-        model_dir, queries, positives, negatives, device=device, doc_length=args.doc_length,
-        warmup=1 if args.cpu_dry_run else 3, steps=2 if args.cpu_dry_run else 10,
+        model_dir,
+        queries,
+        positives,
+        negatives,
+        device=device,
+        doc_length=args.doc_length,
+        warmup=1 if args.cpu_dry_run else 3,
+        steps=2 if args.cpu_dry_run else 10,
     )
     docs = synthetic_docs(args.encode_docs, args.doc_length, seed=1)
-    out.update(st_compare.compare_encoding(model_dir, docs, device=device,
-                                           doc_length=args.doc_length))
+    out.update(
+        st_compare.compare_encoding(model_dir, docs, device=device, doc_length=args.doc_length)
+    )
     return out
 
 

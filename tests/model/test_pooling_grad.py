@@ -188,8 +188,10 @@ def test_dense_backward_is_taken_above_the_crossover(monkeypatch):
         )
     tokens = torch.randn(6, 4, requires_grad=True)
     weight = torch.randn(10, 4, requires_grad=True)
-    for upstream, expected in ((torch.ones(2, 10), "_dense_backward"),
-                               (torch.zeros(2, 10), "_sparse_backward")):
+    for upstream, expected in (
+        (torch.ones(2, 10), "_dense_backward"),
+        (torch.zeros(2, 10), "_sparse_backward"),
+    ):
         MaxPooledProjection.apply(tokens, weight, [3, 3], 512).mul(upstream).sum().backward()
         assert calls[-1] == expected
 

@@ -227,7 +227,9 @@ temporaries: 768 MiB at hidden 768), never on all ``K`` at once."""
 def _text_index(lengths: list[int], device: torch.device) -> torch.Tensor:
     """``[tokens]`` long: the text each token belongs to, built on the host (no device sync) and
     copied from pinned memory without blocking when ``device`` is a GPU."""
-    index = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths, dtype=torch.long))
+    index = torch.repeat_interleave(
+        torch.arange(len(lengths)), torch.tensor(lengths, dtype=torch.long)
+    )
     if device.type == "cuda":
         return index.pin_memory().to(device, non_blocking=True)
     return index.to(device)
@@ -308,8 +310,14 @@ class MaxPooledProjection(torch.autograd.Function):
         k = int(torch.count_nonzero(grad))  # the backward's one host sync
         if k > DENSE_BACKWARD_DENSITY * tokens.shape[0] * weight.shape[0]:
             grad_tokens, grad_weight = _dense_backward(
-                grad, tokens, weight, argmax, ctx.lengths, ctx.chunk_tokens,
-                need_tokens=need_tokens, need_weight=need_weight,
+                grad,
+                tokens,
+                weight,
+                argmax,
+                ctx.lengths,
+                ctx.chunk_tokens,
+                need_tokens=need_tokens,
+                need_weight=need_weight,
             )
         else:
             grad_tokens, grad_weight = _sparse_backward(
@@ -339,8 +347,9 @@ def _sparse_backward(grad, tokens, weight, argmax, *, need_tokens, need_weight):
     )
 
 
-def _dense_backward(grad, tokens, weight, argmax, lengths, chunk_tokens, *, need_tokens,
-                    need_weight):
+def _dense_backward(
+    grad, tokens, weight, argmax, lengths, chunk_tokens, *, need_tokens, need_weight
+):
     """``G @ weight`` and ``G^T @ tokens`` per chunk of texts, ``G`` the ``[chunk, vocab]``
     gradient of the logits (``grad[b, v]`` at the arg-max row, zero elsewhere)."""
     offsets = [0]
