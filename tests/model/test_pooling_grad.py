@@ -212,3 +212,25 @@ def test_bf16_dense_backward_is_close_to_fp32():
         grads.append((t.grad.float(), w.grad.float()))
     for fp32, bf16 in zip(grads[0], grads[1], strict=True):
         assert (bf16 - fp32).norm() / fp32.norm() < 2e-2
+
+
+def test_host_lengths_and_token_index_give_the_same_vectors_and_gradients():
+    """The collator's host-side ``lengths`` / ``token_index`` (no device read of the mask) give
+    exactly what pool_logits computes from the mask itself."""
+    torch.manual_seed(4)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    decoder = torch.nn.Linear(6, 20)
+    out = []
+    for host in (False, True):
+        hidden = torch.randn(
+            3, 4, 6, generator=torch.Generator().manual_seed(5), requires_grad=True
+        )
+        extra = (
+            dict(lengths=mask.sum(1).tolist(), token_index=mask.flatten().nonzero().squeeze(1))
+            if host
+            else {}
+        )
+        v = pool_logits(hidden, mask, torch.nn.Identity(), decoder, chunk_tokens=2, **extra)
+        v.sum().backward()
+        out.append((v.detach(), hidden.grad))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])

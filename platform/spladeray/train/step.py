@@ -95,8 +95,13 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def to_device(features: dict[str, torch.Tensor], device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in features.items()}
+def to_device(features: dict, device: torch.device) -> dict:
+    """Tensors to ``device`` (``non_blocking``: asynchronous from the collator's pinned memory);
+    host values (``lengths``) as they are."""
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in features.items()
+    }
 
 
 def training_collator(encoder, train_cfg):
@@ -111,6 +116,7 @@ def training_collator(encoder, train_cfg):
         max_document_length=train_cfg.max_document_length or encoder.max_document_length,
         teachers=train_cfg.teachers,
         doc_only=encoder.doc_only,
+        pin_memory=bool(getattr(train_cfg, "use_gpu", False)) and torch.cuda.is_available(),
     )
 
 
