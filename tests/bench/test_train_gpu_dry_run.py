@@ -41,7 +41,6 @@ def test_cpu_dry_run_end_to_end(tmp_path, assets):
     env.update(
         PYTHONPATH=str(ROOT / "platform"),
         SPLADERAY_ASSETS=str(assets),
-        RAY_TMPDIR=str(tmp_path),
         PYTHONUNBUFFERED="1",
     )
     proc = subprocess.run(
