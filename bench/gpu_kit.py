@@ -62,9 +62,23 @@ def download(spec: str, dest: Path) -> Path:
     if not found:
         platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-             "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
-             *platforms, "-d", str(dest), spec],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.12",
+                "--implementation",
+                "cp",
+                *platforms,
+                "-d",
+                str(dest),
+                spec,
+            ],
             check=True,
         )
         found = [p for p in dest.glob("*.whl") if p.name.lower().startswith(f"{name}-{version}-")]
@@ -123,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     wheels.mkdir(parents=True)
     ray = download(RAY, CACHE)
     dropped, dropped_bytes = slim_wheel(ray, wheels / ray.name)
-    print(f"{ray.name}: {ray.stat().st_size / 2**20:.1f} MiB -> "
-          f"{(wheels / ray.name).stat().st_size / 2**20:.1f} MiB ({dropped} files, "
-          f"{dropped_bytes / 2**20:.1f} MiB uncompressed dropped: {', '.join(DROP)})")
+    print(
+        f"{ray.name}: {ray.stat().st_size / 2**20:.1f} MiB -> "
+        f"{(wheels / ray.name).stat().st_size / 2**20:.1f} MiB ({dropped} files, "
+        f"{dropped_bytes / 2**20:.1f} MiB uncompressed dropped: {', '.join(DROP)})"
+    )
     for spec in WHEELS:
         shutil.copy2(download(spec, CACHE), wheels)
     tok = args.out / "tokenizer"
@@ -139,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     kit_bytes = sum(p.stat().st_size for p in kit)
     tree = tracked_bytes()
     total = (kit_bytes + tree) / 2**20
-    print(f"kit {kit_bytes / 2**20:.1f} MiB + tracked tree {tree / 2**20:.1f} MiB = "
-          f"{total:.1f} MiB of {args.limit_mib:g} MiB")
+    print(
+        f"kit {kit_bytes / 2**20:.1f} MiB + tracked tree {tree / 2**20:.1f} MiB = "
+        f"{total:.1f} MiB of {args.limit_mib:g} MiB"
+    )
     if total > args.limit_mib:
         print(f"FAIL: the kit and the tree are {total:.1f} MiB, over {args.limit_mib:g} MiB")
         return 1
