@@ -54,11 +54,17 @@ def skip_reason(lines: list[str]) -> str | None:
     return (reasons[-1] or "no reason given") if reasons else None
 
 
+NOT_BENCHES = {"gpu_kit"}  # bench/gpu_kit.py builds the GPU kit (downloads); it measures nothing
+RUN_ALL_ENV = "SPLADERAY_BENCH_RUN_ALL"  # set for the scripts: train_gpu.py SKIPs without CUDA
+
+
 def discover(bench_dir: Path, only: list[str] | None, skip: list[str]) -> list[Path]:
     scripts = [
         p
         for p in sorted(bench_dir.glob("*.py"))
-        if p.name != Path(__file__).name and not p.name.startswith("_")
+        if p.name != Path(__file__).name
+        and not p.name.startswith("_")
+        and p.stem not in NOT_BENCHES
     ]
     if only:
         scripts = [p for p in scripts if p.stem in only]
@@ -74,6 +80,7 @@ def run_script(script: Path, timeout: float, log_dir: Path, python: str) -> dict
         [str(ROOT / "platform")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     )
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env[RUN_ALL_ENV] = "1"
     print(f"\n=== {_rel(script)} (timeout {timeout:.0f}s) ===", flush=True)
     start = time.perf_counter()
     chunks: list[str] = []

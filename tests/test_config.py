@@ -259,3 +259,20 @@ def test_min_workers_makes_training_elastic_and_is_checked(tmp_path):
     assert train(num_workers=2, min_workers=2).workers == 2
     with pytest.raises(ConfigError, match=r"min_workers \(3\) must not exceed num_workers \(2\)"):
         train(num_workers=2, min_workers=3)
+
+
+def test_nested_env_defaults():
+    """configs/train_8gpu.yaml's evaluation dir: ``${A:-${B:-runs}/beir}`` falls back level by level."""
+    pattern = "${EVAL:-${RUNS:-runs}/beir/scifact}"
+    assert expand_env(pattern, {}) == "runs/beir/scifact"
+    assert expand_env(pattern, {"RUNS": "s3://b/runs"}) == "s3://b/runs/beir/scifact"
+    assert expand_env(pattern, {"RUNS": "s3://b/runs", "EVAL": "/data/sf"}) == "/data/sf"
+    assert expand_env("${A:-x}-${B:-y}", {"B": "z"}) == "x-z"
+
+
+def test_8gpu_config_evaluates_beside_the_runs(monkeypatch):
+    """Its evaluation dir defaults under $SPLADERAY_RUNS (what every node reads), never ../shared."""
+    monkeypatch.delenv("SPLADERAY_EVAL_BEIR", raising=False)
+    monkeypatch.setenv("SPLADERAY_RUNS", "s3://bucket/runs")
+    cfg = load_config(ROOT / "configs" / "train_8gpu.yaml")
+    assert cfg.train.eval.beir_dir == "s3://bucket/runs/beir/scifact"

@@ -960,13 +960,17 @@ class Config(Section):
     source: Path | None = Field(None, exclude=True, description="the file this was loaded from")
 
 
-_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# the default holds no braces, so the innermost ``${...}`` matches first; expand_env repeats
+# until nothing matches, which expands nested defaults: ``${A:-${B:-runs}/beir}``
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^{}]*))?\}")
 
 
 def expand_env(value: Any, environ: dict[str, str] | None = None) -> Any:
     """Expand ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree.
 
-    An unset variable without a default is an error, so a missing secret never becomes "".
+    A default may itself hold a ``${VAR:-default}`` (``${SPLADERAY_EVAL_BEIR:-${SPLADERAY_RUNS:-
+    runs}/beir/scifact}``). An unset variable without a default is an error, so a missing secret
+    never becomes "".
     """
     env = os.environ if environ is None else environ
     if isinstance(value, str):
@@ -979,7 +983,12 @@ def expand_env(value: Any, environ: dict[str, str] | None = None) -> Any:
                 return default
             raise KeyError(name)
 
-        return _ENV_PATTERN.sub(substitute, value)
+        for _ in range(8):  # nesting depth; each pass expands the innermost level
+            expanded = _ENV_PATTERN.sub(substitute, value)
+            if expanded == value:
+                break
+            value = expanded
+        return value
     if isinstance(value, dict):
         return {k: expand_env(v, env) for k, v in value.items()}
     if isinstance(value, list):

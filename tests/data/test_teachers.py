@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from spladeray.data.teachers import DenseTeacher, EncodingCache, SparseTeacher, score_rows
 
@@ -73,3 +74,28 @@ def test_sparse_teacher_cached_scores_equal_fresh_ones(splade_tiny):
         for f, c in zip(fresh, score_rows(teacher, QUERIES, CANDIDATES), strict=True):
             np.testing.assert_allclose(c, f, rtol=1e-6)
     assert teacher.cache.misses == len(DOCS)
+
+
+def test_auto_teachers_share_the_gpus_of_a_small_cluster():
+    """``device: auto`` teachers take fractions of a GPU when whole ones would not fit (the
+    demo's three teachers on a 1-GPU machine), whole ones when they do, none without GPUs;
+    ``cuda`` teachers keep theirs and ``cpu`` ones reserve none."""
+    from spladeray.config import TeacherConfig
+    from spladeray.data.teachers import auto_teacher_gpus
+
+    def teacher(**kw):
+        return TeacherConfig(kind="dense", path="m", **kw)
+
+    three = {"dense": teacher(), "cross": teacher(), "sparse": teacher()}
+    assert auto_teacher_gpus(three, 1.0) == pytest.approx(
+        {"dense": 1 / 3, "cross": 1 / 3, "sparse": 1 / 3}
+    )
+    assert auto_teacher_gpus(three, 8.0) == {"dense": 1.0, "cross": 1.0, "sparse": 1.0}
+    assert auto_teacher_gpus(three, 0.0) == {"dense": 0.0, "cross": 0.0, "sparse": 0.0}
+    mixed = {
+        "pinned": teacher(device="cuda"),
+        "auto": teacher(actors=2),
+        "cpu": teacher(device="cpu"),
+    }
+    assert auto_teacher_gpus(mixed, 2.0) == {"pinned": 1.0, "auto": 0.5, "cpu": 0.0}
+    assert auto_teacher_gpus(mixed, 1.0)["auto"] == 0.0  # the cuda teacher took the only GPU

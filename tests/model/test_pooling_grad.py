@@ -142,3 +142,95 @@ def test_bf16_inputs_give_bf16_gradients_close_to_fp32():
     assert low.grad.dtype == torch.bfloat16 and weight.grad.dtype == torch.float32
     assert torch.allclose(low.grad.float(), ref_tokens, atol=0.1, rtol=0.05)
     assert torch.allclose(weight.grad, ref_weight, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("bias_shift", [-4.0, 4.0])  # few active entries / every entry active
+@pytest.mark.parametrize("density", [0.0, None, 1.1])  # always dense / the shipped rule / never
+def test_backward_both_sides_of_the_crossover_equal_autograd(monkeypatch, bias_shift, density):
+    """The sparse (gathers + index_add) and the dense (two matmuls) backward both equal autograd's
+    gradient of the naive amax, on vectors with few and with all dimensions active."""
+    from spladeray.model import pooling
+
+    if density is not None:
+        monkeypatch.setattr(pooling, "DENSE_BACKWARD_DENSITY", density)
+    monkeypatch.setattr(pooling, "SPARSE_BACKWARD_ENTRIES", 7)  # several pieces
+    torch.manual_seed(2)
+    lengths = [4, 0, 6, 3]
+    vocab, hidden = 40, 8
+    tokens = torch.randn(sum(lengths), hidden, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(vocab, hidden, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(vocab, dtype=torch.float64) * 0.1 + bias_shift
+    upstream = torch.randn(len(lengths), vocab, dtype=torch.float64)
+
+    pooled = MaxPooledProjection.apply(tokens, weight, lengths, 5)
+    fast = torch.log1p(torch.relu(pooled + bias))
+    fast[1] = 0.0
+    (fast * upstream).sum().backward()
+    fast_grads = tokens.grad.clone(), weight.grad.clone()
+    tokens.grad = weight.grad = None
+    naive = _naive(tokens, weight, bias, lengths)
+    (naive * upstream).sum().backward()
+    assert torch.allclose(fast.detach(), naive.detach(), atol=1e-12)
+    assert torch.allclose(fast_grads[0], tokens.grad, atol=1e-10)
+    assert torch.allclose(fast_grads[1], weight.grad, atol=1e-10)
+
+
+def test_dense_backward_is_taken_above_the_crossover(monkeypatch):
+    """With every dimension active the dense path runs (the sparse one is not called), below the
+    crossover the sparse one; same gradient either way (the test above)."""
+    from spladeray.model import pooling
+
+    calls = []
+    for name in ("_dense_backward", "_sparse_backward"):
+        original = getattr(pooling, name)
+        monkeypatch.setattr(
+            pooling, name, lambda *a, _o=original, _n=name, **k: (calls.append(_n), _o(*a, **k))[1]
+        )
+    tokens = torch.randn(6, 4, requires_grad=True)
+    weight = torch.randn(10, 4, requires_grad=True)
+    for upstream, expected in (
+        (torch.ones(2, 10), "_dense_backward"),
+        (torch.zeros(2, 10), "_sparse_backward"),
+    ):
+        MaxPooledProjection.apply(tokens, weight, [3, 3], 512).mul(upstream).sum().backward()
+        assert calls[-1] == expected
+
+
+def test_bf16_dense_backward_is_close_to_fp32():
+    """The dense backward runs its matmuls in the tokens' dtype (bf16 under autocast): within
+    bf16 rounding of the fp32 gradient."""
+    torch.manual_seed(3)
+    lengths = [7, 5]
+    tokens = torch.randn(12, 16)
+    weight = torch.randn(64, 16)
+    upstream = torch.randn(2, 64)
+    grads = []
+    for dtype in (torch.float32, torch.bfloat16):
+        t = tokens.to(dtype).detach().requires_grad_(True)
+        w = weight.clone().requires_grad_(True)
+        MaxPooledProjection.apply(t, w, lengths, 512).float().mul(upstream).sum().backward()
+        grads.append((t.grad.float(), w.grad.float()))
+    for fp32, bf16 in zip(grads[0], grads[1], strict=True):
+        assert (bf16 - fp32).norm() / fp32.norm() < 2e-2
+
+
+def test_host_lengths_and_token_index_give_the_same_vectors_and_gradients():
+    """The collator's host-side ``lengths`` / ``token_index`` (no device read of the mask) give
+    exactly what pool_logits computes from the mask itself."""
+    torch.manual_seed(4)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    decoder = torch.nn.Linear(6, 20)
+    out = []
+    for host in (False, True):
+        hidden = torch.randn(
+            3, 4, 6, generator=torch.Generator().manual_seed(5), requires_grad=True
+        )
+        extra = (
+            dict(lengths=mask.sum(1).tolist(), token_index=mask.flatten().nonzero().squeeze(1))
+            if host
+            else {}
+        )
+        v = pool_logits(hidden, mask, torch.nn.Identity(), decoder, chunk_tokens=2, **extra)
+        v.sum().backward()
+        out.append((v.detach(), hidden.grad))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])

@@ -181,23 +181,39 @@ class SpladeEncoder(nn.Module):
         )
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, plan: Plan = FP32
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        plan: Plan = FP32,
+        *,
+        lengths: list[int] | None = None,
+        token_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Dense ``[batch, vocab]`` SPLADE weights through the model (differentiable), special
-        tokens zeroed. ``plan`` (inference) picks reduced precision; the output is fp32 then."""
+        tokens zeroed. ``plan`` (inference) picks reduced precision; the output is fp32 then.
+        ``lengths`` / ``token_index`` (the collator's, from the host mask) spare the pooling
+        its reads of the mask back from the device."""
         cast = (  # the backbone (and head transform) under autocast where the plan says so
             torch.autocast(input_ids.device.type, dtype=plan.backbone)
             if plan.backbone is not None
             else contextlib.nullcontext()
         )
         with cast:
-            weights = self._pooled(input_ids, attention_mask, plan)
+            weights = self._pooled(
+                input_ids, attention_mask, plan, lengths=lengths, token_index=token_index
+            )
         if self.special_ids.numel():
             weights = weights.index_fill(1, self.special_ids.to(weights.device), 0.0)
         return weights
 
     def _pooled(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, plan: Plan
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        plan: Plan,
+        *,
+        lengths: list[int] | None = None,
+        token_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         projection = plan.projection if not torch.is_grad_enabled() else None
         if self.head is not None:
@@ -211,6 +227,8 @@ class SpladeEncoder(nn.Module):
                 activation=self.activation,
                 chunk_tokens=self.chunk_tokens,
                 compute_dtype=projection,
+                lengths=lengths,
+                token_index=token_index,
             )
         if self._parts is not None:
             hidden = self._parts.backbone(input_ids=input_ids, attention_mask=attention_mask)[0]
@@ -223,6 +241,8 @@ class SpladeEncoder(nn.Module):
                 activation=self.activation,
                 chunk_tokens=self.chunk_tokens,
                 compute_dtype=projection,
+                lengths=lengths,
+                token_index=token_index,
             )
         cast = (
             torch.autocast(input_ids.device.type, dtype=plan.projection)
@@ -250,7 +270,12 @@ class SpladeEncoder(nn.Module):
         """``forward`` or ``idf_forward`` by kind; the single entry point training uses."""
         if kind == "query" and self.doc_only:
             return self.idf_forward(features["input_ids"], features["attention_mask"])
-        return self(features["input_ids"], features["attention_mask"])
+        return self(
+            features["input_ids"],
+            features["attention_mask"],
+            lengths=features.get("lengths"),
+            token_index=features.get("token_index"),
+        )
 
     # ------------------------------------------------------------------ bulk encoding
     def precision_plan(self) -> Plan:

@@ -113,16 +113,25 @@ def pool_logits(
     activation: Activation = "relu",
     chunk_tokens: int = 512,
     compute_dtype: torch.dtype | None = None,
+    lengths: list[int] | None = None,
+    token_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SPLADE vectors ``[batch, vocab]`` from backbone hidden states ``[batch, seq, hidden]``.
 
     Only unmasked positions are projected to the vocabulary; padding never costs a matmul.
     ``compute_dtype`` (inference only) runs the projection and max-pool in that dtype and
     returns fp32 weights (see the module docstring); ``None`` keeps the tokens' dtype.
+    ``lengths`` (unmasked tokens per text) and ``token_index`` (flat positions of the unmasked
+    tokens), when the caller has them from the host mask (training's collator), replace reading
+    the mask back from the device: two host syncs fewer per call on a GPU.
     """
-    mask = attention_mask.bool()
-    lengths = mask.sum(dim=1).tolist()
-    tokens = transform(hidden[mask])  # [sum(lengths), hidden], texts back to back
+    if lengths is None:
+        lengths = attention_mask.bool().sum(dim=1).tolist()
+    if token_index is not None:
+        selected = hidden.flatten(0, 1).index_select(0, token_index.to(hidden.device))
+    else:
+        selected = hidden[attention_mask.bool()]
+    tokens = transform(selected)  # [sum(lengths), hidden], texts back to back
     offsets = [0]
     for n in lengths:
         offsets.append(offsets[-1] + n)
@@ -209,19 +218,58 @@ def _index_add_fp32(like: torch.Tensor, index: torch.Tensor, values: torch.Tenso
     return out.index_add_(0, index, values).to(like.dtype)
 
 
+DENSE_BACKWARD_DENSITY = 0.005
+"""Above this fraction of active (token, vocabulary) entries, ``K / (tokens x vocab)``,
+:class:`MaxPooledProjection` backpropagates with two dense matmuls instead of gathers and
+``index_add``. ``python bench/pooling_backward.py`` (CPU, fp32, 16 texts x 64 tokens, hidden 128,
+2026-12-07 on a loaded 2-core machine) put the crossover at about 0.005 (sparse/dense time 0.92
+at 0.0047, 2.8 at 0.0156 = every dimension active, 0.32 at 0.0016); on a GPU the matmuls gain
+more than the atomics, so the crossover there is lower still (not measured: no GPU here). A
+trained SPLADE model (a few hundred of 30k dimensions per text) stays on the sparse path; a
+plain masked LM (thousands) takes the dense one."""
+
+SPARSE_BACKWARD_ENTRIES = 1 << 18
+"""The sparse backward's gathers run on this many entries at a time (``[entries, hidden]`` fp32
+temporaries: 768 MiB at hidden 768), never on all ``K`` at once."""
+
+
+def _text_index(lengths: list[int], device: torch.device) -> torch.Tensor:
+    """``[tokens]`` long: the text each token belongs to, built on the host (no device sync) and
+    copied from pinned memory without blocking when ``device`` is a GPU."""
+    index = torch.repeat_interleave(
+        torch.arange(len(lengths)), torch.tensor(lengths, dtype=torch.long)
+    )
+    if device.type == "cuda":
+        return index.pin_memory().to(device, non_blocking=True)
+    return index.to(device)
+
+
 class MaxPooledProjection(torch.autograd.Function):
     """``out[b, v] = max_{t in text b} tokens[t] . weight[v]`` (0 for an empty text), with a
-    sparse backward.
+    backward that uses the sparsity of the gradient when there is some.
 
-    Forward projects ``chunk_tokens`` tokens at a time without recording the graph and keeps the
-    arg-max token index of every ``(b, v)``. Backward, for the ``K`` nonzero entries ``g[b, v]``
-    of the incoming gradient (the active dimensions, since the SPLADE activation's derivative
-    vanishes elsewhere), with ``t = argmax[b, v]``::
+    Forward projects ``chunk_tokens`` tokens at a time without recording the graph; per chunk one
+    ``scatter_reduce(amax)`` pools every text of the chunk and a second (``amin`` over the
+    positions that reach the max) keeps the arg-max token of every ``(b, v)``: a fixed number of
+    kernels per chunk, none per text, and no device-to-host sync (the lengths are host ints).
+    Backward, for the ``K`` nonzero entries ``g[b, v]`` of the incoming gradient (the active
+    dimensions, since the SPLADE activation's derivative vanishes elsewhere), with
+    ``t = argmax[b, v]``::
 
         d tokens[t] += g[b, v] * weight[v]        d weight[v] += g[b, v] * tokens[t]
 
     which is the gradient of the naive ``amax`` over ``[tokens, vocab]`` logits (the arg-max
-    token takes all of it), in ``O(K * hidden)`` instead of ``O(tokens * vocab * hidden)``.
+    token takes all of it). Two ways to compute it, chosen by ``K``:
+
+    - sparse (``K <= DENSE_BACKWARD_DENSITY x tokens x vocab``, a trained SPLADE model: a few
+      hundred active dimensions of 30k): gathers and ``index_add`` in ``O(K x hidden)``, in
+      pieces of :data:`SPARSE_BACKWARD_ENTRIES` entries;
+    - dense (a plain masked LM, whose vectors have thousands of active dimensions): the
+      ``[tokens, vocab]`` matrix ``G`` with ``g[b, v]`` at row ``argmax[b, v]``, one chunk of
+      texts at a time, and ``d tokens = G @ weight``, ``d weight += G^T @ tokens``: two matmuls
+      in the tokens' dtype (bf16 under autocast), the cost of the forward's projection.
+
+    The choice reads ``K`` on the host: the one device sync of the backward.
     """
 
     @staticmethod
@@ -230,20 +278,35 @@ class MaxPooledProjection(torch.autograd.Function):
         for n in lengths:
             offsets.append(offsets[-1] + n)
         vocab = weight.shape[0]
+        device = tokens.device
         pooled = tokens.new_zeros((len(lengths), vocab))
-        argmax = torch.zeros((len(lengths), vocab), dtype=torch.long, device=tokens.device)
+        argmax = torch.zeros((len(lengths), vocab), dtype=torch.long, device=device)
         weight_t = weight.t().to(tokens.dtype)
+        text_of = _text_index(lengths, device)
+        positions = torch.arange(offsets[-1], device=device)
         for first, end in _segments(lengths, chunk_tokens):
-            base = offsets[first]
-            logits = torch.mm(tokens[base : offsets[end]], weight_t)
-            for i in range(first, end):
-                if lengths[i] == 0:
-                    continue
-                values, index = logits[offsets[i] - base : offsets[i + 1] - base].max(dim=0)
-                pooled[i] = values
-                argmax[i] = index + offsets[i]
+            lo, hi = offsets[first], offsets[end]
+            if hi == lo:
+                continue  # only empty texts: zero vectors
+            logits = torch.mm(tokens[lo:hi], weight_t)  # [n, vocab]
+            rows = (text_of[lo:hi] - first).unsqueeze(1).expand(-1, vocab)
+            best = logits.new_full((end - first, vocab), float("-inf"))
+            best.scatter_reduce_(0, rows, logits, "amax")
+            # the first token of its text reaching the max (an exact float compare)
+            at = torch.where(
+                logits == best.gather(0, rows), positions[lo:hi].unsqueeze(1), offsets[-1]
+            )
+            arg = torch.full((end - first, vocab), offsets[-1], dtype=torch.long, device=device)
+            arg.scatter_reduce_(0, rows, at, "amin")
+            pooled[first:end] = best
+            argmax[first:end] = arg
+        empty = [i for i, n in enumerate(lengths) if n == 0]
+        if empty:
+            pooled[empty] = 0
+            argmax[empty] = 0
         ctx.save_for_backward(tokens, weight, argmax)
-        ctx.empty = [i for i, n in enumerate(lengths) if n == 0]
+        ctx.empty = empty
+        ctx.lengths, ctx.chunk_tokens = lengths, chunk_tokens
         return pooled
 
     @staticmethod
@@ -252,13 +315,70 @@ class MaxPooledProjection(torch.autograd.Function):
         if ctx.empty:
             grad = grad.clone()
             grad[ctx.empty] = 0
-        rows, cols = grad.nonzero(as_tuple=True)
-        # accumulate in fp32 (under BF16 autocast the inputs are bf16)
-        g = grad[rows, cols].unsqueeze(1).float()
-        token_rows = argmax[rows, cols]
-        grad_tokens = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_tokens = _index_add_fp32(tokens, token_rows, g * weight[cols].float())
-        if ctx.needs_input_grad[1]:
-            grad_weight = _index_add_fp32(weight, cols, g * tokens[token_rows].float())
+        need_tokens, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        k = int(torch.count_nonzero(grad))  # the backward's one host sync
+        if k > DENSE_BACKWARD_DENSITY * tokens.shape[0] * weight.shape[0]:
+            grad_tokens, grad_weight = _dense_backward(
+                grad,
+                tokens,
+                weight,
+                argmax,
+                ctx.lengths,
+                ctx.chunk_tokens,
+                need_tokens=need_tokens,
+                need_weight=need_weight,
+            )
+        else:
+            grad_tokens, grad_weight = _sparse_backward(
+                grad, tokens, weight, argmax, need_tokens=need_tokens, need_weight=need_weight
+            )
         return grad_tokens, grad_weight, None, None
+
+
+def _sparse_backward(grad, tokens, weight, argmax, *, need_tokens, need_weight):
+    """Gathers and ``index_add`` over the nonzero entries of ``grad``, summed in fp32 (at
+    least: fp64 inputs stay fp64)."""
+    rows, cols = grad.nonzero(as_tuple=True)
+    acc = torch.promote_types(torch.promote_types(tokens.dtype, weight.dtype), torch.float32)
+    acc_tokens = torch.zeros(tokens.shape, dtype=acc, device=tokens.device)
+    acc_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+    for lo in range(0, rows.shape[0], SPARSE_BACKWARD_ENTRIES):
+        r, c = rows[lo : lo + SPARSE_BACKWARD_ENTRIES], cols[lo : lo + SPARSE_BACKWARD_ENTRIES]
+        g = grad[r, c].unsqueeze(1).to(acc)
+        token_rows = argmax[r, c]
+        if need_tokens:
+            acc_tokens.index_add_(0, token_rows, g * weight[c].to(acc))
+        if need_weight:
+            acc_weight.index_add_(0, c, g * tokens[token_rows].to(acc))
+    return (
+        acc_tokens.to(tokens.dtype) if need_tokens else None,
+        acc_weight.to(weight.dtype) if need_weight else None,
+    )
+
+
+def _dense_backward(
+    grad, tokens, weight, argmax, lengths, chunk_tokens, *, need_tokens, need_weight
+):
+    """``G @ weight`` and ``G^T @ tokens`` per chunk of texts, ``G`` the ``[chunk, vocab]``
+    gradient of the logits (``grad[b, v]`` at the arg-max row, zero elsewhere)."""
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n)
+    dtype = tokens.dtype
+    weight_c = weight.to(dtype)
+    grad_tokens = torch.zeros_like(tokens) if need_tokens else None
+    acc = torch.promote_types(weight.dtype, torch.float32)
+    acc_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+    g = grad.to(dtype)
+    for first, end in _segments(lengths, chunk_tokens):
+        lo, hi = offsets[first], offsets[end]
+        if hi == lo:
+            continue
+        dense = tokens.new_zeros((hi - lo, weight.shape[0]))
+        # rows of different texts never collide; empty texts (grad 0) add nothing
+        dense.scatter_add_(0, (argmax[first:end] - lo).clamp_(min=0), g[first:end])
+        if need_tokens:
+            torch.mm(dense, weight_c, out=grad_tokens[lo:hi])
+        if need_weight:
+            acc_weight += torch.mm(dense.t(), tokens[lo:hi]).to(acc)
+    return grad_tokens, acc_weight.to(weight.dtype) if need_weight else None

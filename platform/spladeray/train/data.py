@@ -106,6 +106,15 @@ def open_prepared(data_dir: str | Path, teachers: list[str], mask_ids: bool = Fa
     return ds.filter(lambda row: len(row["negatives"]) > 0)
 
 
+def _pinned(value):
+    """``value`` with every tensor in it (dicts, lists) in pinned host memory."""
+    if isinstance(value, torch.Tensor):
+        return value.pin_memory()
+    if isinstance(value, dict):
+        return {k: _pinned(v) for k, v in value.items()}
+    return value
+
+
 def _cycle(values: Any, n: int) -> list:
     values = list(values)
     return [values[i % len(values)] for i in range(n)]
@@ -117,6 +126,13 @@ class Collator(NumpyBatchCollateFn):
 
     Every row gets exactly ``num_negatives`` negatives (its own, cycled when it has fewer), so
     all ranks hold same-shaped tensors for the cross-rank gather.
+
+    Each of ``query`` / ``document`` also carries what the pooling needs from the mask, taken
+    here on the host so the training step never reads it back from the GPU: ``lengths`` (a list
+    of ints, unmasked tokens per text) and ``token_index`` (the flat positions of the unmasked
+    tokens). ``pin_memory`` pins every tensor (in the batch iterator's prefetch thread), so the
+    step's ``non_blocking`` copies to the GPU are asynchronous; Ray Data's own ``pin_memory``
+    flag takes only flat tensor batches, and this one is nested.
     """
 
     tokenizer: Any
@@ -125,6 +141,7 @@ class Collator(NumpyBatchCollateFn):
     max_document_length: int
     teachers: tuple[str, ...] = ()
     doc_only: bool = False
+    pin_memory: bool = False
 
     def _tok(self, texts: list[str], max_length: int, special: bool = True) -> dict:
         enc = self.tokenizer(
@@ -135,7 +152,13 @@ class Collator(NumpyBatchCollateFn):
             add_special_tokens=special,
             return_tensors="pt",
         )
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        mask = enc["attention_mask"].bool()
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "lengths": mask.sum(dim=1).tolist(),
+            "token_index": mask.flatten().nonzero().squeeze(1),
+        }
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         n = self.num_negatives
@@ -156,7 +179,7 @@ class Collator(NumpyBatchCollateFn):
                 scores = np.asarray(scores, dtype=np.float32)
                 rows.append([scores[0], *_cycle(scores[1:], n)] if n else [scores[0]])
             out[f"teacher_{name}"] = torch.tensor(np.asarray(rows, dtype=np.float32))
-        return out
+        return _pinned(out) if self.pin_memory else out
 
     @staticmethod
     def _mask_keys(batch: dict[str, np.ndarray], n: int) -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ from spladeray.train.reporter import Reporter
 from spladeray.train.step import (
     PairEncoder,
     autocast_context,
+    find_unused_parameters,
     load_training_encoder,
     seed_everything,
     sparse_batch,
@@ -64,7 +65,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model: nn.Module = pair
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
-            pair, device_ids=[device.index] if device.type == "cuda" else None
+            pair,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters(encoder, cfg),
         )
     objective = SpladeObjective(tc, doc_only=encoder.doc_only)
     optimizer = build_optimizer(encoder, tc)

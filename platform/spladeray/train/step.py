@@ -29,8 +29,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+TRAINING_EVAL_DTYPE = {"bf16": "bfloat16", "auto": "auto", "fp32": "float32"}
+"""``train.precision`` -> the encoder's bulk-encoding precision, so evaluation during training
+runs in the dtype the model trains in (``model.dtype`` is float32 by default: inference's)."""
+
+
 def load_training_encoder(cfg):
-    """The encoder ``cfg.model`` names, in train mode, with ``cfg.train``'s training options."""
+    """The encoder ``cfg.model`` names, in train mode, with ``cfg.train``'s training options;
+    its bulk encoding (evaluation during training) in the training precision."""
     from spladeray.model.loading import load_encoder
 
     tc = cfg.train
@@ -43,6 +49,7 @@ def load_training_encoder(cfg):
         doc_only=cfg.model.doc_only,
         idf_path=cfg.model.idf_path,
         trust_remote_code=cfg.model.trust_remote_code,
+        dtype=TRAINING_EVAL_DTYPE.get(tc.precision, "float32"),
     )
     if tc.gradient_checkpointing:
         encoder.mlm.gradient_checkpointing_enable(
@@ -53,6 +60,21 @@ def load_training_encoder(cfg):
             raise ValueError("train.train_idf needs a doc-only model (model.doc_only / idf.json)")
         encoder.idf_weight.requires_grad_(True)
     return encoder.train()
+
+
+def find_unused_parameters(encoder: nn.Module, cfg) -> bool:
+    """Whether DDP must look for parameters that get no gradient (slower, so only when needed):
+    a model with its own code (``model.trust_remote_code``), whose forward spladeray cannot
+    see, or one with a trainable pooler, which SPLADE's vocabulary head never uses. Without it
+    DDP fails at the second step waiting for those parameters' gradients."""
+    if cfg.model.trust_remote_code:
+        return True
+    return any(
+        p.requires_grad
+        for name, module in encoder.named_modules()
+        if name.rsplit(".", 1)[-1] == "pooler"
+        for p in module.parameters()
+    )
 
 
 class PairEncoder(nn.Module):
@@ -95,8 +117,13 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def to_device(features: dict[str, torch.Tensor], device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in features.items()}
+def to_device(features: dict, device: torch.device) -> dict:
+    """Tensors to ``device`` (``non_blocking``: asynchronous from the collator's pinned memory);
+    host values (``lengths``) as they are."""
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in features.items()
+    }
 
 
 def training_collator(encoder, train_cfg):
@@ -111,6 +138,7 @@ def training_collator(encoder, train_cfg):
         max_document_length=train_cfg.max_document_length or encoder.max_document_length,
         teachers=train_cfg.teachers,
         doc_only=encoder.doc_only,
+        pin_memory=bool(getattr(train_cfg, "use_gpu", False)) and torch.cuda.is_available(),
     )
 
 

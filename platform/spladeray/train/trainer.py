@@ -110,6 +110,56 @@ def prepares_train_data(cfg) -> bool:
     )
 
 
+def input_uris(cfg, *, prepare: bool = False) -> list[str]:
+    """Every file or directory a training run will read, for :func:`check_inputs`: the prepared
+    data (unless this run prepares it), the model when it is a local path or a URI (a hub id is
+    fetched by the loader), the IDF table, and each file of the evaluation BEIR directory (read
+    by rank 0 at the first evaluation, possibly thousands of steps in)."""
+    tc = cfg.train
+    uris: list[str] = []
+    if not (prepare and prepares_train_data(cfg)):
+        uris.append(str(tc.data_dir))
+    model = str(cfg.model.path)
+    if storage.is_remote(model) or model.startswith(("/", ".", "~")):
+        uris.append(model)
+    if cfg.model.idf_path is not None:
+        uris.append(str(cfg.model.idf_path))
+    if tc.eval is not None:
+        beir = tc.eval.beir_dir
+        uris += [
+            storage.join(beir, "corpus.jsonl"),
+            storage.join(beir, "queries.jsonl"),
+            storage.join(beir, "qrels", f"{tc.eval.split}.tsv"),
+        ]
+    return uris
+
+
+def check_inputs(cfg, *, prepare: bool = False) -> None:
+    """Before step 0, every input the run will read exists and can be read, and its output can
+    be written; one :class:`spladeray.storage.StorageError` names every problem. (An evaluation
+    directory that is missing on the cluster would otherwise fail rank 0 at the first
+    evaluation, before that step's checkpoint, and restart the run until ``max_failures``.)"""
+    storage.preflight(read=input_uris(cfg, prepare=prepare), write=[storage_path(cfg)])
+
+
+def check_trainer_capacity(cfg) -> None:
+    """Fail now, with the numbers, when the cluster cannot hold the trainer's workers (at least
+    ``min_workers`` of an elastic run): Ray Train would otherwise wait for resources that never
+    come. A warning instead on an autoscaling cluster (:func:`spladeray.raycluster.check_capacity`)."""
+    from spladeray.raycluster import check_capacity
+
+    tc = cfg.train
+    workers = tc.min_workers or tc.num_workers
+    check_capacity(
+        f"train ({workers} worker(s) of {tc.cpus_per_worker:g} CPU"
+        f"{' + 1 GPU' if tc.use_gpu else ''})",
+        cpus=workers * tc.cpus_per_worker,
+        gpus=float(workers) if tc.use_gpu else 0.0,
+        hint="lower train.num_workers or train.cpus_per_worker, set train.use_gpu: false, "
+        "or add nodes",
+    )
+
+
 def run_train(
     cfg, *, callbacks: list | None = None, export: bool = True, prepare: bool = False
 ) -> TrainResult:
@@ -120,13 +170,17 @@ def run_train(
     when its output is complete and up to date (same config hash): so ``python jobs/train.py``
     works on a fresh checkout, and never trains on data prepared with another config.
     """
-    # Fail here, naming the URI, not minutes later inside a worker. A local data_dir that is
-    # missing gets open_prepared's "run jobs/prepare.py first" instead.
-    remote_data = [cfg.train.data_dir] if storage.is_remote(cfg.train.data_dir) else []
-    storage.preflight(
-        read=[] if prepare and prepares_train_data(cfg) else remote_data, write=[storage_path(cfg)]
-    )
+    # Fail here, naming every missing input, not minutes (or an evaluation) later in a worker.
+    # A local data_dir that is missing gets open_prepared's "run jobs/prepare.py first" instead.
+    prepared_here = prepare and prepares_train_data(cfg)
+    local_data = not storage.is_remote(cfg.train.data_dir)
+    if not prepared_here and local_data and not storage.exists(cfg.train.data_dir):
+        from spladeray.train.data import open_prepared
+
+        open_prepared(cfg.train.data_dir, list(cfg.train.teachers))  # raises its own message
+    check_inputs(cfg, prepare=prepare)
     ensure_ray(cfg.ray)
+    check_trainer_capacity(cfg)
     if prepare and prepares_train_data(cfg):
         from spladeray.data.pipeline import run_prepare
 

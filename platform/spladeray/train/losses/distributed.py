@@ -4,9 +4,13 @@
 ``torch.distributed`` collectives, and their backward sums the incoming gradients over ranks (the
 adjoint of "every rank receives a copy"). With DDP's gradient averaging (divide by world size)
 the resulting parameter gradient is exactly the gradient of the *mean of the per-rank losses*,
-i.e. of one big batch on one device. Plain ``torch.distributed.nn.functional.all_gather`` uses
-reduce-scatter / all-to-all in backward, which gloo lacks; these use only all_reduce and
-all_gather, so they work on gloo (CPU) and NCCL alike.
+i.e. of one big batch on one device.
+
+The all-gather's backward needs only this rank's slice of the summed gradient. On NCCL that is
+one ``reduce_scatter_tensor`` (each rank receives its ``1/world`` of the sum: at 8 GPUs the
+``[2048, 30522]`` fp32 gradient is 250 MB to all-reduce, 31 MB per rank to reduce-scatter). gloo
+has no ``reduce_scatter_tensor``, so there (and on any other backend) it is an all_reduce and a
+slice: the same values. :func:`use_reduce_scatter` picks.
 """
 
 from __future__ import annotations
@@ -38,10 +42,28 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = ctx.rank * ctx.size
-        return grad[start : start + ctx.size]
+        return sum_own_slice(grad, ctx.rank, ctx.size, reduce_scatter=use_reduce_scatter())
+
+
+def use_reduce_scatter() -> bool:
+    """Whether the process group's backend has ``reduce_scatter_tensor`` (NCCL; not gloo)."""
+    return dist.get_backend() == "nccl"
+
+
+def sum_own_slice(
+    grad: torch.Tensor, rank: int, size: int, *, reduce_scatter: bool
+) -> torch.Tensor:
+    """Rows ``[rank * size, (rank + 1) * size)`` of ``grad`` summed over ranks: one
+    ``reduce_scatter_tensor``, or an all_reduce of the whole ``grad`` and a slice."""
+    grad = grad.contiguous()
+    if reduce_scatter:
+        out = grad.new_empty((size, *grad.shape[1:]))
+        dist.reduce_scatter_tensor(out, grad, op=dist.ReduceOp.SUM)
+        return out
+    grad = grad.clone()
+    dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+    start = rank * size
+    return grad[start : start + size]
 
 
 class _AllReduceSum(torch.autograd.Function):
