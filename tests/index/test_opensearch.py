@@ -85,6 +85,25 @@ def test_create_bulk_overwrite_count_get(opensearch_url, index_name):
     assert not index.exists(index_name)
 
 
+def test_extra_fields_are_stored_but_never_mapped(opensearch_url, index_name):
+    """Issue 29 item 7: dynamic: false. A client's field names (/index passes extra fields
+    through) stay in _source and come back with a hit, but add no field to the mapping, so random
+    names cannot push the index past its field limit."""
+    index = make_index(opensearch_url)
+    index.create(index_name)
+    extras = [
+        {"text": f"text {i}", f"random_field_{i}": i, "nested": {f"k{i}": "v"}} for i in range(20)
+    ]
+    result = index.add(index_name, [f"d{i}" for i in range(20)], random_vectors(20), extras)
+    assert result.indexed == 20 and not result.failed
+    index.refresh(index_name)
+    mapping = index.client.indices.get_mapping(index=index_name)[index_name]["mappings"]
+    assert mapping["dynamic"] in (False, "false")
+    assert set(mapping["properties"]) == {"sparse", "title", "text"}
+    source = index.client.get(index=index_name, id="d3")["_source"]
+    assert source["random_field_3"] == 3 and source["nested"] == {"k3": "v"}
+
+
 def test_search_order_equals_brute_force(opensearch_url, index_name):
     index = make_index(opensearch_url, chunk_size=7)  # several bulk chunks
     vectors = random_vectors(60, seed=1)

@@ -397,7 +397,11 @@ class OpenSearchIndex:
         _merge(settings, self.index_settings)
         properties = {self.vector_field: vector}
         properties.update({f: {"type": "text"} for f in TEXT_FIELDS})
-        return {"settings": settings, "mappings": {"properties": properties}}
+        # dynamic: false: a document's extra fields (any name a client of /index sends) stay in
+        # _source but never become mapped fields, so they cannot push the index past
+        # index.mapping.total_fields.limit; the declared fields above are the searchable ones
+        mappings = {"dynamic": False, "properties": properties}
+        return {"settings": settings, "mappings": mappings}
 
     def query_body(self, query: Mapping[str, float], size: int) -> dict[str, Any]:
         """The ``_search`` body of a sparse query (weights made safe, tokens escaped).
