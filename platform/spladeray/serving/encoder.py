@@ -182,7 +182,9 @@ class BatchedEncoder:
             "vocab_size": int(enc.vocab_size),
             "device": str(enc.device),
             "batching": dict(self.batching),
-            "env": sorted(self.cfg.serve.env_vars),  # key names only: values may be secrets
+            # names of the serve.env_vars in effect in this process; never the values (a user
+            # may put a secret there)
+            "env": sorted(k for k, v in self.cfg.serve.env_vars.items() if os.environ.get(k) == v),
             "pid": os.getpid(),
             "loaded_at": self.loaded_at,
         }
