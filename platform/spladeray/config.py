@@ -735,6 +735,16 @@ class ServeConfig(Section):
         description="index names (fnmatch patterns) a request's `index` may give; others get a "
         "403. Default: index.name, the rollout alias and its versions <alias>-<hex>",
     )
+    trusted_hosts: list[str] | None = Field(
+        None,
+        description="Host header values (fnmatch patterns, e.g. search.example.com, *.internal) "
+        "the app answers; others get a 400. None: any host",
+    )
+    docs: bool = Field(
+        True,
+        description="/docs and /redoc (Swagger UI and ReDoc, loaded by the browser from a CDN); "
+        "false answers 404 there (/openapi.json stays)",
+    )
     model_roots: list[str] | None = Field(
         None,
         description="directories (or URI prefixes) a rollout alias's _meta.model_path may name; "

@@ -290,3 +290,35 @@ def test_error_ids_keep_backend_detail_out_of_the_message(caplog):
     assert "search.internal" not in message and "secret-path" not in message
     error_id = message.split("error id ")[1].split(";")[0]
     assert any(error_id in r.getMessage() and detail in r.getMessage() for r in caplog.records)
+
+
+def test_trusted_hosts_and_docs_switch():
+    """Issue 29 item 13: serve.trusted_hosts (400 for another Host), serve.docs: false (404 on
+    /docs and /redoc, which load a CDN's scripts); the defaults let everything through."""
+    import asyncio
+
+    import httpx
+
+    from spladeray.serving.security import RequestGate
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def get(settings, path, host):
+        transport = httpx.ASGITransport(app=RequestGate(app, lambda: settings))
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+            return await client.get(path, headers={"host": host})
+
+    def status(settings, path="/healthz", host="search.example.com"):
+        return asyncio.run(get(settings, path, host)).status_code
+
+    assert status((None, True)) == 200 and status((None, True), "/docs") == 200
+    assert status((["search.example.com", "*.internal"], True)) == 200
+    assert status((["search.example.com", "*.internal"], True), host="a.internal:8000") == 200
+    r = asyncio.run(get((["search.example.com"], True), "/healthz", "evil.example"))
+    assert r.status_code == 400 and "serve.trusted_hosts" in r.json()["error"]
+    for path in ("/docs", "/redoc"):
+        assert status((None, False), path) == 404
+    assert status((None, False), "/openapi.json") == 200
+    parse_config({"model": {"path": "m"}, "serve": {"trusted_hosts": ["a"], "docs": False}})

@@ -237,6 +237,10 @@ def test_index_router_resolves_caches_and_falls_back(tmp_path):
     assert router.resolve("kb") == IndexRoute("kb-cccccc", "", "kb")
     indices.aliases["multi"] = ["x1", "x2"]  # several targets: not a rollout alias
     assert router.resolve("multi") == IndexRoute("multi")
+    router.max_entries = 3  # bounded (issue 29 item 13): the oldest name is dropped
+    for name in ("n1", "n2", "n3", "n4"):
+        router.resolve(name)
+    assert len(router._cache) == 3 and "n4" in router._cache
     local = LocalIndex(tmp_path)  # the embedded index has no aliases
     assert IndexRouter(local, "/models/a", 5.0).resolve("kb") == IndexRoute("kb")
 

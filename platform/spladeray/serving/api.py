@@ -91,6 +91,7 @@ from spladeray.serving.schemas import (
 )
 from spladeray.serving.security import (
     IndexAllowList,
+    RequestGate,
     health_view,
     incident,
     proxy_bind_host,
@@ -130,6 +131,8 @@ api = FastAPI(
 )
 api.state.max_request_bytes = 8 * 1024 * 1024
 api.add_middleware(BodyLimitMiddleware, get_limit=lambda: api.state.max_request_bytes)
+api.state.gate = (None, True)  # (serve.trusted_hosts, serve.docs), set by the replica
+api.add_middleware(RequestGate, get_settings=lambda: api.state.gate)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -198,6 +201,9 @@ class IndexRouter:
     one, the name itself.
     """
 
+    max_entries = 1024
+    """Names cached at most (a client choosing names must not grow a replica's memory)."""
+
     def __init__(self, index, default_model: str, ttl_s: float, clock=time.monotonic) -> None:
         self.index = index
         self.default_model = default_model
@@ -230,6 +236,8 @@ class IndexRouter:
             logger.warning("cannot resolve %r (%s); using it as a plain index", name, exc)
             return IndexRoute(name)
         with self._mutex:
+            if name not in self._cache and len(self._cache) >= self.max_entries:
+                self._cache.pop(next(iter(self._cache)))  # bounded: the oldest name goes
             self._cache[name] = (now + self.ttl_s, route)
         if cached is not None and cached[1] != route:
             logger.info("index %r now routes to %s (was %s)", name, route, cached[1])
@@ -256,6 +264,7 @@ class EncoderIngress:
         self.cfg = cfg
         self.limits = cfg.serve
         api.state.max_request_bytes = cfg.serve.max_request_bytes
+        api.state.gate = (cfg.serve.trusted_hosts, cfg.serve.docs)
         self.metrics = ReplicaMetrics()
         self._created: set[str] = set()
         # no token: only a loopback bind may serve (loudly); before the model loads, so a

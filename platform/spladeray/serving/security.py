@@ -208,3 +208,47 @@ def verify_model_hash(cfg, path: str, expected: str | None) -> None:
     actual = model_hash_from_encoder(reference)
     if actual != expected:
         raise ValueError(f"model hash {actual[:12]} does not match the index's {expected[:12]}")
+
+
+# --------------------------------------------------------------------------- host and docs gate
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
+
+
+class RequestGate:
+    """ASGI middleware: ``serve.trusted_hosts`` (a ``Host`` header matching none of the fnmatch
+    patterns is a 400, as Starlette's ``TrustedHostMiddleware`` answers) and ``serve.docs: false``
+    (``/docs`` and ``/redoc``, which load Swagger UI / ReDoc from a CDN, answer 404).
+
+    ``get_settings()`` is read per request, because the replica sets the values after the app
+    (a module global) is built."""
+
+    def __init__(self, app, get_settings) -> None:
+        self.app = app
+        self.get_settings = get_settings
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        hosts, docs = self.get_settings()
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if not docs and path.removeprefix(root) in DOCS_PATHS:
+            await _answer(send, 404, "the API docs are off (serve.docs: false)")
+            return
+        if hosts is not None:
+            headers = dict(scope.get("headers") or [])
+            host = headers.get(b"host", b"").decode("latin-1").rsplit(":", 1)[0].strip("[]")
+            if not any(fnmatch.fnmatchcase(host.lower(), p.lower()) for p in hosts):
+                await _answer(send, 400, "invalid Host header (serve.trusted_hosts)")
+                return
+        await self.app(scope, receive, send)
+
+
+async def _answer(send, status: int, message: str) -> None:
+    import json
+
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
