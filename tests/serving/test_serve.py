@@ -97,7 +97,9 @@ BAD = [
     ("/search", {"query": ""}, 422),
     ("/search", {"query": "x", "size": 0}, 422),
     ("/search", {"query": "x", "size": 1000}, 422),
-    ("/search", {"query": "x", "index": "nope"}, 404),
+    ("/search", {"query": "x", "index": "test-0abc0abc"}, 404),  # allowed (a version), absent
+    ("/search", {"query": "x", "index": "nope"}, 403),  # not in serve.allowed_indices
+    ("/index", {"documents": [{"id": "a", "text": "x"}], "index": "nope"}, 403),
 ]
 
 
