@@ -165,7 +165,8 @@ def test_search_follows_the_alias_across_rollout_and_rollback(
             bad = f"{ALIAS}-{suffix * 12}"
             reader.create(bad)
             reader.add(bad, ["x"], [{"cells": 1.0}], [{"text": "x"}])
-            reader.set_index_meta(bad, {"model_hash": suffix * 64, "model_path": model_path + "/"})
+            meta = {"model_hash": suffix * 64, "model_files_sha256": suffix * 64}
+            reader.set_index_meta(bad, {**meta, "model_path": model_path + "/"})
             ro.swap_alias(reader, ALIAS, bad, [live])
             live = bad
             r = httpx.post(f"{url}/search", json={"query": QUERY}, timeout=120)
@@ -222,15 +223,19 @@ def test_index_router_resolves_caches_and_falls_back(tmp_path):
     indices.meta["kb-aaaaaa"] = {"model_hash": "a", "model_path": "/models/a"}
     assert router.resolve("kb") == IndexRoute("kb-aaaaaa", "", "kb")  # the configured model
     indices.aliases["kb"] = ["kb-bbbbbb"]
-    indices.meta["kb-bbbbbb"] = {"model_hash": "b", "model_path": "/models/b"}
+    indices.meta["kb-bbbbbb"] = {
+        "model_hash": "b",
+        "model_path": "/models/b",
+        "model_files_sha256": "fb",
+    }
     calls = indices.calls
     assert router.resolve("kb") == IndexRoute("kb-aaaaaa", "", "kb")  # cached
     assert indices.calls == calls
     now[0] = 5.1
-    assert router.resolve("kb") == IndexRoute("kb-bbbbbb", "/models/b", "kb", "b")
+    assert router.resolve("kb") == IndexRoute("kb-bbbbbb", "/models/b", "kb", "fb")
     indices.down = True
     now[0] = 20.0
-    assert router.resolve("kb") == IndexRoute("kb-bbbbbb", "/models/b", "kb", "b")  # stale
+    assert router.resolve("kb") == IndexRoute("kb-bbbbbb", "/models/b", "kb", "fb")  # stale
     assert router.resolve("other") == IndexRoute("other")  # nothing known: the name itself
     indices.down = False
     indices.aliases["kb"] = ["kb-cccccc"]  # an alias without _meta: the configured model
@@ -270,8 +275,8 @@ def test_a_served_model_must_be_under_a_root_and_match_its_hash(splade_tiny, tmp
     root.mkdir()
     (root / "link").symlink_to("/etc")
     assert check_model_path(str(root / "link"), [str(root)]) is not None  # a symlink out
-    right = ro.model_hash_from_encoder(load_servable_encoder(cfg, device="cpu"))
-    verify_model_hash(cfg, str(splade_tiny), right)
+    right = ro.model_hash_from_dir(splade_tiny)
+    verify_model_hash(str(splade_tiny), right)
     for wrong in ("0" * 64, None):
-        with pytest.raises(ValueError, match="model_hash|does not match"):
-            verify_model_hash(cfg, str(splade_tiny), wrong)
+        with pytest.raises(ValueError, match="model_files_sha256|is not the index's"):
+            verify_model_hash(str(splade_tiny), wrong)

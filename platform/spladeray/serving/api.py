@@ -189,7 +189,7 @@ class IndexRoute:
     index: str  # the concrete index behind a rollout alias, else the name as given
     model: str = ""  # multiplexed model id (a model path); "" = the configured model
     alias: str | None = None  # the alias ``index`` was resolved through
-    model_hash: str | None = None  # what the index's _meta records for ``model`` (verified)
+    model_hash: str | None = None  # _meta's model_files_sha256 of ``model`` (verified on load)
 
 
 class IndexRouter:
@@ -251,7 +251,7 @@ class IndexRouter:
         path = str(meta.get("model_path") or "")
         if path == self.default_model:
             return IndexRoute(index, "", name)
-        return IndexRoute(index, path, name, meta.get("model_hash"))
+        return IndexRoute(index, path, name, meta.get("model_files_sha256"))
 
 
 @serve.deployment(name="Encoder")

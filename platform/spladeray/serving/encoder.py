@@ -205,7 +205,7 @@ class BatchedEncoder:
         expected = self._expected_hashes.get(model_id)
 
         def load():
-            verify_model_hash(self.cfg, model_id, expected)
+            verify_model_hash(model_id, expected)
             return load_servable_encoder(self.cfg, model_id)
 
         try:

@@ -189,25 +189,25 @@ def check_model_path(path: str, roots: list[str]) -> str | None:
     return f"model path is outside serve.model_roots {roots}"
 
 
-def verify_model_hash(cfg, path: str, expected: str | None) -> None:
-    """Raise ValueError unless the model at ``path``, loaded on the CPU with the ``model:``
-    settings (as ``jobs/index.py --rollout`` did when it recorded the hash), has the SHA-256 of
-    weights and settings that the index's ``_meta.spladeray.model_hash`` records.
+def verify_model_hash(path: str, expected: str | None) -> None:
+    """Raise ValueError unless the files of the model at ``path`` (weights, configs, tokenizer,
+    ``idf.json``; a URI is fetched to the local cache first) have the SHA-256 that the index's
+    ``_meta.spladeray.model_files_sha256`` records (written by ``jobs/index.py --rollout``).
 
-    A second, CPU load of the model: once per new model per replica (the multiplexed LRU keeps
-    it), and the one that hashes exactly what the rollout hashed, whatever device serves it.
+    Files, not the loaded weights: the serving config's ``model:`` overrides (lengths, device,
+    dtype) may differ from the indexing job's without changing which model it is.
     """
-    from spladeray.index.rollout import model_hash_from_encoder
-    from spladeray.model.loading import load_encoder_from_config
+    from spladeray.index.rollout import model_hash_from_dir
+    from spladeray.model.loading import resolve_model_dir
 
     if not expected:
-        raise ValueError("the index records no model_hash to verify the model against")
-    reference = load_encoder_from_config(
-        cfg.model.model_copy(update={"path": path, "device": "cpu"})
-    )
-    actual = model_hash_from_encoder(reference)
+        raise ValueError(
+            "the index records no model_files_sha256 to verify its model against (an index "
+            "rolled out before spladeray recorded it: roll it out again)"
+        )
+    actual = model_hash_from_dir(resolve_model_dir(path))
     if actual != expected:
-        raise ValueError(f"model hash {actual[:12]} does not match the index's {expected[:12]}")
+        raise ValueError(f"model files hash {actual[:12]} is not the index's {expected[:12]}")
 
 
 # --------------------------------------------------------------------------- host and docs gate
