@@ -749,7 +749,8 @@ class ServeConfig(Section):
         None,
         description="directories (or URI prefixes) a rollout alias's _meta.model_path may name; "
         "another model is refused (503) before it loads. Default: the directory that holds "
-        "model.path. A model is also served only if its hash matches the index's _meta",
+        "model.path. A model is also served only if its files hash to the index's "
+        "_meta.model_files_sha256",
     )
     alias_cache_s: float = Field(
         5.0,

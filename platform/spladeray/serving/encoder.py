@@ -25,9 +25,10 @@ model path; ``""`` = the configured model), loads it on first use through Serve'
 ``@serve.multiplexed`` LRU (:data:`MAX_EXTRA_MODELS` per replica; same ``model:`` settings and
 random-head check as the configured model), and splits every batch by model, so one model call
 never mixes models. Such a model is served only from ``serve.model_roots`` and only when its hash
-matches the ``model_hash`` its index records (:meth:`BatchedEncoder.expect`; see
-:mod:`spladeray.serving.security`), so an index's ``_meta`` cannot make a replica load any path. The routes use this to encode with the model that built the index a rollout
-alias points to (see :mod:`spladeray.serving.api`).
+matches the ``model_files_sha256`` its index records (:meth:`BatchedEncoder.expect`; see
+:mod:`spladeray.serving.security`), so an index's ``_meta`` cannot make a replica load any
+path. The routes use this to encode with the model that built the index a rollout alias points
+to (see :mod:`spladeray.serving.api`).
 """
 
 from __future__ import annotations
