@@ -71,11 +71,53 @@ def test_nodes_install_the_package_and_keep_secrets_out(config):
     for needle in ("OPENSEARCH_PASSWORD=", "password:", "aws_secret_access_key"):
         assert needle not in text
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
-    assert any("secrets.env" in c and "ray start" in c for c in starts)
     ray_starts = [c for c in starts if "ray start" in c]
     assert len(ray_starts) == 2
-    assert all("RAY_AUTH_MODE=token" in c and "SPLADERAY_RUNS=s3://" in c for c in ray_starts)
+    # issue 29 item 11: the env files are read literally (never shell-sourced), the bucket
+    # placeholder is written once, the token file is created under umask 077
+    for c in ray_starts:
+        assert "RAY_AUTH_MODE=token" in c and ". ~/.spladeray" not in c
+        assert "spladeray.envfile ~/.spladeray/cluster.env ~/.spladeray/secrets.env --" in c
+    assert "SPLADERAY_RUNS=s3://" in setup and text.count("CHANGE-ME") == 1
+    assert "(umask 077 && mkdir -p ~/.ray" in text
+    policy = json.loads((ROOT / "docs" / "iam-policy.json").read_text())
+    actions = {a for st in policy["Statement"] for a in st["Action"]}
+    assert {"s3:PutObject", "s3:ListBucket", "secretsmanager:GetSecretValue"} <= actions
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
+
+
+def test_env_files_are_read_literally(tmp_path):
+    """A $ or a backtick in a password stays as written (a shell's `. file` would expand it)."""
+    import subprocess
+    import sys
+
+    from spladeray.envfile import parse
+
+    text = "# secrets\nOPENSEARCH_PASSWORD=p$HOME`id`'x\nexport A='quoted $B'\n\nC=\"d\"\n"
+    assert parse(text) == {"OPENSEARCH_PASSWORD": "p$HOME`id`'x", "A": "quoted $B", "C": "d"}
+    with pytest.raises(ValueError, match="f:2: not a KEY=VALUE") as err:
+        parse("A=1\nsecret value without key\n", "f")
+    assert "secret value" not in str(err.value)
+    env = tmp_path / "secrets.env"
+    env.write_text(text)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spladeray.envfile",
+            str(env),
+            str(tmp_path / "missing"),
+            "--",
+            sys.executable,
+            "-c",
+            "import os; print(os.environ['OPENSEARCH_PASSWORD'])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "platform")},
+    )
+    assert out.stdout.strip() == "p$HOME`id`'x"
 
 
 def test_docs_walk_through_the_launch(config):

@@ -265,7 +265,18 @@ def test_real_cluster_round_trip(splade_tiny, tmp_path):
     )
     encoder = SpladeEncoder.from_pretrained(str(splade_tiny))
     result = export_ml_commons(encoder, tmp_path, name=f"spladeray-test-{os.getpid()}")
-    mc = MLCommonsClient(build_client(cfg), poll_interval_s=2.0)
+    client = build_client(cfg)
+    mc = MLCommonsClient(client, poll_interval_s=2.0)
+    # the persistent settings this test changes are put back afterwards (a None resets a key)
+    before = client.cluster.get_settings(flat_settings=True).get("persistent", {})
+    restore = {"persistent": {k: before.get(k) for k in SMALL_CLUSTER_SETTINGS}}
+    try:
+        _round_trip(mc, encoder, result)
+    finally:
+        client.cluster.put_settings(body=restore)
+
+
+def _round_trip(mc, encoder, result) -> None:
     deployed = mc.register_and_deploy(
         result.encoder_zip.register_body,
         zip_path=result.encoder_zip.path,

@@ -379,6 +379,23 @@ def test_preflight_missing_credentials(s3_bucket, monkeypatch, check):
     assert "AWS_ACCESS_KEY_ID" in str(err.value)
 
 
+def test_credential_source_is_botocores_answer_not_a_file_guess(monkeypatch, tmp_path):
+    """Issue 29 item 8: a ~/.aws/config that only sets a region holds no credentials."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    config = tmp_path / "config"
+    config.write_text("[default]\nregion = eu-west-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    assert storage.aws_credential_source() is None
+    config.write_text("[default]\naws_access_key_id = AKID\naws_secret_access_key = s\n")
+    assert storage.aws_credential_source() == "config-file"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKID")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    assert storage.aws_credential_source() == "env"
+
+
 @pytest.mark.parametrize("check", [storage.check_readable, storage.check_writable])
 def test_preflight_missing_bucket(s3, check):
     uri = "s3://spladeray-no-such-bucket/runs/prepared"

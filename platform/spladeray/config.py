@@ -620,6 +620,9 @@ class TrainConfig(Section):
         return warmup if warmup is not None else self.max_steps // 3
 
 
+ROUTES = ["encode", "index", "search"]
+
+
 class ServeConfig(Section):
     """The Ray Serve application (serve/app.py): batching, autoscaling, limits, behaviour.
 
@@ -630,8 +633,6 @@ class ServeConfig(Section):
     most that many HTTP requests, so with one text per request a bigger batch could never fill.
     """
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, gt=0, lt=65536)
     # dynamic batching (texts per model call)
     max_batch_size: int = Field(32, gt=0)
     batch_wait_timeout_s: float = Field(
@@ -717,16 +718,39 @@ class ServeConfig(Section):
         description="/index fails (by id) a document whose stored fields exceed N bytes of JSON",
     )
     bearer_token_env: str | None = Field(
-        None,
+        "SPLADERAY_API_TOKEN",
         description="env var holding a token that the routes in `protect` require "
-        "(Authorization: Bearer)",
+        "(Authorization: Bearer). Unset or empty: the API is open, which only a loopback bind "
+        "allows (one loud log line); any other bind refuses to start (serving/security.py)",
     )
     protect: Annotated[
         list[Literal["index", "search", "encode"]], AfterValidator(lambda r: sorted(set(r)))
     ] = Field(
-        default_factory=lambda: ["index"],
-        description="routes that need the bearer token when bearer_token_env is set: index, "
-        "search, encode (encode also covers the ML Commons _predict routes)",
+        default_factory=lambda: ["encode", "index", "search"],
+        description="routes that need the bearer token: index, search, encode (encode also "
+        "covers the ML Commons _predict routes); all by default",
+    )
+    allowed_indices: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None,
+        description="index names (fnmatch patterns) a request's `index` may give; others get a "
+        "403. Default: index.name, the rollout alias and its versions <alias>-<hex>",
+    )
+    trusted_hosts: list[str] | None = Field(
+        None,
+        description="Host header values (fnmatch patterns, e.g. search.example.com, *.internal) "
+        "the app answers; others get a 400. None: any host",
+    )
+    docs: bool = Field(
+        True,
+        description="/docs and /redoc (Swagger UI and ReDoc, loaded by the browser from a CDN); "
+        "false answers 404 there (/openapi.json stays)",
+    )
+    model_roots: list[str] | None = Field(
+        None,
+        description="directories (or URI prefixes) a rollout alias's _meta.model_path may name; "
+        "another model is refused (503) before it loads. Default: the directory that holds "
+        "model.path. A model is also served only if its files hash to the index's "
+        "_meta.model_files_sha256",
     )
     alias_cache_s: float = Field(
         5.0,
@@ -739,6 +763,13 @@ class ServeConfig(Section):
     @classmethod
     def _removed_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
+            bind = sorted(k for k in ("host", "port") if k in data)
+            if bind:
+                raise ValueError(
+                    f"serve.{bind[0]} was removed: it never set the bind address. That is Serve's "
+                    "http_options (host, port) in serve/config.yaml, or serve.start(http_options="
+                    "...) in Python (docs/serve.md)"
+                )
             gone = sorted(
                 k for k in ("ingress_replicas", "ingress_max_ongoing_requests") if k in data
             )
@@ -770,8 +801,9 @@ class ServeConfig(Section):
     def _check_protect(self) -> ServeConfig:
         if self.bearer_token_env and not self.protect:
             raise ValueError("serve.bearer_token_env is set but serve.protect lists no route")
-        # the default [index] may stand without a token (a dumped config reloads); more may not
-        if not self.bearer_token_env and set(self.protect) - {"index"}:
+        # without a token env the defaults (all routes, or the old [index]) may stand, so that a
+        # dumped config reloads; another explicit list would protect nothing
+        if not self.bearer_token_env and self.protect not in (list(ROUTES), ["index"]):
             raise ValueError(
                 f"serve.protect lists {self.protect} but serve.bearer_token_env is not set, "
                 "so nothing would be protected"

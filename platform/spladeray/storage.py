@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import tempfile
-import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -449,9 +448,9 @@ def _check_bucket(uri: str, fs: pafs.FileSystem, path: str) -> None:
         return
     if isinstance(fs, pafs.S3FileSystem) and aws_credential_source() is None:
         raise StorageError(
-            f"no AWS credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-            "(and AWS_SESSION_TOKEN for temporary ones), AWS_PROFILE, or run on a node with an "
-            "instance role"
+            f"no AWS credentials for {uri} (botocore's credential chain found none): set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary "
+            "ones), AWS_PROFILE, a web identity (IRSA), or run on a node with an instance role"
         )
     bucket = path.split("/", 1)[0]
     where = f" at {_s3_endpoint()}" if isinstance(fs, pafs.S3FileSystem) and _s3_endpoint() else ""
@@ -484,52 +483,18 @@ def _nearby(uri: str, fs: pafs.FileSystem, path: str, limit: int = 8) -> str:
 
 
 def aws_credential_source() -> str | None:
-    """Where the AWS SDK will find credentials, or None when it will find none.
+    """How botocore's credential chain resolves credentials on this node (its ``method``:
+    ``env``, ``shared-credentials-file``, ``config-file``, ``assume-role-with-web-identity``,
+    ``container-role``, ``iam-role``, ...), or None when it resolves none.
 
-    Checks, in the SDK's order: the ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` pair, web
-    identity, container credentials, the shared credentials/config files (``AWS_PROFILE``), and
-    an EC2 instance role (skipped with ``AWS_EC2_METADATA_DISABLED=true``).
+    The SDK's own chain answers, not a guess from which files exist: a ``~/.aws/config`` that only
+    sets a region holds no credentials. pyarrow's S3 filesystem resolves (and refreshes) the
+    credentials itself; this only lets the preflight fail early with a clear message.
     """
-    env = os.environ
-    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        return "environment"
-    if env.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
-        return "web identity"
-    if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get(
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI"
-    ):
-        return "container"
-    for var, default in (
-        ("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
-        ("AWS_CONFIG_FILE", "config"),
-    ):
-        if Path(env.get(var) or Path.home() / ".aws" / default).expanduser().is_file():
-            return "shared credentials file"
-    if env.get("AWS_EC2_METADATA_DISABLED", "").lower() != "true" and _has_instance_role():
-        return "instance role"
-    return None
+    import botocore.session
 
-
-@functools.lru_cache(maxsize=1)
-def _has_instance_role(timeout_s: float = 1.0) -> bool:
-    """True when the EC2 metadata service (IMDSv2) offers a role to this node."""
-    base = "http://169.254.169.254/latest"
-    try:
-        token_req = urllib.request.Request(
-            f"{base}/api/token",
-            method="PUT",
-            headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
-        )
-        with urllib.request.urlopen(token_req, timeout=timeout_s) as r:
-            token = r.read().decode()
-        role_req = urllib.request.Request(
-            f"{base}/meta-data/iam/security-credentials/",
-            headers={"X-aws-ec2-metadata-token": token},
-        )
-        with urllib.request.urlopen(role_req, timeout=timeout_s) as r:
-            return bool(r.read().strip())
-    except OSError:
-        return False
+    credentials = botocore.session.Session().get_credentials()
+    return None if credentials is None else str(credentials.method)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -85,6 +85,25 @@ def test_create_bulk_overwrite_count_get(opensearch_url, index_name):
     assert not index.exists(index_name)
 
 
+def test_extra_fields_are_stored_but_never_mapped(opensearch_url, index_name):
+    """Issue 29 item 7: dynamic: false. A client's field names (/index passes extra fields
+    through) stay in _source and come back with a hit, but add no field to the mapping, so random
+    names cannot push the index past its field limit."""
+    index = make_index(opensearch_url)
+    index.create(index_name)
+    extras = [
+        {"text": f"text {i}", f"random_field_{i}": i, "nested": {f"k{i}": "v"}} for i in range(20)
+    ]
+    result = index.add(index_name, [f"d{i}" for i in range(20)], random_vectors(20), extras)
+    assert result.indexed == 20 and not result.failed
+    index.refresh(index_name)
+    mapping = index.client.indices.get_mapping(index=index_name)[index_name]["mappings"]
+    assert mapping["dynamic"] in (False, "false")
+    assert set(mapping["properties"]) == {"sparse", "title", "text"}
+    source = index.client.get(index=index_name, id="d3")["_source"]
+    assert source["random_field_3"] == 3 and source["nested"] == {"k3": "v"}
+
+
 def test_search_order_equals_brute_force(opensearch_url, index_name):
     index = make_index(opensearch_url, chunk_size=7)  # several bulk chunks
     vectors = random_vectors(60, seed=1)
@@ -288,6 +307,19 @@ def test_rank_feature_query_body():
     assert OpenSearchIndex(None).query_body({"x": 0.0}, 3)["query"] == {"match_none": {}}
 
 
+def test_basic_auth_over_plain_http_warns(caplog):
+    """Issue 29 item 9: the password would cross the network unencrypted."""
+    env = {"OPENSEARCH_USERNAME": "u", "OPENSEARCH_PASSWORD": "p4ss-word"}
+    with caplog.at_level(logging.WARNING):
+        build_client(OpenSearchConfig(hosts=["http://search.internal:9200"]), environ=env)
+    assert "over plain http://" in caplog.text and "p4ss-word" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        build_client(OpenSearchConfig(hosts=["https://search.internal:9200"]), environ=env)
+        build_client(OpenSearchConfig(hosts=["http://search.internal:9200"]), environ={})
+    assert "plain http" not in caplog.text
+
+
 def test_connection_security(caplog, monkeypatch):
     secret = "s3cr3t-pa55"
     monkeypatch.setenv("OS_USER", "admin")
@@ -312,8 +344,33 @@ def test_connection_security(caplog, monkeypatch):
         build_client(cfg)
 
 
+def test_aws_sigv4_uses_botocores_credential_chain(monkeypatch, tmp_path):
+    """Issue 29 item 8: with no keys in the environment, botocore's chain answers (here from a
+    shared credentials file, the chain's real code); each request is signed with the
+    credentials' current frozen copy, so refreshable role credentials are renewed."""
+    import requests
+    from opensearchpy import RequestsAWSV4SignerAuth
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    creds = tmp_path / "credentials"
+    creds.write_text("[default]\naws_access_key_id = AKIDFROMFILE\naws_secret_access_key = s3\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    cfg = OpenSearchConfig(
+        hosts=["https://search.example.com:443"], aws_sigv4=True, aws_region="eu-west-1"
+    )
+    auth = build_client(cfg).transport.get_connection().session.auth
+    assert isinstance(auth, RequestsAWSV4SignerAuth)
+    assert auth.signer.credentials.method == "shared-credentials-file"
+    signed = auth(requests.Request("GET", "https://search.example.com/_cluster/health").prepare())
+    assert "Credential=AKIDFROMFILE/" in signed.headers["Authorization"]
+    assert "/eu-west-1/es/aws4_request" in signed.headers["Authorization"]
+
+
 def test_aws_sigv4_reads_credentials_from_environment(monkeypatch):
-    from requests_aws4auth import AWS4Auth
+    from opensearchpy import RequestsAWSV4SignerAuth
 
     cfg = OpenSearchConfig(
         hosts=["https://search.example.com:443"], aws_sigv4=True, aws_region="eu-west-1"
@@ -324,5 +381,7 @@ def test_aws_sigv4_reads_credentials_from_environment(monkeypatch):
         cfg, environ={"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "x" * 20}
     )
     auth = client.transport.get_connection().session.auth
-    assert isinstance(auth, AWS4Auth) and auth.region == "eu-west-1" and auth.service == "es"
+    assert isinstance(auth, RequestsAWSV4SignerAuth)
+    assert auth.signer.region == "eu-west-1" and auth.service == "es"
+    assert auth.signer.credentials.access_key == "AKIDEXAMPLE"
     assert math.isfinite(cfg.timeout_s)

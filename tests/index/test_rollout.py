@@ -172,6 +172,35 @@ def test_old_versions_are_pruned_but_never_the_live_one(client):
         rollback(index, ALIAS)
 
 
+def test_a_foreign_index_that_looks_like_a_version_is_never_pruned(client):
+    """Issue 29 item 4: ``docs-20251207`` (a daily index) and ``docs-abcdef`` without our
+    ``_meta`` match ``<alias>-<hex>`` but are not ours: pruning (keep_previous=0) leaves them,
+    and rollback neither picks nor accepts them."""
+    foreign = ["docs-20251207", "docs-abcdef"]
+    for name in foreign:
+        client.indices.create(index=name, body={"mappings": {"_meta": {"owner": "logs"}}})
+        client.index(index=name, id="x", body={"message": "not ours"}, refresh=True)
+    index, _ = make_build(client, "m")
+    for h in (HASH_A, HASH_B):
+        _, build = make_build(client, f"model_{h[0]}")
+        res = rollout(
+            index, ALIAS, h, build=build, expected_count=N, create=index.create, keep_previous=0
+        )
+    assert res.deleted == [versioned_name(ALIAS, HASH_A)]
+    for name in foreign:
+        assert client.count(index=name)["count"] == 1
+    kept = {v["index"]: v["ours"] for v in list_versions(index, ALIAS)}
+    assert kept == {
+        "docs-20251207": False,
+        "docs-abcdef": False,
+        versioned_name(ALIAS, HASH_B): True,
+    }
+    with pytest.raises(RolloutError, match="nothing to roll back to"):
+        rollback(index, ALIAS)
+    with pytest.raises(RolloutError, match="not a kept version"):
+        rollback(index, ALIAS, to_index="docs-20251207")
+
+
 def test_readers_never_see_a_gap_during_the_swap(client):
     index, build_a = make_build(client, "model_a")
     rollout(index, ALIAS, HASH_A, build=build_a, expected_count=N, create=index.create)

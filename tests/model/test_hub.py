@@ -66,6 +66,24 @@ def test_hf_directory_loads_with_sparse_encoder_and_card_parses(encoder, tmp_pat
     assert np.abs(theirs - encoder.encode_documents_csr(texts).toarray()).max() < 1e-4
 
 
+def test_card_redacts_credentials_in_the_training_config(encoder, tmp_path, monkeypatch):
+    """Issue 29 item 12: a ${VAR} secret, a URL password, a pre-signed URL and a key named like
+    a credential never reach the published card."""
+    monkeypatch.setenv("HF_TOKEN", "hf_s3cretTokenValue")
+    config = {
+        "output_dir": "s3://b/runs?X-Amz-Signature=sig123",
+        "mlflow": {"tracking_uri": "https://bob:pw-secret1@mlflow.example"},
+        "name": "run-hf_s3cretTokenValue",
+        "hub": {"token": "another-secret-value", "token_env": "HF_TOKEN"},
+        "max_steps": 20,
+    }
+    readme = export_hf(encoder, tmp_path / "hf", name="n", train_config=config) / "README.md"
+    text = readme.read_text()
+    for secret in ("sig123", "pw-secret1", "bob", "hf_s3cretTokenValue", "another-secret-value"):
+        assert secret not in text
+    assert "max_steps: 20" in text and "token_env: HF_TOKEN" in text
+
+
 def test_card_without_report_says_not_evaluated(encoder, tmp_path):
     out = export_hf(encoder, tmp_path / "hf", name="splade-tiny")
     readme = (out / "README.md").read_text()

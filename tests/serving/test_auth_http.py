@@ -1,6 +1,6 @@
-"""The bearer token over real HTTP (issue 14, item 2).
+"""The bearer token over real HTTP (issue 14, item 2; issue 29: every route by default).
 
-The app protects every route it can (``serve.protect: [index, search, encode]``): a missing or
+The app protects every route by default (``serve.protect`` defaults to all of them): a missing or
 wrong token is a 401, the right one a 200, and a token in the query string is refused even when
 it is the right one. The token is never in a response body or header, nor in any log file of
 the Ray session (the replicas', the proxy's, the controller's).
@@ -12,17 +12,14 @@ at collection, before the session's Ray cluster starts, so the raylet and every 
 
 from __future__ import annotations
 
-import os
-import secrets
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 from fixtures_osmem import serve_config, wait_healthy
+from serve_auth import TOKEN, TOKEN_ENV
 
-TOKEN_ENV = "SPLADERAY_TEST_AUTH_TOKEN"
-TOKEN = os.environ.setdefault(TOKEN_ENV, "sr-test-" + secrets.token_hex(16))
 APP = "spladeray-auth"
 PREFIX = "/auth"
 GOOD = {"authorization": f"Bearer {TOKEN}"}
@@ -51,12 +48,13 @@ def app(ray_cluster, serve_url, splade_tiny, tmp_path_factory):
 
     from spladeray.serving.app import build_app
 
-    cfg = serve_config(
+    cfg = serve_config(  # serve.protect left at its default: every route
         splade_tiny,
         tmp_path_factory.mktemp("index"),
         bearer_token_env=TOKEN_ENV,
-        protect=["index", "search", "encode"],
+        env_vars={"OMP_WAIT_POLICY": "PASSIVE", "HF_TOKEN": "hf_secret_value_not_for_healthz"},
     )
+    assert cfg.serve.protect == ["encode", "index", "search"]
     assert TOKEN not in cfg.model_dump_json()
     serve._run(build_app(cfg), _blocking=False, name=APP, route_prefix=PREFIX)
     url = serve_url + PREFIX
@@ -95,6 +93,38 @@ def test_right_token_is_200_and_health_stays_open(app):
     assert [h["id"] for h in hits] == ["a1"]
     assert httpx.get(f"{app['url']}/healthz").status_code == 200
     assert httpx.get(f"{app['url']}/docs").status_code == 200
+
+
+def test_healthz_names_env_keys_only_and_path_and_pid_need_the_token(app):
+    """Issue 29 item 3: serve.env_vars values never; the model path and pid with the token."""
+    anonymous = httpx.get(f"{app['url']}/healthz")
+    authed = httpx.get(f"{app['url']}/healthz", headers=GOOD)
+    app["responses"] += [anonymous, authed]
+    for r in (anonymous, authed):
+        assert r.status_code == 200
+        assert "hf_secret_value_not_for_healthz" not in r.text and "PASSIVE" not in r.text
+        assert r.json()["encoder"]["env"] == ["HF_TOKEN", "OMP_WAIT_POLICY"]
+    assert "pid" not in anonymous.json()["encoder"] and "model" not in anonymous.json()["encoder"]
+    assert "splade-tiny" not in anonymous.text
+    assert isinstance(authed.json()["encoder"]["pid"], int)
+    assert authed.json()["encoder"]["model"].endswith("splade-tiny")
+
+
+def test_an_index_outside_allowed_indices_is_403_naming_the_setting(app):
+    """Issue 29 item 2: with the right token, /index and /search may still name only the
+    configured index, its alias and versions; nothing is created or read elsewhere."""
+    for route, body in (
+        ("/index", {**DOC, "index": "someone-elses"}),
+        ("/search", {"query": "what produces ATP", "index": "someone-elses"}),
+        ("/search", {"query": "what produces ATP", "index": "test-2025x"}),  # not a version
+    ):
+        r = _post(app, route, body, GOOD)
+        assert r.status_code == 403, r.text[:300]
+        assert "serve.allowed_indices" in r.json()["error"]
+    version = _post(app, "/index", {**DOC, "index": "test-0123456789ab"}, GOOD)
+    assert version.status_code == 200 and version.json()["indexed"] == 1
+    r = _post(app, "/search", {"query": "what produces ATP", "index": "someone-elses"}, GOOD)
+    assert r.status_code == 403  # still refused after a write elsewhere was refused
 
 
 @pytest.mark.parametrize("param", ["token", "access_token"])

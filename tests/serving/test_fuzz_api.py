@@ -15,6 +15,9 @@ request has a 60 s timeout instead, and the test a pytest timeout.
 Real HTTP rather than in-process ASGI: the routes are methods of a Serve deployment (the ingress
 calls the encoder deployment through a handle), so only Serve runs the same code as production;
 the whole run takes seconds on a tiny model.
+
+Auth is on, as in production (issue 29): the app requires ``$SPLADERAY_TEST_AUTH_TOKEN`` on every
+route (``serve_auth.py``) and every case sends it; the 401 without it is checked separately.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from serve_auth import AUTH, TOKEN_ENV
 
 APP = "spladeray-fuzz"
 EXAMPLES = 25
@@ -62,7 +66,9 @@ def fuzz_url(ray_cluster, serve_url, splade_tiny, tmp_path_factory):
 
     from spladeray.serving.app import build_app
 
-    cfg = serve_config(splade_tiny, tmp_path_factory.mktemp("fuzz-index"))
+    cfg = serve_config(
+        splade_tiny, tmp_path_factory.mktemp("fuzz-index"), bearer_token_env=TOKEN_ENV
+    )
     serve.run(build_app(cfg, check_model=False), name=APP, route_prefix="/fuzz")
     url = f"{serve_url}/fuzz"
     wait_healthy(url)
@@ -70,7 +76,8 @@ def fuzz_url(ray_cluster, serve_url, splade_tiny, tmp_path_factory):
         {"id": f"d{i}", "title": t, "text": f"{t} in cells and tissues"}
         for i, t in enumerate(["insulin", "neurons", "ribosomes", "vitamin d"])
     ]
-    assert httpx.post(f"{url}/index", json={"documents": docs}, timeout=120).status_code == 200
+    r = httpx.post(f"{url}/index", json={"documents": docs}, headers=AUTH, timeout=120)
+    assert r.status_code == 200
     yield url
     print("\nfuzz cases per operation:", dict(sorted(CASES.items())))
     print("statuses:", dict(sorted(STATUSES.items())))
@@ -118,7 +125,7 @@ def test_api_conforms_to_its_openapi_document(api_schema, label, mode):
     )
     @given(strategy)
     def run(case):
-        response = case.call_and_validate(checks=CHECKS, timeout=60)
+        response = case.call_and_validate(checks=CHECKS, timeout=60, headers=AUTH)
         CASES[f"{label} {mode.value}"] += 1
         STATUSES[f"{label} {response.status_code}"] += 1
 
@@ -132,6 +139,9 @@ def test_the_document_declares_every_route_and_error(fuzz_url):
         assert {"200", "400", "401", "413", "422", "503"} <= set(paths[route]["post"]["responses"])
         assert "Retry-After" in paths[route]["post"]["responses"]["503"]["headers"]
     assert set(paths["/healthz"]["get"]["responses"]) == {"200", "503"}
+    assert "403" in paths["/index"]["post"]["responses"]
+    r = httpx.post(f"{fuzz_url}/encode", json={"texts": ["a"]}, timeout=60)  # no token
+    assert r.status_code == 401 and r.json()["error"]
     ml = [p for p in paths if p.startswith("/_plugins/_ml/_predict/")]
     assert len(ml) == 2
     assert "ErrorResponse" in doc["components"]["schemas"]
@@ -150,7 +160,10 @@ def test_the_document_declares_every_route_and_error(fuzz_url):
 )
 def test_bodies_no_utf8_can_carry_are_4xx_or_failed_by_id(fuzz_url, route, raw, status):
     r = httpx.post(
-        f"{fuzz_url}{route}", content=raw, headers={"content-type": "application/json"}, timeout=60
+        f"{fuzz_url}{route}",
+        content=raw,
+        headers={"content-type": "application/json", **AUTH},
+        timeout=60,
     )
     assert r.status_code == status, r.text
     body = r.json()

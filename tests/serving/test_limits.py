@@ -123,14 +123,14 @@ def test_pruned_query_is_answered_by_opensearch(osmem):
 
 def test_serve_config_limits_and_protect():
     cfg = ServeConfig()
-    assert cfg.max_query_terms == 1024 and cfg.protect == ["index"]
+    assert cfg.max_query_terms == 1024 and cfg.protect == ["encode", "index", "search"]
     assert ServeConfig(bearer_token_env="T", protect=["search", "index", "search"]).protect == [
         "index",
         "search",
     ]
     for bad in (
         {"protect": ["docs"]},
-        {"protect": ["search"]},  # no token to protect it with
+        {"bearer_token_env": None, "protect": ["search"]},  # no token to protect it with
         {"bearer_token_env": "T", "protect": []},
         {"max_query_terms": 0},
         {"max_document_bytes": 0},

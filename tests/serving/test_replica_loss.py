@@ -23,6 +23,7 @@ from collections import Counter
 import httpx
 import pytest
 from fixtures_osmem import serve_config, wait_healthy
+from serve_auth import AUTH, TOKEN_ENV
 
 APP = "spladeray-kill"
 PREFIX = "/kill"
@@ -87,6 +88,7 @@ def kill_app(ray_cluster, serve_url, osmem, splade_tiny, tmp_path):
         health_check_period_s=1.0,
         max_ongoing_requests=32,
         target_ongoing_requests=16,
+        bearer_token_env=TOKEN_ENV,  # auth on, as in production: every request sends the token
     )
     gate = tmp_path / "gate"
     gate.touch()
@@ -110,7 +112,7 @@ async def _burst(url: str, gate, results: list, health: list) -> tuple[str, int]
         queue.put_nowait(i)
     enough = asyncio.Event()
     limits = httpx.Limits(max_connections=CONCURRENCY + 4)
-    async with httpx.AsyncClient(limits=limits, timeout=BOUND_S) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=BOUND_S, headers=AUTH) as client:
         before = (await client.get(f"{url}/healthz")).json()["encoder"]["pid"]
 
         async def worker() -> None:
@@ -150,7 +152,7 @@ def test_replica_killed_under_load(kill_app):
     from opensearchpy import OpenSearch
 
     url = kill_app["url"]
-    r = httpx.post(f"{url}/index", json={"documents": SEED_DOCS}, timeout=60)
+    r = httpx.post(f"{url}/index", json={"documents": SEED_DOCS}, headers=AUTH, timeout=60)
     assert r.status_code == 200 and r.json()["indexed"] == len(SEED_DOCS), r.text
     results: list = []
     health: list = []
@@ -199,7 +201,7 @@ def test_replica_killed_under_load(kill_app):
     # the client retries each failed batch with the same ids, until it is accepted
     for ids in retry:
         docs = [{"id": d, "text": f"Document {d} about cells, proteins and energy."} for d in ids]
-        r = httpx.post(f"{url}/index", json={"documents": docs}, timeout=BOUND_S)
+        r = httpx.post(f"{url}/index", json={"documents": docs}, headers=AUTH, timeout=BOUND_S)
         assert r.status_code == 200 and r.json()["indexed"] == BATCH, r.text
     client.indices.refresh(index=INDEX)
     sent = {d for _, _, _, ids, _ in results for d in ids} | {d["id"] for d in SEED_DOCS}

@@ -188,3 +188,137 @@ def test_ray_cluster_config_and_docs_hold_no_secret():
         text = path.read_text()
         assert "OPENSEARCH_PASSWORD=" not in text.replace("OPENSEARCH_PASSWORD=...", "")
         assert "runtime-env-json" not in text or "visible" in text
+
+
+# ---------------------------------------------------------------------------- issue 29: defaults
+def test_the_default_config_protects_every_route_with_a_named_token_env():
+    from spladeray.config import ServeConfig, load_config
+
+    assert ServeConfig().protect == ["encode", "index", "search"]
+    assert ServeConfig().bearer_token_env == "SPLADERAY_API_TOKEN"
+    shipped = load_config(ROOT / "configs" / "serve.yaml").serve
+    assert shipped.bearer_token_env == "SPLADERAY_API_TOKEN"
+    assert shipped.protect == ["encode", "index", "search"]
+    for key, value in (("host", "0.0.0.0"), ("port", 8000)):  # never read: removed, with a hint
+        with pytest.raises(ConfigError, match="http_options"):
+            parse_config({"model": {"path": "m"}, "serve": {key: value}})
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.7", False),
+        ("search.internal", False),
+        (None, False),  # unknown: fail closed
+    ],
+)
+def test_an_open_api_is_refused_on_a_non_loopback_bind(host, loopback, caplog):
+    """Issue 29 item 1: no token -> open (one loud WARNING line) on loopback, refused elsewhere;
+    a token set -> the protected routes need it, whatever the bind."""
+    from spladeray.config import ServeConfig
+    from spladeray.serving.security import InsecureBindError, resolve_access
+
+    cfg = ServeConfig()
+    caplog.set_level(logging.WARNING, logger="spladeray.serving.security")
+    for environ in ({}, {"SPLADERAY_API_TOKEN": ""}):
+        if loopback:
+            access = resolve_access(cfg, host, environ)
+            assert access.token is None and access.protected == frozenset()
+        else:
+            with pytest.raises(InsecureBindError, match="SPLADERAY_API_TOKEN"):
+                resolve_access(cfg, host, environ)
+    loud = [r for r in caplog.records if "API OPEN" in r.getMessage()]
+    assert len(loud) == (2 if loopback else 0)
+    access = resolve_access(cfg, host, {"SPLADERAY_API_TOKEN": SECRET})
+    assert access.token == SECRET.encode()
+    assert access.protected == frozenset({"encode", "index", "search"})
+    assert SECRET not in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pydantic v1-style fields in ray.serve
+def test_a_replica_on_a_public_bind_without_token_refuses_before_loading(monkeypatch):
+    """The ingress asks Serve for its bind (here: 0.0.0.0) and fails before any model loads."""
+    from spladeray.serving import api
+    from spladeray.serving.security import InsecureBindError
+
+    ingress = api.EncoderIngress.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper
+    assert ingress.__name__ == "EncoderIngress"
+    names = ingress.__init__.__globals__  # Serve's ingress holds a copy of the module's globals
+    monkeypatch.setitem(names, "proxy_bind_host", lambda: "0.0.0.0")
+    monkeypatch.setitem(names, "BatchedEncoder", lambda *a: pytest.fail("the model was loaded"))
+    cfg = parse_config({"model": {"path": "m"}})
+    with pytest.raises(InsecureBindError, match="refusing to serve an open API on 0.0.0.0"):
+        ingress.__init__(object.__new__(ingress), cfg)
+
+
+def test_allowed_indices_default_and_explicit():
+    """Issue 29 item 2: index.name, the rollout alias and <alias>-<hex> versions by default."""
+    from spladeray.serving.security import IndexAllowList
+
+    cfg = parse_config({"model": {"path": "m"}, "index": {"name": "docs"}})
+    allow = IndexAllowList(cfg.index, cfg.serve.allowed_indices)
+    for name in ("docs", "docs-0123abcd", "docs-" + "f" * 64):
+        assert allow.refusal(name) is None
+    for name in ("other", "docs-logs", "docs-12345", "docs2", "docs-0123abcd-x"):
+        assert "serve.allowed_indices" in allow.refusal(name)
+    cfg = parse_config(
+        {
+            "model": {"path": "m"},
+            "index": {"name": "docs", "rollout": {"alias": "live"}},
+            "serve": {"allowed_indices": ["docs", "tenant-*"]},
+        }
+    )
+    allow = IndexAllowList(cfg.index, cfg.serve.allowed_indices)
+    assert allow.refusal("tenant-a") is None and allow.refusal("live") is not None
+    assert IndexAllowList(cfg.index, None).refusal("live-abcdef") is None
+
+
+def test_error_ids_keep_backend_detail_out_of_the_message(caplog):
+    """Issue 29 item 10: a 503's message has an id; hosts and paths are only in the log."""
+    from spladeray.serving.security import incident
+
+    caplog.set_level(logging.WARNING, logger="spladeray.serving.security")
+    detail = "ConnectionError(https://search.internal:9200) /models/secret-path"
+    message = incident("the index backend is unavailable", RuntimeError(detail))
+    assert "search.internal" not in message and "secret-path" not in message
+    error_id = message.split("error id ")[1].split(";")[0]
+    assert any(error_id in r.getMessage() and detail in r.getMessage() for r in caplog.records)
+
+
+def test_trusted_hosts_and_docs_switch():
+    """Issue 29 item 13: serve.trusted_hosts (400 for another Host), serve.docs: false (404 on
+    /docs and /redoc, which load a CDN's scripts); the defaults let everything through."""
+    import asyncio
+
+    import httpx
+
+    from spladeray.serving.security import RequestGate
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def get(settings, path, host):
+        transport = httpx.ASGITransport(app=RequestGate(app, lambda: settings))
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+            return await client.get(path, headers={"host": host})
+
+    def status(settings, path="/healthz", host="search.example.com"):
+        return asyncio.run(get(settings, path, host)).status_code
+
+    assert status((None, True)) == 200 and status((None, True), "/docs") == 200
+    assert status((["search.example.com", "*.internal"], True)) == 200
+    assert status((["search.example.com", "*.internal"], True), host="a.internal:8000") == 200
+    r = asyncio.run(get((["search.example.com"], True), "/healthz", "evil.example"))
+    assert r.status_code == 400 and "serve.trusted_hosts" in r.json()["error"]
+    for path in ("/docs", "/redoc"):
+        assert status((None, False), path) == 404
+    assert status((None, False), "/openapi.json") == 200
+    parse_config({"model": {"path": "m"}, "serve": {"trusted_hosts": ["a"], "docs": False}})

@@ -106,7 +106,13 @@ def test_search_follows_the_alias_across_rollout_and_rollback(
         first = run_rollout(_rollout_cfg(clone.url, beir, splade_tiny))
         assert first["swapped"]
         index = {"backend": "opensearch", "name": ALIAS, "opensearch": _os(clone.url)}
-        cfg = serve_config(splade_tiny, tmp_path / "unused", index=index, alias_cache_s=0)
+        cfg = serve_config(  # model B is saved under tmp_path: a model root of this app
+            splade_tiny,
+            tmp_path / "unused",
+            index=index,
+            alias_cache_s=0,
+            model_roots=[str(tmp_path)],
+        )
         serve.run(build_app(cfg, check_model=False), name=APP, route_prefix="/rollout")
         url = f"{serve_url}/rollout"
         wait_healthy(url)
@@ -148,17 +154,24 @@ def test_search_follows_the_alias_across_rollout_and_rollback(
         _assert_same_vector(body["query_tokens"], qa)
         _check_scores(body, reader, qa)
 
-        # an index whose model fails the random-head check is refused (503), not served
-        bad = f"{ALIAS}-{'e' * 12}"
-        reader.create(bad)
-        reader.add(bad, ["x"], [{"cells": 1.0}], [{"text": "x"}])
-        reader.set_index_meta(
-            bad,
-            {"model_hash": "e" * 64, "model_path": str(_random_head(tmp_path / "rh", splade_tiny))},
-        )
-        ro.swap_alias(reader, ALIAS, bad, [first["index"]])
-        r = httpx.post(f"{url}/search", json={"query": QUERY}, timeout=120)
-        assert r.status_code == 503 and "random" in r.json()["error"].lower(), r.text
+        # issue 29 item 6: an index whose _meta names a model outside serve.model_roots, or a
+        # model whose hash is not the recorded one, is refused (503 with an error id and no
+        # path), not served
+        live = first["index"]
+        for suffix, model_path in (
+            ("e", str(splade_tiny)),  # the configured model is under no root of this app ...
+            ("f", str(_random_head(tmp_path / "rh", splade_tiny))),  # ... this one's hash is off
+        ):
+            bad = f"{ALIAS}-{suffix * 12}"
+            reader.create(bad)
+            reader.add(bad, ["x"], [{"cells": 1.0}], [{"text": "x"}])
+            meta = {"model_hash": suffix * 64, "model_files_sha256": suffix * 64}
+            reader.set_index_meta(bad, {**meta, "model_path": model_path + "/"})
+            ro.swap_alias(reader, ALIAS, bad, [live])
+            live = bad
+            r = httpx.post(f"{url}/search", json={"query": QUERY}, timeout=120)
+            assert r.status_code == 503 and "error id" in r.json()["error"], r.text
+            assert str(tmp_path) not in r.text and "splade-tiny" not in r.text
     finally:
         serve.delete(APP)
         clone.close()
@@ -210,21 +223,29 @@ def test_index_router_resolves_caches_and_falls_back(tmp_path):
     indices.meta["kb-aaaaaa"] = {"model_hash": "a", "model_path": "/models/a"}
     assert router.resolve("kb") == IndexRoute("kb-aaaaaa", "", "kb")  # the configured model
     indices.aliases["kb"] = ["kb-bbbbbb"]
-    indices.meta["kb-bbbbbb"] = {"model_hash": "b", "model_path": "/models/b"}
+    indices.meta["kb-bbbbbb"] = {
+        "model_hash": "b",
+        "model_path": "/models/b",
+        "model_files_sha256": "fb",
+    }
     calls = indices.calls
     assert router.resolve("kb") == IndexRoute("kb-aaaaaa", "", "kb")  # cached
     assert indices.calls == calls
     now[0] = 5.1
-    assert router.resolve("kb") == IndexRoute("kb-bbbbbb", "/models/b", "kb")
+    assert router.resolve("kb") == IndexRoute("kb-bbbbbb", "/models/b", "kb", "fb")
     indices.down = True
     now[0] = 20.0
-    assert router.resolve("kb") == IndexRoute("kb-bbbbbb", "/models/b", "kb")  # stale, reused
+    assert router.resolve("kb") == IndexRoute("kb-bbbbbb", "/models/b", "kb", "fb")  # stale
     assert router.resolve("other") == IndexRoute("other")  # nothing known: the name itself
     indices.down = False
     indices.aliases["kb"] = ["kb-cccccc"]  # an alias without _meta: the configured model
     assert router.resolve("kb") == IndexRoute("kb-cccccc", "", "kb")
     indices.aliases["multi"] = ["x1", "x2"]  # several targets: not a rollout alias
     assert router.resolve("multi") == IndexRoute("multi")
+    router.max_entries = 3  # bounded (issue 29 item 13): the oldest name is dropped
+    for name in ("n1", "n2", "n3", "n4"):
+        router.resolve(name)
+    assert len(router._cache) == 3 and "n4" in router._cache
     local = LocalIndex(tmp_path)  # the embedded index has no aliases
     assert IndexRouter(local, "/models/a", 5.0).resolve("kb") == IndexRoute("kb")
 
@@ -239,3 +260,23 @@ def test_model_by_path_gets_the_random_head_check(splade_tiny, tmp_path):
         update={"model": cfg.model.model_copy(update={"allow_random_head": True})}
     )
     assert load_servable_encoder(allowed, str(tmp_path / "rh")).random_head
+
+
+def test_a_served_model_must_be_under_a_root_and_match_its_hash(splade_tiny, tmp_path):
+    """Issue 29 item 6, without Ray: the root check (symlinks and .. resolved) and the hash."""
+    from spladeray.serving.security import check_model_path, model_roots, verify_model_hash
+
+    cfg = serve_config(splade_tiny, tmp_path)
+    assert model_roots(cfg) == [str(splade_tiny.parent)]
+    assert check_model_path(str(splade_tiny), model_roots(cfg)) is None
+    for outside in ("/etc", f"{splade_tiny.parent}/../../../etc", f"{splade_tiny.parent}x/m"):
+        assert "serve.model_roots" in check_model_path(outside, model_roots(cfg))
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link").symlink_to("/etc")
+    assert check_model_path(str(root / "link"), [str(root)]) is not None  # a symlink out
+    right = ro.model_hash_from_dir(splade_tiny)
+    verify_model_hash(str(splade_tiny), right)
+    for wrong in ("0" * 64, None):
+        with pytest.raises(ValueError, match="model_files_sha256|is not the index's"):
+            verify_model_hash(str(splade_tiny), wrong)

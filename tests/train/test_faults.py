@@ -144,6 +144,58 @@ def test_manifest_detects_truncation_and_corruption_and_old_checkpoints_load(tmp
     assert torch.equal(untouched.weight, before)
 
 
+class _RunsCode:
+    """A pickled object whose unpickling would run code (here: create a marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickled_checkpoint_is_refused_and_its_code_never_runs(tmp_path):
+    """train_state.pt and rng_rank0.pt load with weights_only=True (issue 29, item 5): a file that
+    carries an arbitrary object is CheckpointCorrupt and the object's code does not run, even when
+    its manifest matches (a writer of the prefix can rewrite the manifest too)."""
+    import random
+
+    import numpy as np
+
+    from spladeray.train.checkpoint import (
+        STATE_FILE,
+        CheckpointCorrupt,
+        load_checkpoint,
+        read_checkpoint,
+        rng_file,
+        write_manifest,
+    )
+
+    good = tmp_path / "good"
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    save_tiny(good, 3)
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    restore_into(good)  # restores the RNG states saved as tensors and tuples
+    assert (random.random(), np.random.rand()) == expected[:2]
+    assert torch.equal(torch.rand(1), expected[2])
+
+    for name in (STATE_FILE, rng_file(0)):
+        bad = tmp_path / name.replace(".", "_")
+        marker = tmp_path / f"ran-{name}"
+        save_tiny(bad, 3)
+        blob = torch.load(bad / name, weights_only=True)
+        blob["payload"] = _RunsCode(marker)
+        torch.save(blob, bad / name)
+        write_manifest(bad, 0, [rng_file(0), STATE_FILE])  # manifest matches the crafted file
+        with pytest.raises(CheckpointCorrupt, match="pickled objects is refused"):
+            if name == STATE_FILE:
+                read_checkpoint(bad)
+            else:
+                load_checkpoint(bad, rank=0, model=torch.nn.Linear(4, 3))
+        assert not marker.exists()
+
+
 def test_restore_falls_back_to_the_previous_good_checkpoint_with_a_warning(tmp_path, caplog):
     from spladeray.train.checkpoint import STATE_FILE, CheckpointCorrupt, restore_latest_good
 

@@ -165,8 +165,13 @@ def test_tensorboard_events_hold_loss_terms_lambda_and_active_dims(trained):
     assert all(e.value > 0 for e in acc.Scalars("active_dims/document"))
 
 
-def test_metrics_writer_alone_reaches_mlflow_and_tensorboard(mlflow_server, tmp_path, splade_tiny):
-    """The writer without a training run (no Ray): params, one metric per step, the model dir."""
+def test_metrics_writer_alone_reaches_mlflow_and_tensorboard(
+    mlflow_server, tmp_path, splade_tiny, monkeypatch
+):
+    """The writer without a training run (no Ray): params, one metric per step, the model dir.
+    Credentials a ``${VAR}`` put into the config are redacted from the params (issue 29 item 12).
+    """
+    monkeypatch.setenv("HF_TOKEN", "hf_s3cretTokenValue")
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -178,7 +183,15 @@ def test_metrics_writer_alone_reaches_mlflow_and_tensorboard(mlflow_server, tmp_
         tb_dir=tmp_path / "tb",
         mlflow_cfg=TrainMlflowConfig(tracking_uri=mlflow_server, experiment="writer-only"),
         run_name="w",
-        params={"train": {"lr": 0.001, "losses": [{"name": "infonce"}], "eval": None}},
+        params={
+            "train": {"lr": 0.001, "losses": [{"name": "infonce"}], "eval": None},
+            "secrets": {
+                "out": "s3://b/runs?X-Amz-Signature=sig123",
+                "uri": "https://bob:pw-secret1@mlflow.example/x",
+                "name": "run-hf_s3cretTokenValue",
+                "api_key": "plain-key-value",
+            },
+        },
     )
     for step in (1, 2):
         writer.write(
@@ -189,7 +202,14 @@ def test_metrics_writer_alone_reaches_mlflow_and_tensorboard(mlflow_server, tmp_
 
     client = MlflowClient(tracking_uri=mlflow_server)
     run = client.search_runs([client.get_experiment_by_name("writer-only").experiment_id])[0]
-    assert run.data.params == {"train.lr": "0.001", "train.losses": '[{"name": "infonce"}]'}
+    assert run.data.params == {
+        "train.lr": "0.001",
+        "train.losses": '[{"name": "infonce"}]',
+        "secrets.out": "s3://b/runs?X-Amz-Signature=REDACTED",
+        "secrets.uri": "https://mlflow.example/x",
+        "secrets.name": "run-REDACTED",
+        "secrets.api_key": "REDACTED",
+    }
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
     assert client.get_metric_history(run.info.run_id, "eval/nDCG_at_10")
     assert "model/config.json" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}

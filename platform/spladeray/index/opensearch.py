@@ -39,7 +39,8 @@ Rollout aliases (:mod:`spladeray.index.rollout`): an alias moves in one ``POST _
 of its mapping (:data:`META_KEY`).
 
 Connection (``from_config``): TLS verification is on by default (turning it off logs a warning),
-optional CA bundle, basic auth or AWS SigV4 (``requests-aws4auth``), with every secret read from
+optional CA bundle, basic auth or AWS SigV4 (botocore's credential chain, refreshable, signed by
+opensearch-py's ``RequestsAWSV4SignerAuth``), with every secret read from
 the environment variables the config names -- never from the config itself, never logged.
 """
 
@@ -218,32 +219,63 @@ def build_client(cfg, environ: Mapping[str, str] | None = None):
             "anyone on the network path can impersonate the cluster. Use ca_certs instead."
         )
     if cfg.aws_sigv4:
-        from requests_aws4auth import AWS4Auth
+        from opensearchpy import RequestsAWSV4SignerAuth
 
-        key = env.get(cfg.aws_access_key_env)
-        secret = env.get(cfg.aws_secret_key_env)
-        token = env.get(cfg.aws_session_token_env) if cfg.aws_session_token_env else None
-        if not key or not secret:
-            raise ValueError(
-                f"opensearch.aws_sigv4 needs ${cfg.aws_access_key_env} and "
-                f"${cfg.aws_secret_key_env} set in the environment"
-            )
         if not cfg.aws_region:
             raise ValueError("opensearch.aws_sigv4 needs opensearch.aws_region")
-        kwargs["http_auth"] = AWS4Auth(
-            key, secret, cfg.aws_region, cfg.aws_service, session_token=token or None
-        )
+        # opensearch-py's signer asks the credentials for a frozen copy on every request, so a
+        # refreshable set (role, IRSA, SSO) is renewed inside a long-running replica
+        credentials = aws_credentials(cfg, None if environ is None else env)
+        kwargs["http_auth"] = RequestsAWSV4SignerAuth(credentials, cfg.aws_region, cfg.aws_service)
         kwargs["connection_class"] = RequestsHttpConnection
     else:
         user = env.get(cfg.username_env) if cfg.username_env else None
         password = env.get(cfg.password_env) if cfg.password_env else None
         if user and password:
             kwargs["http_auth"] = (user, password)
+            plain = [h for h in cfg.hosts if h.lower().startswith("http://")]
+            if plain:
+                logger.warning(
+                    "basic auth to %s over plain http://: the password crosses the network "
+                    "unencrypted; use https:// hosts",
+                    ", ".join(plain),
+                )
         elif user or password:
             raise ValueError(
                 f"basic auth needs both ${cfg.username_env} and ${cfg.password_env} set"
             )
     return OpenSearch(**kwargs)
+
+
+def aws_credentials(cfg, environ: Mapping[str, str] | None = None):
+    """botocore credentials for SigV4: the variables ``aws_*_env`` name (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN`` by default), else botocore's whole chain
+    (shared files and profiles, SSO, web identity / IRSA, container and instance roles), whose
+    role-based credentials refresh themselves before they expire.
+
+    ``environ`` (tests): only those variables are read, and the rest of the chain is not asked.
+    """
+    from botocore.credentials import EnvProvider
+
+    env = os.environ if environ is None else environ
+    mapping = {
+        "access_key": cfg.aws_access_key_env,
+        "secret_key": cfg.aws_secret_key_env,
+        "token": cfg.aws_session_token_env or "AWS_SESSION_TOKEN",
+        "expiry_time": "AWS_CREDENTIAL_EXPIRATION",
+    }
+    credentials = EnvProvider(environ=dict(env), mapping=mapping).load()
+    if credentials is None and environ is None:
+        import botocore.session
+
+        credentials = botocore.session.Session().get_credentials()
+    if credentials is None:
+        raise ValueError(
+            f"opensearch.aws_sigv4 found no AWS credentials: set ${cfg.aws_access_key_env} and "
+            f"${cfg.aws_secret_key_env}, or give the node a profile, web identity (IRSA) or "
+            "instance role that botocore's credential chain resolves"
+        )
+    return credentials
 
 
 def _unavailable(exc: Exception) -> bool:
@@ -397,7 +429,11 @@ class OpenSearchIndex:
         _merge(settings, self.index_settings)
         properties = {self.vector_field: vector}
         properties.update({f: {"type": "text"} for f in TEXT_FIELDS})
-        return {"settings": settings, "mappings": {"properties": properties}}
+        # dynamic: false: a document's extra fields (any name a client of /index sends) stay in
+        # _source but never become mapped fields, so they cannot push the index past
+        # index.mapping.total_fields.limit; the declared fields above are the searchable ones
+        mappings = {"dynamic": False, "properties": properties}
+        return {"settings": settings, "mappings": mappings}
 
     def query_body(self, query: Mapping[str, float], size: int) -> dict[str, Any]:
         """The ``_search`` body of a sparse query (weights made safe, tokens escaped).

@@ -87,8 +87,20 @@ def _version_pattern(alias: str) -> re.Pattern[str]:
 
 
 # --------------------------------------------------------------------------- reading state
+def is_ours(name: str, alias: str, meta: Mapping[str, Any]) -> bool:
+    """Whether ``name`` is a version :func:`rollout` built: its mapping's ``_meta.spladeray``
+    records a ``model_hash`` whose prefix is the name's suffix. A name that only looks like one
+    (``logs-20251207`` next to an alias ``logs``) is someone else's index."""
+    model_hash = meta.get("model_hash")
+    if not isinstance(model_hash, str) or not name.startswith(f"{alias}-"):
+        return False
+    suffix = name[len(alias) + 1 :]
+    return bool(re.fullmatch(r"[0-9a-f]{6,64}", suffix)) and model_hash.startswith(suffix)
+
+
 def list_versions(index: SparseIndex, alias: str) -> list[dict[str, Any]]:
-    """Every ``<alias>-<hash>`` index, oldest first: name, creation time, model meta, live."""
+    """Every ``<alias>-<hash>`` index, oldest first: name, creation time, model meta, live, and
+    ``ours`` (:func:`is_ours`): only those are ever pruned or rolled back to."""
     pattern = _version_pattern(alias)
     out = [
         {
@@ -97,6 +109,7 @@ def list_versions(index: SparseIndex, alias: str) -> list[dict[str, Any]]:
             "model_hash": info.meta.get("model_hash"),
             "meta": info.meta,
             "live": alias in info.aliases,
+            "ours": is_ours(info.name, alias, info.meta),
         }
         for info in index.list_indices(f"{alias}-*")
         if pattern.match(info.name)
@@ -206,8 +219,16 @@ def rollout(
 
 
 def prune_versions(index: SparseIndex, alias: str, keep_previous: int) -> list[str]:
-    """Delete versioned indices beyond the ``keep_previous`` newest non-live ones."""
-    versions = [v for v in list_versions(index, alias) if not v["live"]]
+    """Delete versioned indices beyond the ``keep_previous`` newest non-live ones.
+
+    Only indices whose mapping carries our ``_meta`` (:func:`is_ours`) are counted or deleted;
+    another index that matches ``<alias>-<hex>`` is left alone, with a log line."""
+    versions = []
+    for v in list_versions(index, alias):
+        if not v["ours"]:
+            logger.info("keeping %s: no spladeray _meta.model_hash, not a version", v["index"])
+        elif not v["live"]:
+            versions.append(v)
     doomed = versions[: max(0, len(versions) - keep_previous)]
     for v in doomed:
         logger.info("deleting old version %s", v["index"])
@@ -231,11 +252,11 @@ def rollback(index: SparseIndex, alias: str, to_index: str | None = None) -> Rol
     live = index.alias_targets(alias)
     versions = list_versions(index, alias)
     if to_index is None:
-        candidates = [v["index"] for v in versions if v["index"] not in live]
+        candidates = [v["index"] for v in versions if v["ours"] and v["index"] not in live]
         if not candidates:
             raise RolloutError(f"no previous version of {alias!r} is kept; nothing to roll back to")
         to_index = candidates[-1]
-    elif not _version_pattern(alias).match(to_index) or not index.exists(to_index):
+    elif not any(v["index"] == to_index and v["ours"] for v in versions):
         raise RolloutError(f"{to_index!r} is not a kept version of {alias!r}")
     if live == [to_index]:
         raise RolloutError(f"{alias!r} already points to {to_index}")

@@ -26,7 +26,7 @@ def _open(cfg):
 
 def run_rollout(cfg, *, limit: int | None = None, rebuild: bool = False) -> dict[str, Any]:
     """Index the corpus into a new versioned index and move the alias to it."""
-    from spladeray.model.loading import load_encoder_from_config
+    from spladeray.model.loading import load_encoder_from_config, resolve_model_dir
 
     index = _open(cfg)
     settings = cfg.index.rollout
@@ -61,7 +61,14 @@ def run_rollout(cfg, *, limit: int | None = None, rebuild: bool = False) -> dict
             build=build,
             expected_count=expected,
             create=index.create,
-            meta={"model_path": str(cfg.model.path), "run_name": cfg.run_name},
+            meta={
+                "model_path": str(cfg.model.path),
+                "run_name": cfg.run_name,
+                # what a Serve replica checks before it serves this model (serving/security.py)
+                "model_files_sha256": ro.model_hash_from_dir(
+                    resolve_model_dir(str(cfg.model.path))
+                ),
+            },
             keep_previous=settings.keep_previous,
             count_tolerance=settings.count_tolerance,
             hash_length=settings.hash_length,

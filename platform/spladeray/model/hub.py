@@ -23,6 +23,7 @@ import yaml
 
 from spladeray import storage
 from spladeray.model.encoder import SpladeEncoder
+from spladeray.redaction import redact_config
 
 LICENSE_PLACEHOLDER = "other"  # set export.license (an SPDX id) before publishing
 MEASURES = ("nDCG@10", "R@100")
@@ -113,8 +114,8 @@ def model_card(
         if encoder.doc_only
         else "Queries and documents go through the same model."
     )
-    training = (
-        "```yaml\n" + yaml.safe_dump(train_config, sort_keys=False) + "```\n"
+    training = (  # credentials a ${VAR} put into the config never reach a published card
+        "```yaml\n" + yaml.safe_dump(redact_config(train_config), sort_keys=False) + "```\n"
         if train_config
         else "Not trained by spladeray (no training config in this run).\n"
     )
@@ -250,11 +251,18 @@ def push_to_hub(directory: str | os.PathLike[str], repo_id: str, *, private: boo
     """Create ``repo_id`` (private by default) and upload the directory; returns the repo URL.
 
     Needs a Hugging Face token (``HF_TOKEN`` or ``huggingface-cli login``) and the network.
+    ``create_repo(exist_ok=True)`` keeps an existing repo as it is, so with ``private`` an existing
+    *public* repo is refused before anything is uploaded into it.
     """
     from huggingface_hub import HfApi
 
     api = HfApi()
     url = api.create_repo(repo_id, private=private, exist_ok=True)
+    if private and not api.repo_info(repo_id).private:
+        raise ValueError(
+            f"{repo_id} already exists and is public; refusing to upload a private=True export "
+            "into it (make it private on the Hub, or push with private=False on purpose)"
+        )
     api.upload_folder(folder_path=str(directory), repo_id=repo_id)
     return str(url)
 

@@ -6,12 +6,15 @@ A request makes one hop, proxy -> replica: the routes validate it and call the r
 into model calls. The deployment is named ``Encoder`` and autoscales on ongoing HTTP requests.
 
 Errors are JSON ``{"error": message, "detail": ...}`` with a 4xx status: 400 unreadable JSON,
-401 missing/wrong bearer token, or a token in the URL (the routes in ``serve.protect``, default
-``/index``, when ``serve.bearer_token_env`` is set), 404 unknown index, 413 too many documents or
+401 missing/wrong bearer token, or a token in the URL (the routes in ``serve.protect``, all by
+default, when the variable ``serve.bearer_token_env`` names is set; unset, the app serves only a
+loopback bind, see :mod:`spladeray.serving.security`), 403 an index outside
+``serve.allowed_indices``, 404 unknown index, 413 too many documents or
 too many bytes, 422 invalid fields; 503 with ``Retry-After`` when the replicas are at capacity
 (Serve's back-pressure, ``max_queued_requests``), when encoding takes longer than
 ``serve.request_timeout_s``, the index backend is unreachable, or the model of the live index
-cannot be loaded. A replica that dies under a request is answered in the proxy (503 with
+cannot be loaded (a generic message with an error id; the detail is logged under that id). A
+replica that dies under a request is answered in the proxy (503 with
 ``Retry-After``, see :mod:`spladeray.serving.proxy`).
 
 **Limits OpenSearch enforces** never reach it as errors: ``/search`` brings the query vector
@@ -44,7 +47,6 @@ import hmac
 import json
 import logging
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -87,6 +89,14 @@ from spladeray.serving.schemas import (
     SearchResponse,
     ml_commons_shape,
 )
+from spladeray.serving.security import (
+    IndexAllowList,
+    RequestGate,
+    health_view,
+    incident,
+    proxy_bind_host,
+    resolve_access,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +112,7 @@ RETRY_AFTER = {
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "the body is not valid JSON"},
     401: {"model": ErrorResponse, "description": "missing or wrong bearer token (protected route)"},
+    403: {"model": ErrorResponse, "description": "the index is not in serve.allowed_indices"},
     413: {"model": ErrorResponse, "description": "too many items, or a body over the byte limit"},
     422: {"model": ErrorResponse, "description": "invalid fields; detail lists them"},
     503: {
@@ -120,6 +131,8 @@ api = FastAPI(
 )
 api.state.max_request_bytes = 8 * 1024 * 1024
 api.add_middleware(BodyLimitMiddleware, get_limit=lambda: api.state.max_request_bytes)
+api.state.gate = (None, True)  # (serve.trusted_hosts, serve.docs), set by the replica
+api.add_middleware(RequestGate, get_settings=lambda: api.state.gate)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -176,6 +189,7 @@ class IndexRoute:
     index: str  # the concrete index behind a rollout alias, else the name as given
     model: str = ""  # multiplexed model id (a model path); "" = the configured model
     alias: str | None = None  # the alias ``index`` was resolved through
+    model_hash: str | None = None  # _meta's model_files_sha256 of ``model`` (verified on load)
 
 
 class IndexRouter:
@@ -186,6 +200,9 @@ class IndexRouter:
     model. When the backend cannot be asked, the last answer is reused (however old); without
     one, the name itself.
     """
+
+    max_entries = 1024
+    """Names cached at most (a client choosing names must not grow a replica's memory)."""
 
     def __init__(self, index, default_model: str, ttl_s: float, clock=time.monotonic) -> None:
         self.index = index
@@ -219,6 +236,8 @@ class IndexRouter:
             logger.warning("cannot resolve %r (%s); using it as a plain index", name, exc)
             return IndexRoute(name)
         with self._mutex:
+            if name not in self._cache and len(self._cache) >= self.max_entries:
+                self._cache.pop(next(iter(self._cache)))  # bounded: the oldest name goes
             self._cache[name] = (now + self.ttl_s, route)
         if cached is not None and cached[1] != route:
             logger.info("index %r now routes to %s (was %s)", name, route, cached[1])
@@ -230,7 +249,9 @@ class IndexRouter:
             return IndexRoute(name)
         index, meta = resolved
         path = str(meta.get("model_path") or "")
-        return IndexRoute(index, "" if path == self.default_model else path, name)
+        if path == self.default_model:
+            return IndexRoute(index, "", name)
+        return IndexRoute(index, path, name, meta.get("model_files_sha256"))
 
 
 @serve.deployment(name="Encoder")
@@ -243,18 +264,15 @@ class EncoderIngress:
         self.cfg = cfg
         self.limits = cfg.serve
         api.state.max_request_bytes = cfg.serve.max_request_bytes
+        api.state.gate = (cfg.serve.trusted_hosts, cfg.serve.docs)
         self.metrics = ReplicaMetrics()
         self._created: set[str] = set()
-        self._token: bytes | None = None
-        self._protected: frozenset[str] = frozenset()
-        if cfg.serve.bearer_token_env:
-            token = os.environ.get(cfg.serve.bearer_token_env)
-            if not token:  # fail closed: a configured but missing token never opens /index
-                raise RuntimeError(
-                    f"serve.bearer_token_env names ${cfg.serve.bearer_token_env}, which is not set"
-                )
-            self._token = token.encode()
-            self._protected = frozenset(cfg.serve.protect)
+        # no token: only a loopback bind may serve (loudly); before the model loads, so a
+        # refused replica fails at once
+        access = resolve_access(cfg.serve, proxy_bind_host())
+        self._token: bytes | None = access.token
+        self._protected: frozenset[str] = access.protected
+        self.allowed = IndexAllowList(cfg.index, cfg.serve.allowed_indices)
         # the model loads here, so Serve counts the replica ready only once it can encode
         self.encoder = BatchedEncoder(cfg, self.metrics, load_gate)
         self.index = open_index(cfg.index, tokenizer=cfg.model.path)
@@ -276,7 +294,11 @@ class EncoderIngress:
     # ------------------------------------------------------------------ helpers
     async def _route(self, name: str) -> IndexRoute:
         route = self.router.cached(name)  # the common case: no thread hop
-        return route if route is not None else await asyncio.to_thread(self.router.resolve, name)
+        if route is None:
+            route = await asyncio.to_thread(self.router.resolve, name)
+        if route.model:  # the model is verified against this hash before it is served
+            self.encoder.expect(route.model, route.model_hash)
+        return route
 
     async def _encode(self, texts: list[str], kind: str, model: str = "") -> list[dict[str, float]]:
         timeout = self.limits.request_timeout_s
@@ -291,7 +313,7 @@ class EncoderIngress:
         except ModelLoadError as exc:
             raise HTTPException(
                 503,
-                f"the index's model cannot be served: {exc}",
+                incident("the index's model cannot be served", exc),
                 headers={"Retry-After": _retry_after(self.limits)},
             ) from None
         return [e.vector for e in encoded]
@@ -308,6 +330,24 @@ class EncoderIngress:
         """401 unless ``route`` is unprotected or the request carries the bearer token."""
         if route in self._protected:
             self._check_token(request)
+
+    def _authenticated(self, request: Request) -> bool:
+        """Whether the request may see what only an authenticated caller sees (``/healthz``'s
+        model path and pid): it carries the token, or the API is open (loopback, no token)."""
+        try:
+            self._check_token(request)
+        except HTTPException:
+            return False
+        return True
+
+    def _check_index(self, name: str) -> None:
+        """403 (naming ``serve.allowed_indices``) unless a request may use index ``name``."""
+        refusal = self.allowed.refusal(name)
+        if refusal is not None:
+            raise HTTPException(403, refusal)
+
+    def _unavailable(self, exc: Exception) -> str:
+        return incident("the index backend is unavailable", exc)
 
     def _check_token(self, request: Request) -> None:
         """The token must come in ``Authorization: Bearer``, never in the URL; compared in
@@ -342,12 +382,14 @@ class EncoderIngress:
             503: {"model": HealthUnavailable, "description": "no encoder replica is ready"},
         },
     )
-    async def healthz(self) -> JSONResponse:
+    async def healthz(self, request: Request) -> JSONResponse:
         """200 from a replica, which answers only once its model is loaded. While no replica
         can answer (starting, or replaced after a crash), the proxy answers 503
-        (:mod:`spladeray.serving.proxy`)."""
+        (:mod:`spladeray.serving.proxy`). Open to all; ``serve.env_vars`` by key name only, the
+        model path and the pid only with the bearer token (or on an open loopback API)."""
         index = {"backend": self.cfg.index.backend, "name": self.cfg.index.name}
-        return JSONResponse({"status": "ok", "encoder": self.encoder.info(), "index": index})
+        encoder = health_view(self.encoder.info(), self._authenticated(request))
+        return JSONResponse({"status": "ok", "encoder": encoder, "index": index})
 
     @api.get(
         "/metrics",
@@ -417,6 +459,7 @@ class EncoderIngress:
         self._authorize(request, "index")
         self._check_count(len(body.documents), "documents")
         name = body.index or self.cfg.index.name
+        self._check_index(name)
         failed: list[Failure] = []
         ids, texts, fields = [], [], []
         for raw in body.documents:
@@ -460,7 +503,7 @@ class EncoderIngress:
                     status_code=503,
                     headers={"Retry-After": "5"},
                     content={
-                        "error": f"the index backend is unavailable: {exc}",
+                        "error": self._unavailable(exc),
                         "indexed": confirmed,
                         "failed": [f.__dict__ for f in failed + lost],
                         "index": name,
@@ -499,6 +542,7 @@ class EncoderIngress:
             )
         # an alias is resolved to its concrete index and the model that built it, so the query
         # and the documents always come from the same model (even while the alias moves)
+        self._check_index(body.index or self.cfg.index.name)
         route = await self._route(body.index or self.cfg.index.name)
         name = route.index
         query, _ = truncate_texts([body.query], self.limits.max_text_chars)
@@ -517,9 +561,7 @@ class EncoderIngress:
                 explanations = await asyncio.to_thread(self._explain, name, qvec, hits)
         except IndexUnavailableError as exc:
             self._timed("/search", started, 503)
-            return _error(
-                503, f"the index backend is unavailable: {exc}", headers={"Retry-After": "5"}
-            )
+            return _error(503, self._unavailable(exc), headers={"Retry-After": "5"})
         except IndexNotFoundError:
             return _error(404, f"index {name!r} does not exist")
         out = []

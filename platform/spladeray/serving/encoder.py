@@ -24,8 +24,11 @@ replica encodes with other models by path: :meth:`BatchedEncoder.encode` takes a
 model path; ``""`` = the configured model), loads it on first use through Serve's
 ``@serve.multiplexed`` LRU (:data:`MAX_EXTRA_MODELS` per replica; same ``model:`` settings and
 random-head check as the configured model), and splits every batch by model, so one model call
-never mixes models. The routes use this to encode with the model that built the index a rollout
-alias points to (see :mod:`spladeray.serving.api`).
+never mixes models. Such a model is served only from ``serve.model_roots`` and only when its hash
+matches the ``model_files_sha256`` its index records (:meth:`BatchedEncoder.expect`; see
+:mod:`spladeray.serving.security`), so an index's ``_meta`` cannot make a replica load any
+path. The routes use this to encode with the model that built the index a rollout alias points
+to (see :mod:`spladeray.serving.api`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
+
+from spladeray.serving.security import check_model_path, model_roots, verify_model_hash
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +142,8 @@ class BatchedEncoder:
             _wait_for_file(load_gate)
         self.model = load_servable_encoder(cfg)
         self.default_model = str(cfg.model.path)
+        self.model_roots = model_roots(cfg)
+        self._expected_hashes: dict[str, str | None] = {}
         self.batching: dict[str, Any] = {}
         self.reconfigure(batch_user_config(cfg.serve))
         # Every model call runs on this one thread, off the event loop: one model computes at a
@@ -176,18 +183,34 @@ class BatchedEncoder:
             "vocab_size": int(enc.vocab_size),
             "device": str(enc.device),
             "batching": dict(self.batching),
-            "env": {k: os.environ.get(k) for k in self.cfg.serve.env_vars},  # serve.env_vars
+            # names of the serve.env_vars in effect in this process; never the values (a user
+            # may put a secret there)
+            "env": sorted(k for k, v in self.cfg.serve.env_vars.items() if os.environ.get(k) == v),
             "pid": os.getpid(),
             "loaded_at": self.loaded_at,
         }
 
     # ------------------------------------------------------------------ models
+    def expect(self, model_id: str, model_hash: str | None) -> None:
+        """Record the hash an index's ``_meta`` gives for ``model_id`` (checked on its load)."""
+        self._expected_hashes[model_id] = model_hash
+
     @serve.multiplexed(max_num_models_per_replica=MAX_EXTRA_MODELS)
     async def _load_model(self, model_id: str):
-        """Load the model at path ``model_id`` (Serve keeps an LRU of them per replica)."""
+        """Load the model at path ``model_id`` (Serve keeps an LRU of them per replica), once it
+        is under ``serve.model_roots`` and hashes to what its index recorded."""
+        refusal = check_model_path(model_id, self.model_roots)
+        if refusal is not None:
+            raise ModelLoadError(f"refused model {model_id!r}: {refusal}")
         logger.info("replica %d loading multiplexed model %s", os.getpid(), model_id)
+        expected = self._expected_hashes.get(model_id)
+
+        def load():
+            verify_model_hash(model_id, expected)
+            return load_servable_encoder(self.cfg, model_id)
+
         try:
-            return await asyncio.to_thread(load_servable_encoder, self.cfg, model_id)
+            return await asyncio.to_thread(load)
         except Exception as exc:
             raise ModelLoadError(
                 f"cannot serve model {model_id!r}: {type(exc).__name__}: {exc}"

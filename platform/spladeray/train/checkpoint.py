@@ -6,7 +6,7 @@ A checkpoint directory (one per report, merged from all workers by Ray Train) ho
   steps done), ``epoch`` and ``batch_in_epoch`` (micro-batches of that epoch consumed: the data
   position), ``resumes`` (how many times the run restarted from a checkpoint), ``world_size``;
 - ``rng_rank<R>.pt`` (every rank): Python, NumPy, torch RNG states of that rank, and the CUDA
-  state of that rank's own GPU;
+  state of that rank's own GPU, as tensors, ints and tuples only;
 - ``manifest_rank<R>.json`` (every rank, written after that rank's files): size and sha256 of
   each file the rank wrote, so a truncated or corrupted file is detected before it is loaded;
 - ``model/`` (rank 0; every checkpoint, or the final one only with
@@ -15,10 +15,17 @@ A checkpoint directory (one per report, merged from all workers by Ray Train) ho
   checkpoint a validation sweep selects is used as it is.
 
 :func:`read_checkpoint` checks a directory before anything is restored: every manifest's files
-must be there with the recorded size and hash, and ``train_state.pt`` must unpickle. Checkpoints
+must be there with the recorded size and hash, and ``train_state.pt`` must load. Checkpoints
 written before manifests existed have none and are checked by loading alone. A checkpoint that
 fails raises :class:`CheckpointCorrupt`; :func:`restore_latest_good` then walks back to the
 previous good checkpoint of the run.
+
+**Nothing executes what it loads.** Both files are read with ``torch.load(weights_only=True)``:
+tensors, numbers, strings and containers, never an arbitrary pickled object. The sha256
+manifest sits beside the files, so it detects corruption, not tampering; ``weights_only`` is what
+keeps a writer of the checkpoint prefix from running code on every train worker. A file holding
+any other object (a checkpoint of an older spladeray, whose RNG file held NumPy arrays, or a
+crafted one) is refused as :class:`CheckpointCorrupt`.
 """
 
 from __future__ import annotations
@@ -121,9 +128,11 @@ def rng_state(device: torch.device | None = None) -> dict[str, Any]:
     Only the worker's own GPU: a resume may see fewer GPUs than the run that saved (another node,
     another ``CUDA_VISIBLE_DEVICES``), and each worker draws only from its own device.
     """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, tuple of ints, None): loads weights_only
+        # NumPy's state as a tensor, not a pickled ndarray (refused by weights_only=True)
+        "numpy": (str(name), torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
     }
     if device is not None and device.type == "cuda":
@@ -135,7 +144,8 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
     """Restore :func:`rng_state`; checkpoints of older versions hold every visible GPU's state
     under ``cuda`` (a list), from which the entry of this worker's device index is taken."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if device is None or device.type != "cuda":
         return
@@ -179,25 +189,38 @@ def save_checkpoint(
 
 def read_checkpoint(directory: Path) -> dict[str, Any]:
     """The verified contents of ``train_state.pt``; :class:`CheckpointCorrupt` when the
-    directory fails its manifests, lacks the file, or the file does not unpickle."""
+    directory fails its manifests, lacks the file, or the file does not load as weights only."""
     verify_manifests(directory)
     path = directory / STATE_FILE
     if not path.is_file():
         raise CheckpointCorrupt(f"{STATE_FILE} is missing")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except (
-        RuntimeError,
-        EOFError,
-        OSError,
-        ValueError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-    ) as e:
-        raise CheckpointCorrupt(f"{STATE_FILE} does not load ({e})") from e
+    blob = _load_weights(path)
     if not isinstance(blob, dict) or not {"model", "state"} <= blob.keys():
         raise CheckpointCorrupt(f"{STATE_FILE} is not a training state")
     return blob
+
+
+LOAD_ERRORS = (
+    RuntimeError,
+    EOFError,
+    OSError,
+    ValueError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+)
+
+
+def _load_weights(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: a file with any pickled object beyond tensors and
+    plain containers is refused (:class:`CheckpointCorrupt`) before any of its code can run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except LOAD_ERRORS as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointCorrupt(
+            f"{path.name} does not load as weights only ({reason}); a checkpoint holding "
+            "pickled objects is refused"
+        ) from e
 
 
 def load_checkpoint(
@@ -225,7 +248,7 @@ def load_checkpoint(
         scheduler.load_state_dict(blob["scheduler"])
     rng_path = directory / rng_file(rank)
     if rng_path.is_file():
-        set_rng_state(torch.load(rng_path, map_location="cpu", weights_only=False), device)
+        set_rng_state(_load_weights(rng_path), device)
     state = TrainState(**blob["state"])
     saved_world = int(blob.get("world_size", world_size or 1))
     if world_size is not None and world_size != saved_world:

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from spladeray.redaction import redact_config
+
 logger = logging.getLogger(__name__)
 
 
@@ -81,8 +83,8 @@ class MetricsWriter:
                 mlflow.set_experiment(mlflow_cfg.experiment)
                 if mlflow.active_run() is None:
                     mlflow.start_run(run_name=run_name)
-                if params:
-                    mlflow.log_params(flat_params(params))
+                if params:  # credentials a ${VAR} put into the config never become params
+                    mlflow.log_params(flat_params(redact_config(params)))
                 self._mlflow = mlflow
 
     def write(self, metrics: dict[str, Any], step: int) -> None:
