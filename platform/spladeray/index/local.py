@@ -171,7 +171,6 @@ class _Store:
         self.lock = threading.Lock()
         self.view = _View([], [])
         self.vocab: dict[str, int] = {}  # token -> global column (union of the segments')
-        self.to_local: dict[str, np.ndarray] = {}  # segment -> global column -> its column
 
     def refresh(self) -> _View:
         """The view of the segments on disk now (the cached one when nothing changed)."""
@@ -205,8 +204,6 @@ class _Store:
             alive = _resolve_all(segs)
         else:
             alive = _resolve_new(segs, alive, new)
-        for name in set(old) - set(names):
-            self.to_local.pop(name, None)
         self.view = _View(segs, alive)
         return self.view
 
@@ -218,7 +215,7 @@ class _Store:
         )
         table = np.full(len(self.vocab), -1, dtype=np.int32)
         table[cols] = np.arange(len(seg.vocab), dtype=np.int32)
-        self.to_local[seg.name] = table
+        seg.local_columns = table  # global column -> this segment's column (-1: absent)
 
     def query_columns(
         self, queries: Sequence[Mapping[str, float]]
@@ -234,7 +231,7 @@ class _Store:
 
     def local_columns(self, seg: Segment, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(positions in cols, the segment's columns)`` of the columns this segment has."""
-        table = self.to_local[seg.name]
+        table = seg.local_columns
         inside = np.flatnonzero(cols < table.size)
         local = table[cols[inside]]
         keep = local >= 0

@@ -98,6 +98,7 @@ class Segment:
             arrays["row_weights"],
         )
         self.seismic = None  # built on first approximate search (index/seismic.py)
+        self.local_columns = np.zeros(0, np.int32)  # set by the reader that opened it
 
     def id(self, row: int) -> str:
         return self.docs.column("id")[row].as_py()
