@@ -40,6 +40,7 @@ RowHits = tuple[np.ndarray, np.ndarray]
 
 _EMPTY: RowHits = (np.zeros(0, np.int64), np.zeros(0, np.float32))
 _PROBE_POSTINGS = 4096  # postings of the rarest query tokens that seed the lower bound theta
+_DIRECT_POSTINGS = 32_768  # below this many postings a query is scored without pruning
 
 
 def order_hits(rows: np.ndarray, scores: np.ndarray, k: int) -> RowHits:
@@ -197,6 +198,13 @@ def sparse_top_k(
 
     def alive(rows: np.ndarray) -> np.ndarray:
         return rows if live is None else rows[live[rows]]
+
+    if int(df.sum()) <= _DIRECT_POSTINGS:  # few postings: pruning would cost more than it saves
+        every = np.arange(cols.size)
+        acc = np.bincount(posting_rows(every), weights=posting_weights(every))
+        rows = alive(np.flatnonzero(acc))
+        scores = acc[rows].astype(np.float32)
+        return order_hits(rows.astype(np.int64), scores, k)
 
     # 2. a lower bound from the rarest tokens: their best rows by partial score, fully scored
     rare = np.argsort(df, kind="stable")
