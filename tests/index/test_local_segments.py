@@ -163,3 +163,11 @@ def test_concurrent_writer_processes_and_searcher_threads_lose_nothing(tmp_path)
     assert sum(fresh.segment_sizes("c")) == len(want)  # merged copies were removed
     hits = fresh.search("c", {"w1": 1.0}, size=1000)
     assert {h.id for h in hits} == {d for d in want if d.startswith("w1-")}
+
+
+def test_an_index_in_the_old_parquet_format_is_refused_with_a_message(tmp_path):
+    """(<1 s) format 2 does not read parquet segments; the error says what to do."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "seg-00000000000000000001-abcd1234.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ValueError, match="re-index"):
+        LocalIndex(tmp_path).count("old")
