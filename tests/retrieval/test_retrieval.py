@@ -160,11 +160,17 @@ def test_negative_miner_takes_the_typed_config_section(tmp_path):
     assert typed.column("negatives").to_pylist() == [[TEXTS[0]], []]
 
 
-def test_sparse_top_k_equals_the_dense_product_with_pruning_masks_and_theta():
+@pytest.mark.parametrize("direct_postings", [0, 1 << 24])  # pruned, then direct scoring
+def test_sparse_top_k_equals_the_dense_product_with_pruning_masks_and_theta(
+    direct_postings, monkeypatch
+):
     """(<1 s) the one exact sparse top-k against ``D @ q`` on skewed random data."""
     import scipy.sparse as sp
 
+    from spladeray.retrieval import topk
     from spladeray.retrieval.topk import Postings, sparse_top_k
+
+    monkeypatch.setattr(topk, "_DIRECT_POSTINGS", direct_postings)
 
     rng = np.random.default_rng(3)
     n, vocab = 3000, 500
