@@ -15,51 +15,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
+# The one exact top-k lives in spladeray.retrieval.topk; these names stay importable from here.
+from spladeray.retrieval.topk import DOC_CHUNK, RowHits, top_k  # noqa: E402
 
-DOC_CHUNK = 262_144
-"""Documents scored at once by :func:`top_k` (bounds memory to ``queries x DOC_CHUNK`` floats)."""
-
-RowHits = tuple[np.ndarray, np.ndarray]
-"""One query's hits: ``(rows, scores)``, best first; equal scores in row order."""
-
-
-def top_k(
-    score_chunk: Callable[[int, int], Any],
-    n_docs: int,
-    n_queries: int,
-    k: int,
-    *,
-    positive_only: bool = False,
-) -> list[RowHits]:
-    """Exact top ``k`` rows per query, scoring the documents in chunks of :data:`DOC_CHUNK`.
-
-    ``score_chunk(start, stop)`` returns the ``[n_queries, stop - start]`` scores of documents
-    ``start..stop``. With ``positive_only``, hits scoring 0 or less are dropped (sparse and BM25:
-    no term in common). Equal scores are ordered by row, so results never depend on the chunking.
-    """
-    k = min(k, n_docs)
-    if k <= 0 or n_queries == 0:
-        return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(n_queries)]
-    best_s = np.full((n_queries, 0), -np.inf, dtype=np.float32)
-    best_i = np.zeros((n_queries, 0), dtype=np.int64)
-    for start in range(0, n_docs, DOC_CHUNK):
-        stop = min(start + DOC_CHUNK, n_docs)
-        scores = np.hstack([best_s, np.asarray(score_chunk(start, stop), dtype=np.float32)])
-        rows = np.hstack(
-            [best_i, np.broadcast_to(np.arange(start, stop), (n_queries, stop - start))]
-        )
-        if scores.shape[1] > k:
-            keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            scores = np.take_along_axis(scores, keep, 1)
-            rows = np.take_along_axis(rows, keep, 1)
-        best_s, best_i = scores, rows
-    order = np.lexsort((best_i, -best_s), axis=1)
-    best_s = np.take_along_axis(best_s, order, 1)
-    best_i = np.take_along_axis(best_i, order, 1)
-    if not positive_only:
-        return list(zip(best_i, best_s, strict=True))
-    return [(i[s > 0], s[s > 0]) for i, s in zip(best_i, best_s, strict=True)]
+__all__ = ["DOC_CHUNK", "EncodeFn", "Retriever", "RowHits", "top_k"]
 
 
 EncodeFn = Callable[[list[str]], Any]

@@ -1,9 +1,11 @@
 """Exact sparse retrieval with a :class:`~spladeray.model.SpladeEncoder`: CSR dot products.
 
 Documents are encoded to a ``[docs, vocab]`` float32 CSR matrix; a query's score for a document
-is ``q . d`` over the vocabulary, computed exactly for every document (in chunks, see
-:func:`~spladeray.retrieval.base.top_k`). Documents scoring 0 (no token in common) are not hits;
-equal scores come in corpus order, as in the embedded index's exact search.
+is ``q . d`` over the vocabulary. Search is the embedded index's exact top-k
+(:func:`~spladeray.retrieval.topk.sparse_top_k`) over postings built once per corpus (one CSC
+copy, 8 bytes per non-zero): a query touches only its tokens' postings, the document matrix is
+never sliced or densified per batch. Documents scoring 0 (no token in common) are not hits;
+equal scores come in corpus order.
 
 The matrix can be saved (``sparse.npz``, 8 bytes per non-zero) and loaded by each process that
 searches it (negative mining's actors).
@@ -17,7 +19,8 @@ from typing import TYPE_CHECKING
 
 import scipy.sparse as sp
 
-from spladeray.retrieval.base import Retriever, RowHits, top_k
+from spladeray.retrieval.base import Retriever, RowHits
+from spladeray.retrieval.topk import Postings, sparse_top_k
 
 if TYPE_CHECKING:  # torch is imported by whoever built the encoder
     from spladeray.model import SpladeEncoder
@@ -33,6 +36,8 @@ class SparseRetriever(Retriever):
     def __init__(self, encoder: SpladeEncoder, name: str = "sparse", **options) -> None:
         super().__init__(name, **options)
         self.encoder = encoder
+        self._postings: Postings | None = None
+        self._postings_of = None
 
     def encode_documents(self, texts: list[str]) -> sp.csr_matrix:
         return self.encoder.encode_csr(texts, "document", show_progress=self.show_progress)
@@ -41,13 +46,21 @@ class SparseRetriever(Retriever):
         return self.encoder.encode_csr(list(queries), "query")
 
     def search_rows(self, queries: Sequence[str], k: int) -> list[RowHits]:
-        q = self.query_matrix(queries)
-        docs = self.doc_matrix
+        q = sp.csr_matrix(self.query_matrix(queries))
+        q.sum_duplicates()
+        postings = self.postings
+        return [
+            sparse_top_k(postings, q.indices[lo:hi], q.data[lo:hi], k)
+            for lo, hi in zip(q.indptr[:-1], q.indptr[1:], strict=True)
+        ]
 
-        def scores(start: int, stop: int):
-            return (q @ docs[start:stop].T).toarray()
-
-        return top_k(scores, docs.shape[0], q.shape[0], k, positive_only=True)
+    @property
+    def postings(self) -> Postings:
+        """The inverted index of :attr:`doc_matrix`, built on first search."""
+        if self._postings is None or self._postings_of is not self._doc_vectors:
+            self._postings = Postings.from_csr(self.doc_matrix)
+            self._postings_of = self._doc_vectors
+        return self._postings
 
     # ------------------------------------------------------------------ on disk
     @staticmethod
