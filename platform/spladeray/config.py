@@ -663,6 +663,23 @@ class ServeConfig(Section):
     )
     upscale_delay_s: float = Field(5.0, ge=0)
     downscale_delay_s: float = Field(60.0, ge=0)
+    downscale_to_zero_delay_s: float | None = Field(
+        None,
+        ge=0,
+        description="with min_replicas 0: idle time before 1 -> 0 (default: the downscale delay)",
+    )
+    look_back_period_s: float = Field(
+        30.0, gt=0, description="the autoscaler averages ongoing requests over this window"
+    )
+    metrics_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="replicas and proxies report ongoing requests this often; "
+        "below look_back_period_s (Ray 2.60 warns the key is deprecated when it is not 10)",
+    )
+    max_replicas_per_node: int | None = Field(
+        None, gt=0, description="at most N replicas on one node (1: spread over nodes)"
+    )
     num_cpus: float = Field(1.0, ge=0, description="ray_actor_options.num_cpus per encoder")
     num_gpus: float | Literal["auto"] = Field(
         "auto", description="GPUs per encoder replica; auto = 1 when the cluster has GPUs"
