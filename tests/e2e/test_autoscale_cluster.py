@@ -248,6 +248,8 @@ def test_replicas_spread_over_nodes_and_survive_a_node_loss(
         f"{seen['victim']} -> replacement RUNNING on {seen['replacement']} after "
         f"{seen['replaced_s']:.1f}s; {len(results)} requests in {elapsed:.0f}s: {dict(by_phase)}"
     )
+    errors = Counter(r.text[:80] for _, status, _, r in results if status == 503)
+    print(f"[autoscale-cluster] 503s by message: {dict(errors)}")
     head = cluster.head_node_id()
     assert len(set(seen["spread"])) == 2 and head not in seen["spread"]  # one per worker node
     assert seen["proxies"] and all(codes == (200, 200) for codes in seen["proxies"].values())

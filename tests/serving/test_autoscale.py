@@ -200,6 +200,8 @@ def test_scales_up_under_load_and_down_after_it_with_every_document_indexed_once
         f"replica {times['down_s']:.1f}s (downscale_delay_s {DOWNSCALE_DELAY_S:g}); "
         f"{len(results)} requests in {elapsed:.0f}s by phase and status: {dict(by_phase)}"
     )
+    errors = Counter(r.text[:80] for _, _, status, _, _, r in results if status == 503)
+    print(f"[autoscale] 503s by message: {dict(errors)}")
     statuses = Counter(str(status) for _, _, status, *_ in results)
     assert set(statuses) <= {"200", "503"}, by_phase  # no 500, no 4xx, no client timeout
     for _, route, status, retry_after, _, response in results:
