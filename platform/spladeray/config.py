@@ -772,6 +772,12 @@ class ServeConfig(Section):
             raise ValueError("target_ongoing_requests must be below max_ongoing_requests")
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must not exceed max_replicas")
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError(
+                f"serve.look_back_period_s ({self.look_back_period_s:g}) must exceed "
+                f"serve.metrics_interval_s ({self.metrics_interval_s:g}): the autoscaler averages "
+                "the reports of that window"
+            )
         largest = max(self.max_batch_size, self.query_max_batch_size)
         if self.max_ongoing_requests < largest:
             which = "max_batch_size" if largest == self.max_batch_size else "query_max_batch_size"

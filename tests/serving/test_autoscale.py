@@ -350,3 +350,10 @@ def test_healthz_is_answered_by_the_proxy_only_for_an_app_scaled_to_zero(
     assert status == 200
     assert (b"scaled_to_zero" in body) is scaled_to_zero
     assert inner.calls == (0 if scaled_to_zero else 1)
+
+
+def test_an_averaging_window_shorter_than_the_report_interval_is_refused(splade_tiny, tmp_path):
+    from spladeray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"look_back_period_s \(5\) must exceed .*\(10\)"):
+        serve_config(splade_tiny, tmp_path, look_back_period_s=5)
