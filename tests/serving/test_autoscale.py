@@ -71,7 +71,8 @@ def _replicas(app: str) -> Counter:
 
 
 def _target(app: str) -> int:
-    """The autoscaler's current target number of replicas (``serve status`` details)."""
+    """The autoscaler's current target number of replicas: ``serve.status()`` has no target,
+    so the controller's details, what ``serve status`` and the dashboard read."""
     from ray.serve.context import _get_global_client
 
     details = _get_global_client().get_serve_details()
@@ -167,12 +168,12 @@ async def _up_and_down(url: str, results: list) -> dict:
             heavy_stop.set()
             t_stop = time.monotonic()
             await asyncio.gather(*heavy)
-            down_s = await _poll(
+            await _poll(
                 "1 replica again",
                 lambda: _replicas(APP) == {"RUNNING": 1},
                 DOWNSCALE_DELAY_S + DOWN_BOUND_S,
             )
-            down_s = time.monotonic() - t_stop
+            down_s = time.monotonic() - t_stop  # from the load's stop, its last answers included
             phase[0] = "after"
             n = len(results)
             while len(results) < n + 10:  # a few more on the one replica left
