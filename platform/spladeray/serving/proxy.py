@@ -180,7 +180,7 @@ class ReplicaLossMiddleware:
         try:
             apps = (await self._serve_state())["applications"].values()
         except Exception as exc:
-            logger.warning("cannot read Serve's state (%s); /healthz goes to a replica", exc)
+            logger.warning("cannot read Serve's state (%r); /healthz goes to a replica", exc)
             return False
         owner = _route_owner(path, apps)
         if owner is None or not owner.get("deployments"):
@@ -205,7 +205,9 @@ class ReplicaLossMiddleware:
             from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
             self._controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        state = await self._controller.get_serve_instance_details.remote()
+        # bounded: a controller that is restarting must not hold /healthz
+        call = self._controller.get_serve_instance_details.remote()
+        state = await asyncio.wait_for(_awaited(call), self.healthz_timeout_s)
         self._state = (now, state)
         return state
 
@@ -227,6 +229,10 @@ class ReplicaLossMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": content})
+
+
+async def _awaited(ref):
+    return await ref
 
 
 def _route_owner(path: str, apps) -> dict[str, Any] | None:
