@@ -67,6 +67,8 @@ class LocalCluster:
     node_procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     # the worker port ranges given out so far (a node added later gets a disjoint one)
     port_ranges: list[tuple[int, int]] = field(default_factory=list)
+    # each worker node's Serve proxy port by node name (see :meth:`spawn_node`)
+    proxy_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def logs(self) -> Path:
@@ -74,11 +76,19 @@ class LocalCluster:
         return Path(self.temp_dir) / "start-logs"
 
     def spawn_node(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        """Start one node's ``ray start --block`` process, its output in ``logs/<name>.log``."""
+        """Start one node's ``ray start --block`` process, its output in ``logs/<name>.log``.
+
+        A worker node's Serve proxy (``proxy_location: EveryNode``) gets a port of its own,
+        :attr:`proxy_ports` ``[name]`` (``RAY_SERVE_WORKER_PROXY_HTTP_PORT``): all nodes share
+        127.0.0.1 here. The head's proxy binds ``http_options.port``."""
+        env = self.env
+        if name != "head":
+            (self.proxy_ports[name],) = free_ports(1)
+            env = {**env, "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(self.proxy_ports[name])}
         # cwd outside the checkout: Ray workers inherit it, and nothing may import from it by accident
         with open(self.logs / f"{name}.log", "w") as out:
             proc = subprocess.Popen(
-                cmd, env=self.env, cwd=self.temp_dir, stdout=out, stderr=subprocess.STDOUT
+                cmd, env=env, cwd=self.temp_dir, stdout=out, stderr=subprocess.STDOUT
             )
         self.procs.append(proc)
         self.node_procs[name] = proc
@@ -297,6 +307,8 @@ def cluster_env(token: str) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": token,
+        # Serve's proxies answer 503 + Retry-After, not 500, for a replica lost with its node
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "spladeray.serving.proxy:proxy_middlewares",
     }
     for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "PYTHONPATH"):
         env.pop(name, None)

@@ -664,6 +664,23 @@ class ServeConfig(Section):
     )
     upscale_delay_s: float = Field(5.0, ge=0)
     downscale_delay_s: float = Field(60.0, ge=0)
+    downscale_to_zero_delay_s: float | None = Field(
+        None,
+        ge=0,
+        description="with min_replicas 0: idle time before 1 -> 0 (default: the downscale delay)",
+    )
+    look_back_period_s: float = Field(
+        30.0, gt=0, description="the autoscaler averages ongoing requests over this window"
+    )
+    metrics_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="replicas and proxies report ongoing requests this often; "
+        "below look_back_period_s (Ray 2.60 warns the key is deprecated when it is not 10)",
+    )
+    max_replicas_per_node: int | None = Field(
+        None, gt=0, description="at most N replicas on one node (1: spread over nodes)"
+    )
     num_cpus: float = Field(1.0, ge=0, description="ray_actor_options.num_cpus per encoder")
     num_gpus: float | Literal["auto"] = Field(
         "auto", description="GPUs per encoder replica; auto = 1 when the cluster has GPUs"
@@ -786,6 +803,12 @@ class ServeConfig(Section):
             raise ValueError("target_ongoing_requests must be below max_ongoing_requests")
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must not exceed max_replicas")
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError(
+                f"serve.look_back_period_s ({self.look_back_period_s:g}) must exceed "
+                f"serve.metrics_interval_s ({self.metrics_interval_s:g}): the autoscaler averages "
+                "the reports of that window"
+            )
         largest = max(self.max_batch_size, self.query_max_batch_size)
         if self.max_ongoing_requests < largest:
             which = "max_batch_size" if largest == self.max_batch_size else "query_max_batch_size"

@@ -80,7 +80,14 @@ def build_app(cfg: Config, *, check_model: bool = True, load_gate: str | None = 
         "target_ongoing_requests": s.target_ongoing_requests,
         "upscale_delay_s": s.upscale_delay_s,
         "downscale_delay_s": s.downscale_delay_s,
+        "downscale_to_zero_delay_s": s.downscale_to_zero_delay_s,
+        "look_back_period_s": s.look_back_period_s,
     }
+    if s.metrics_interval_s != 10.0:  # Ray's default; set otherwise, it warns (deprecated)
+        autoscaling["metrics_interval_s"] = s.metrics_interval_s
+    placement = (
+        {"max_replicas_per_node": s.max_replicas_per_node} if s.max_replicas_per_node else {}
+    )
     return EncoderIngress.options(
         user_config=batch_user_config(s),
         autoscaling_config=autoscaling,
@@ -91,6 +98,7 @@ def build_app(cfg: Config, *, check_model: bool = True, load_gate: str | None = 
         graceful_shutdown_timeout_s=s.graceful_shutdown_timeout_s,
         health_check_period_s=s.health_check_period_s,
         logging_config={"enable_access_log": s.access_log},
+        **placement,
     ).bind(cfg, load_gate)
 
 

@@ -19,7 +19,14 @@ shows it re-queued after "will not be considered for future requests because it 
 nothing after). The deadline turns such a request into a 503 its client can retry, instead of a
 hang.
 
-:class:`ReplicaLossMiddleware` does all three. It is an ASGI middleware in the proxy, installed
+**Scaled to zero** (``serve.min_replicas: 0``) is not down: an idle app has no replica on
+purpose, and the next request starts one. ``GET /healthz`` must not be that request (a load
+balancer's health check would then keep the app awake for ever), so before forwarding it the
+middleware asks Serve's controller (the state ``serve status`` prints, cached ``STATE_CACHE_S``)
+whether the app serving the path has no replica and a target of none: then it answers 200
+``{"status": "scaled_to_zero"}`` itself.
+
+:class:`ReplicaLossMiddleware` does all of this. It is an ASGI middleware in the proxy, installed
 with Ray Serve's proxy hook: the environment of the Ray nodes (where ``ray start`` runs, before the
 proxy starts) sets
 
@@ -49,6 +56,9 @@ CALLBACK = "spladeray.serving.proxy:proxy_middlewares"
 HEALTHZ_TIMEOUT_ENV = "SPLADERAY_HEALTHZ_TIMEOUT_S"
 RETRY_AFTER_ENV = "SPLADERAY_RETRY_AFTER_S"
 RESPONSE_DEADLINE_ENV = "SPLADERAY_RESPONSE_DEADLINE_S"
+STATE_CACHE_S = 1.0
+"""How long the proxy reuses Serve's state when ``/healthz`` asks whether an app is scaled to
+zero (one controller call per second at most, however often health checks come)."""
 
 
 class ReplicaLossMiddleware:
@@ -78,6 +88,8 @@ class ReplicaLossMiddleware:
         self.healthz_timeout_s = healthz_timeout_s
         self.response_deadline_s = response_deadline_s or None  # 0 means none
         self.retry_after = str(max(0, math.ceil(retry_after_s))).encode()
+        self._controller = None  # Serve's controller actor, looked up on first use
+        self._state: tuple[float, dict[str, Any]] | None = None  # (loop time, details)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -92,6 +104,14 @@ class ReplicaLossMiddleware:
 
         method, path = scope.get("method"), scope.get("path", "")
         healthz = method == "GET" and path.rstrip("/").endswith("/healthz")
+        if healthz and await self._scaled_to_zero(path):
+            body = {
+                "status": "scaled_to_zero",
+                "message": "no replica runs (min_replicas 0, idle); the next request to the "
+                "app starts one and waits for it (a cold start)",
+            }
+            await self._respond(send, 200, body)
+            return
         deadline = self.healthz_timeout_s if healthz else self.response_deadline_s
         try:
             answered = await self._answered_within(
@@ -153,20 +173,78 @@ class ReplicaLossMiddleware:
             await task
         return False
 
+    async def _scaled_to_zero(self, path: str) -> bool:
+        """Whether the app whose route prefix serves ``path`` is scaled to zero: every
+        deployment of it has no replica and a target of none. False when Serve's state cannot
+        be read (then ``/healthz`` goes to a replica as before)."""
+        try:
+            apps = (await self._serve_state())["applications"].values()
+        except Exception as exc:
+            logger.warning("cannot read Serve's state (%r); /healthz goes to a replica", exc)
+            return False
+        owner = _route_owner(path, apps)
+        if owner is None or not owner.get("deployments"):
+            return False
+        return all(
+            d["target_num_replicas"] == 0 and not d["replicas"]
+            for d in owner["deployments"].values()
+        )
+
+    async def _serve_state(self) -> dict[str, Any]:
+        """The controller's ``get_serve_instance_details`` (what ``serve status`` and
+        ``serve.status()`` read), at most ``STATE_CACHE_S`` old. Awaited, not ``ray.get``: the
+        proxy's event loop must not block."""
+        now = asyncio.get_running_loop().time()
+        if self._state is not None and now - self._state[0] < STATE_CACHE_S:
+            return self._state[1]
+        if self._controller is None:
+            import ray
+
+            if not ray.is_initialized():  # not in a Serve proxy (a unit test): no state
+                raise RuntimeError("Ray is not initialized in this process")
+            from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+            self._controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        # bounded: a controller that is restarting must not hold /healthz
+        call = self._controller.get_serve_instance_details.remote()
+        state = await asyncio.wait_for(_awaited(call), self.healthz_timeout_s)
+        self._state = (now, state)
+        return state
+
     async def _unavailable(self, send, body: dict[str, Any]) -> None:
+        await self._respond(send, 503, body, [(b"retry-after", self.retry_after)])
+
+    @staticmethod
+    async def _respond(send, status: int, body: dict[str, Any], headers=()) -> None:
         content = json.dumps(body).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 503,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(content)).encode()),
-                    (b"retry-after", self.retry_after),
+                    *headers,
                 ],
             }
         )
         await send({"type": "http.response.body", "body": content})
+
+
+async def _awaited(ref):
+    return await ref
+
+
+def _route_owner(path: str, apps) -> dict[str, Any] | None:
+    """The app whose ``route_prefix`` is the longest prefix of ``path`` (as Serve routes)."""
+    best, length = None, -1
+    for app in apps:
+        prefix = (app.get("route_prefix") or "").rstrip("/")
+        if app.get("route_prefix") is None:
+            continue
+        if (path == prefix or path.startswith(prefix + "/")) and len(prefix) > length:
+            best, length = app, len(prefix)
+    return best
 
 
 def proxy_middlewares() -> list[Middleware]:
