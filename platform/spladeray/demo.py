@@ -10,7 +10,7 @@ import logging
 import time
 from pathlib import Path
 
-from spladeray import storage
+from spladeray import console, storage
 from spladeray.config import Config
 from spladeray.data.beir import Rejects, doc_text, iter_corpus, load_qrels, load_queries
 from spladeray.index import open_index
@@ -73,6 +73,7 @@ def run_search_demo(cfg: Config, model_path: str | None = None) -> dict:
 
 
 def _banner(title: str) -> None:
+    console.begin_stage(title.split(":")[0].split(" ")[1])  # "1/5 prepare: ..." -> prepare
     print(f"\n=== {title} " + "=" * max(0, 72 - len(title)), flush=True)
 
 
@@ -231,6 +232,7 @@ def run_full_demo(cfg: Config) -> dict:
     results = run_evaluation(cfg, systems=systems)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
+    console.begin_stage(None)
     print(summary_lines(results.average, shipped, tuned))
     print("\nstage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     return {"timings": timings, "paths": results.paths, "results": results}

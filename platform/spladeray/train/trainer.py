@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spladeray import storage
+from spladeray import console, storage
 from spladeray.raycluster import ensure_ray
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ def run_train(
     t0 = time.perf_counter()
     trainer = build_trainer(cfg, callbacks=callbacks)
     result = trainer.fit()
+    console.flush()  # rank 0's last progress line before the caller's result line
     seconds = time.perf_counter() - t0
     model_dir = None
     ckpt_path = result.checkpoint.path if result.checkpoint is not None else None
