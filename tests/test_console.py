@@ -96,3 +96,44 @@ def test_quiet_configure_keeps_info_off_the_console_and_in_the_log(tmp_path, cap
         logging.getLogger("py.warnings").propagate = True
         logging.getLogger("py.warnings").handlers.clear()
         console._state.update(quiet=False, buffer=None)
+
+
+RELAY_SCRIPT = """
+import logging, sys
+sys.path.insert(0, {platform!r})
+from spladeray import console
+console.configure(verbose=False)
+import ray
+from spladeray.config import RayConfig
+from spladeray.raycluster import ensure_ray
+
+ensure_ray(RayConfig(num_cpus=1, include_dashboard=False))
+
+@ray.remote
+def work():
+    print("worker stdout noise")
+    logging.getLogger("spladeray.worker").info("an info line of ours")
+    logging.getLogger("spladeray.worker").warning("a warning from a worker")
+    return 1
+
+assert ray.get(work.remote()) == 1
+console.flush()
+"""
+
+
+def test_a_worker_warning_reaches_the_quiet_console_and_its_output_does_not(tmp_path):
+    """A real local Ray cluster in a subprocess (its own driver, as a job has): the worker's
+    WARNING of a spladeray logger comes through the relay; its print and INFO stay in Ray's
+    logs (log_to_driver off). About 15 s."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    code = RELAY_SCRIPT.format(platform=str(ROOT / "platform"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "WARNING spladeray.worker: a warning from a worker" in out.stderr
+    both = out.stdout + out.stderr
+    assert "worker stdout noise" not in both and "an info line of ours" not in both
+    assert "[logs] Ray's and this job's logs: " in out.stdout

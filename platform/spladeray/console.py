@@ -13,7 +13,10 @@ Ray's own settings (no text filtering):
 - ``RAY_DATA_LOGGING_CONFIG`` (``ray_data_logging.yaml``): Ray Data's driver-side messages
   (execution plans, non-TTY progress logs) to its ``ray-data.log`` only, and
   ``DataContext.enable_operator_progress_bars = False``: one bar per dataset on a terminal;
-- ``HF_HUB_DISABLE_PROGRESS_BARS``: no ``Loading weights`` bars;
+- ``HF_HUB_DISABLE_PROGRESS_BARS``: no ``Loading weights`` bars; ``TRANSFORMERS_VERBOSITY``:
+  transformers' own notices to errors only;
+- Serve's driver-side logger (``ray.serve``, its own stream handler): WARNING and up on the
+  console, everything in the log file (:func:`route_library_logger`);
 - our driver's own log (INFO and up, every logger, Python warnings included) in
   ``<session>/logs/spladeray-driver.log``, next to Ray's.
 
@@ -28,6 +31,8 @@ before); a library user who never calls :func:`configure` gets Ray's defaults to
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -36,7 +41,7 @@ import threading
 import time
 from pathlib import Path
 
-from spladeray.raylogging import RELAY_ENV, RELAY_NAMESPACE, relay_handle
+from spladeray.raylogging import RELAY_ENV, RELAY_NAMESPACE, RELAY_WAIT_S, relay_handle
 
 LOG_ENV = "SPLADERAY_LOG"
 """``debug``: the verbose console, as ``--verbose``."""
@@ -75,6 +80,7 @@ def configure(verbose: bool = False) -> None:
         return
     _state["quiet"] = True
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault(
         "RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml"))
     )
@@ -128,6 +134,7 @@ def after_ray_init(runtime_env: dict, dashboard_url: str | None) -> None:
         watcher = Watcher(relay)
         watcher.start()
         _state["watcher"] = watcher
+        atexit.register(watcher.stop)  # runs before Ray's own exit handler (registered earlier)
 
 
 def attach_log_file(path: Path) -> Path:
@@ -142,6 +149,23 @@ def attach_log_file(path: Path) -> Path:
         buffer.flushLevel = logging.DEBUG  # from now on every record goes straight through
         buffer.capacity = 1
     return path
+
+
+def route_library_logger(name: str) -> None:
+    """A library logger with its own console handler and no propagation (Serve's ``ray.serve``
+    in the driver, set up at import): on the quiet console its stream handlers show WARNING and
+    up only, and all its records also go to the driver's log file."""
+    buffer = _state["buffer"]
+    if not quiet() or buffer is None:
+        return
+    logger = logging.getLogger(name)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            handler.setLevel(logging.WARNING)
+    if buffer not in logger.handlers:
+        logger.addHandler(buffer)
 
 
 def _relay_class():
@@ -165,10 +189,20 @@ def _relay_class():
 
 
 def post(event: dict) -> None:
-    """Send a progress event to the driver's console (a no-op when no relay is configured)."""
+    """Send a progress event to the driver's console (a no-op when no relay is configured).
+
+    Waits (a few ms) until the relay holds it, so that the last step's line is there when
+    ``fit`` returns and the driver flushes; a relay that does not answer costs a debug log
+    line, never the run."""
     handle = relay_handle()
-    if handle is not None:
-        handle.put.remote(event)
+    if handle is None:
+        return
+    import ray
+
+    try:
+        ray.get(handle.put.remote(event), timeout=RELAY_WAIT_S)
+    except Exception as exc:
+        logging.getLogger(__name__).debug("console relay: %s", exc)
 
 
 # ---------------------------------------------------------------------------- stages and sweeps
@@ -177,6 +211,8 @@ def begin_stage(name: str | None) -> None:
     :data:`HEARTBEAT_S` prints ``[name] m:ss elapsed``."""
     flush()
     _state["stage"] = (name, time.monotonic()) if name else None
+    if _state["watcher"] is not None:
+        _state["watcher"].last_print = time.monotonic()
 
 
 def sweep_variant(index: int, count: int) -> None:
@@ -267,20 +303,28 @@ class Watcher(threading.Thread):
         self.last_train_line = 0.0
         self.open_line = False  # a repainted line is on screen (terminal only)
         self.eval_started: float | None = None
+        self.stopped = threading.Event()
 
     def run(self) -> None:
-        while True:
-            time.sleep(self.interval_s)
+        while not self.stopped.wait(self.interval_s):
             try:
                 self.drain_once()
             except Exception:  # Ray is shutting down: the job is over
                 return
             self._heartbeat()
 
+    def stop(self) -> None:
+        """Print what is left and end the thread (before Ray shuts down)."""
+        self.stopped.set()
+        with contextlib.suppress(Exception):
+            self.drain_once()
+
     def drain_once(self) -> None:
         import ray
 
         with self.lock:
+            if not ray.is_initialized():  # never let ray.get start a new Ray instance
+                return
             for event in ray.get(self.relay.drain.remote(), timeout=30):
                 self.show(event)
 

@@ -93,6 +93,8 @@ def serve_index_and_search(cfg: Config, model_path: str, *, batch: int = 64) -> 
 
     from spladeray.serving.app import build_app
 
+    console.route_library_logger("ray.serve")  # Serve's driver-side INFO to the log file
+
     serve_cfg = cfg.model_copy(
         update={
             "model": cfg.model.model_copy(update={"path": model_path}),
@@ -118,7 +120,8 @@ def serve_index_and_search(cfg: Config, model_path: str, *, batch: int = 64) -> 
             indexed, failed = 0, []
             from tqdm.auto import tqdm
 
-            for lo in tqdm(range(0, len(docs), batch), desc="POST /index", unit="batch"):
+            pages = range(0, len(docs), batch)  # a bar on a terminal (disable=None), else none
+            for lo in tqdm(pages, desc="POST /index", unit="batch", disable=None):
                 body = {"documents": docs[lo : lo + batch]}
                 answer = http.post("/index", json=body)
                 answer.raise_for_status()
@@ -201,7 +204,12 @@ def run_full_demo(cfg: Config) -> dict:
     )
     timings["export"] = time.perf_counter() - t
     summary = exported.summary()
-    print(f"export: {summary}")
+    enc = summary["encoder"]
+    print(
+        f"export: {enc['path']} ({summary['model_format']}, {enc['size_bytes'] / 2**20:.1f} MiB, "
+        f"max |diff| vs the encoder {summary['max_abs_diff_vs_encoder']:.1e}, "
+        f"{summary['export_seconds']:.1f} s); register body {enc['register_body']}"
+    )
 
     _banner("4/5 serve: Ray Serve app; POST /index the corpus; POST /search")
     t = time.perf_counter()

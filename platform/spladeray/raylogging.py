@@ -37,6 +37,7 @@ RELAY_ENV = "SPLADERAY_CONSOLE_RELAY"
 """The name of the job's console relay actor (set in the job's runtime_env by the quiet console)."""
 RELAY_NAMESPACE = "spladeray"
 RELAY_RETRY_S = 30.0
+RELAY_WAIT_S = 10.0
 
 _relay: dict = {"name": None, "handle": None, "checked": 0.0}
 
@@ -63,7 +64,9 @@ def relay_handle():
 
 
 class RelayHandler(logging.Handler):
-    """Sends each record, formatted, to the console relay (fire and forget)."""
+    """Sends each record, formatted, to the console relay, and waits (at most
+    :data:`RELAY_WAIT_S`) until the relay holds it: a warning is on its way to the console
+    before the task or actor call that logged it returns."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -72,7 +75,9 @@ class RelayHandler(logging.Handler):
                 line = f"{record.levelname} {record.name}: {record.getMessage()}"
                 if record.exc_info:
                     line += "\n" + logging.Formatter().formatException(record.exc_info)
-                handle.put.remote({"kind": "log", "line": line})
+                import ray
+
+                ray.get(handle.put.remote({"kind": "log", "line": line}), timeout=RELAY_WAIT_S)
         except Exception:
             self.handleError(record)
 
