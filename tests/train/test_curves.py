@@ -21,7 +21,7 @@ def _row(step: int, ndcg: float | None = None) -> dict:
         "note": "not a number",
     }
     if ndcg is not None:
-        row.update({"eval/nDCG@10": ndcg, "eval/doc_active_dims": 250.0 - 2 * step})
+        row.update({"eval/nDCG@10": ndcg, "eval/doc_active_dims": 250.0 - step / 2})
     return row
 
 
@@ -37,7 +37,7 @@ def test_run_history_and_curves_png(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 2, 4, 6]
     assert "note" not in rows[1]  # only numbers are kept
-    assert sweep_points(run) == [(0, 250.0, 0.6), (4, 242.0, 0.64), (6, 238.0, 0.66)]
+    assert sweep_points(run) == [(0, 250.0, 0.6), (4, 248.0, 0.64), (6, 247.0, 0.66)]
 
     resumed = CurveLog(run, step=4)  # a resume at step 4 drops what came after it
     assert [r["step"] for r in resumed.rows] == [0, 2, 4]
@@ -54,3 +54,28 @@ def test_sweep_png(tmp_path):
     }
     path = plot_sweep(points, "t5", tmp_path / "sweep.png")
     assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_sweep_report_marks_the_chosen_variant(tmp_path):
+    """write_sweep_report: sweep.md names the best validation variant, has the table and the
+    picture; sweep.png is drawn from each variant's metrics.jsonl."""
+    from spladeray.train.sweep import SweepRow, write_sweep_report
+
+    runs = {}
+    for name, final in (("t1", 0.70), ("t5", 0.77)):
+        log = CurveLog(str(tmp_path / name), step=0)
+        log.add({"step": 0, "eval_start/nDCG@10": 0.6, "eval_start/doc_active_dims": 250.0})
+        log.add(_row(100, final - 0.05))
+        log.add(_row(200, final))
+        log.save()
+        runs[name] = str(tmp_path / name)
+    rows = [
+        SweepRow(name, [f"x={name}"], {"nDCG@10": v, "doc_active_dims": 150.0}, 200, 1.0, 9.0)
+        for name, v in (("t1", 0.70), ("t5", 0.77))
+    ]
+    write_sweep_report(str(tmp_path / "sweep"), "demo-sweep", rows, runs)
+    md = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "chosen on validation: **t5** (nDCG@10 0.7700 at 150 doc dims)" in md
+    assert md.index("| t5 |") < md.index("| t1 |")
+    assert "![validation nDCG@10 against document dims](sweep.png)" in md
+    assert (tmp_path / "sweep" / "sweep.png").read_bytes().startswith(b"\x89PNG")
