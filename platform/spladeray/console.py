@@ -334,7 +334,7 @@ class Watcher(threading.Thread):
             sys.stdout.write("\n")
             self.open_line = False
         if repaint and self.tty:
-            sys.stdout.write("\r" + line)
+            sys.stdout.write("\r" + line + "\x1b[K")  # clear what a longer line left
             self.open_line = True
         else:
             print(line, file=stream)

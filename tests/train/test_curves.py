@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from spladeray.train.curves import CurveLog, plot_sweep, sweep_points
+from spladeray.train.curves import CurveLog, draw_run_curves, plot_sweep, sweep_points
 
 
 def _row(step: int, ndcg: float | None = None) -> dict:
@@ -31,7 +31,8 @@ def test_run_history_and_curves_png(tmp_path):
     log.add({"step": 0, "eval_start/nDCG@10": 0.6, "eval_start/doc_active_dims": 250.0})
     for step in (2, 4, 6):
         log.add(_row(step, {4: 0.64, 6: 0.66}.get(step)))
-    log.save(plot=True)
+    log.save()
+    draw_run_curves(run)
     png = (tmp_path / "run" / "curves.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -1,8 +1,9 @@
 """A training run's curves as files a person opens: ``metrics.jsonl`` and ``curves.png``.
 
 Rank 0 keeps every report's scalars (:class:`CurveLog`) in ``<output_dir>/<run>/metrics.jsonl``
-(rewritten at each checkpoint and at the end, so a resumed run continues the same curves) and
-draws ``curves.png`` next to it at the end: the loss terms, the learning rate, the FLOPS
+(rewritten at each checkpoint and at the end, so a resumed run continues the same curves); when
+the run is over, the driver draws ``curves.png`` next to it (:func:`draw_run_curves`, in a
+thread, so that the next stage does not wait for matplotlib): the loss terms, the learning rate, the FLOPS
 lambdas, the query and document active dimensions, and validation nDCG@10 (with BM25 and the
 start-of-run model as dashed lines) against the step. matplotlib's Agg backend: headless.
 """
@@ -38,16 +39,33 @@ class CurveLog:
         row = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         self.rows = [r for r in self.rows if r.get("step") != row.get("step")] + [row]
 
-    def save(self, *, plot: bool = False) -> None:
+    def save(self) -> None:
         text = "".join(json.dumps(r) + "\n" for r in self.rows)
         storage.write_text(storage.join(self.run_dir, HISTORY_FILE), text)
-        if plot:
-            try:
-                with tempfile.TemporaryDirectory(prefix="spladeray-curves-") as tmp:
-                    local = plot_curves(self.rows, Path(tmp) / CURVES_FILE)
-                    storage.upload(local, storage.join(self.run_dir, CURVES_FILE))
-            except Exception:  # a picture never fails a finished training run
-                logger.warning("could not draw %s", CURVES_FILE, exc_info=True)
+
+
+def draw_run_curves(run_dir: str) -> None:
+    """``<run_dir>/curves.png`` from ``<run_dir>/metrics.jsonl``; a warning, never an error."""
+    uri = storage.join(run_dir, HISTORY_FILE)
+    try:
+        if not storage.exists(uri):  # e.g. a run that did not report from this code
+            logger.info("no %s: no %s drawn", uri, CURVES_FILE)
+            return
+        rows = [json.loads(line) for line in storage.read_text(uri).splitlines() if line]
+        with tempfile.TemporaryDirectory(prefix="spladeray-curves-") as tmp:
+            local = plot_curves(rows, Path(tmp) / CURVES_FILE)
+            storage.upload(local, storage.join(run_dir, CURVES_FILE))
+    except Exception:  # a picture never fails a finished training run
+        logger.warning("could not draw %s in %s", CURVES_FILE, run_dir, exc_info=True)
+
+
+def draw_run_curves_in_background(run_dir: str):
+    """:func:`draw_run_curves` in a (non-daemon: the process waits for it at exit) thread."""
+    import threading
+
+    thread = threading.Thread(target=draw_run_curves, args=(run_dir,), name="spladeray-curves")
+    thread.start()
+    return thread
 
 
 def plot_curves(rows: list[dict[str, float]], path: str | Path) -> Path:

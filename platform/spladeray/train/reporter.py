@@ -4,7 +4,7 @@ The step adds detached device tensors (:meth:`Reporter.add`, :meth:`Reporter.add
 leaves the device until :meth:`Reporter.report`, which stacks the sums into one tensor **on the
 training device**, all-reduces it whenever a process group exists (also at world size 1, so one GPU
 runs the same code as eight; NCCL reduces only CUDA tensors) and converts it once. Then rank 0
-evaluates when due, writes TensorBoard / MLflow and the run's ``metrics.jsonl`` / ``curves.png``
+evaluates when due, writes TensorBoard / MLflow and the run's ``metrics.jsonl``
 (:mod:`spladeray.train.curves`), posts its progress line to the driver's console
 (:mod:`spladeray.console`), and every rank calls ``ray.train.report``, with a checkpoint every
 ``checkpoint.every_steps`` and at the end.
@@ -248,7 +248,7 @@ class Reporter:
             console.post(self._progress_event(metrics, now, eval_due))
             self.curves.add(metrics)
             if self._checkpoint_due(step):
-                self.curves.save(plot=final)  # curves.png at the end of the run
+                self.curves.save()  # the driver draws curves.png from it after the run
         if self._checkpoint_due(step):
             self._report_checkpoint(metrics, final)
         else:
