@@ -49,8 +49,11 @@ def test_validation_lines():
     assert console.eval_line(start) == (
         "[train] validation at step 100: encoding 1,500 docs and its queries, then searching"
     )
-    done = {"state": "done", "step": 100, "metrics": {"nDCG@10": 0.7712}, "seconds": 47.6}
-    assert console.eval_line(done) == "[train] validation at step 100: nDCG@10 0.7712 (48 s)"
+    figures = {"nDCG@10": 0.7712, "doc dims": 155.75}
+    done = {"state": "done", "step": 100, "metrics": figures, "seconds": 47.6}
+    assert console.eval_line(done) == (
+        "[train] validation at step 100: nDCG@10 0.7712, doc dims 156 (48 s)"
+    )
 
 
 def test_clock():

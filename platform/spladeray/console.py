@@ -287,7 +287,10 @@ def eval_line(event: dict) -> str:
     if event["state"] == "start":
         docs = f"{event['docs']:,} docs" if event.get("docs") else "the corpus"
         return f"{where}: encoding {docs} and its queries, then searching"
-    figures = ", ".join(f"{k} {v:.4f}" for k, v in event.get("metrics", {}).items())
+    figures = ", ".join(
+        f"{k} {v:.0f}" if "dims" in k else f"{k} {v:.4f}"
+        for k, v in event.get("metrics", {}).items()
+    )
     return f"{where}: {figures} ({event.get('seconds', 0.0):.0f} s)"
 
 
