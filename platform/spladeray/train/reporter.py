@@ -246,7 +246,10 @@ class Reporter:
         self.writer.write(metrics, step)
         if self.rank == 0:
             console.post(self._progress_event(metrics, now, eval_due))
-            self.curves.add(metrics)
+            # eval/* only at the steps that evaluated (the report carries the last ones on)
+            self.curves.add(
+                metrics if eval_due else {k: v for k, v in metrics.items() if "eval/" not in k}
+            )
             if self._checkpoint_due(step):
                 self.curves.save()  # the driver draws curves.png from it after the run
         if self._checkpoint_due(step):
