@@ -309,11 +309,14 @@ class Watcher(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        import ray
+
         while not self.stopped.wait(self.interval_s):
             try:
                 self.drain_once()
-            except Exception:  # Ray is shutting down: the job is over
-                return
+            except Exception:  # a slow relay (a loaded machine) is tried again next time
+                if not ray.is_initialized():  # Ray is down: the job is over
+                    return
             self._heartbeat()
 
     def stop(self) -> None:
