@@ -10,8 +10,6 @@ minutes), so ``ray job submit --working-dir . -- python jobs/train.py`` works on
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +30,8 @@ def parse_args(
     argv: Sequence[str] | None = None,
 ) -> argparse.Namespace:
     """``--config FILE`` (default ``default_config``), ``--set key=value`` overrides, and any
-    job-specific flags ``extra`` adds. Also sets up logging (``$SPLADERAY_LOG_LEVEL``)."""
+    job-specific flags ``extra`` adds, and ``--verbose``. Sets up the console
+    (:mod:`spladeray.console`: quiet unless ``--verbose`` or ``SPLADERAY_LOG=debug``)."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -48,14 +47,18 @@ def parse_args(
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.max_steps=10 (repeatable)",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's own logs and progress bars too (as SPLADERAY_LOG=debug)",
+    )
     parser.set_defaults(default_config=default_config)
     if extra is not None:
         extra(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("SPLADERAY_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from spladeray import console
+
+    console.configure(verbose=console.is_verbose(args.verbose))
     return args
 
 

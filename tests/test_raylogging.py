@@ -17,6 +17,7 @@ from spladeray.raylogging import (
     RepeatFilter,
     quiet_ray_train_logs,
     worker_runtime_env,
+    worker_setup,
 )
 
 # the message as ray/train/v2/_internal/execution/controller/placement_group_cleaner.py logs it
@@ -55,7 +56,7 @@ def test_repeats_pass_once_per_interval_with_the_count(cleaner_logger, caplog, m
 def test_the_hook_is_a_runtime_env_unless_the_submitted_job_has_one(monkeypatch):
     assert REPEATED_WARNING in WARNING
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
-    assert worker_runtime_env() == {"worker_process_setup_hook": quiet_ray_train_logs}
+    assert worker_runtime_env() == {"worker_process_setup_hook": worker_setup}
     job = {"runtime_env": {"worker_process_setup_hook": "their.hook"}}
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
     assert worker_runtime_env() == {}
@@ -66,7 +67,7 @@ def test_the_hook_pickles_by_value():
     import ray.cloudpickle
 
     worker_runtime_env()
-    blob = ray.cloudpickle.dumps(quiet_ray_train_logs)
+    blob = ray.cloudpickle.dumps(worker_setup)
     code = (
         "import logging, pickle, sys; sys.modules['spladeray'] = None; "
         f"pickle.loads({blob!r})(); "

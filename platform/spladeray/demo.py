@@ -10,7 +10,7 @@ import logging
 import time
 from pathlib import Path
 
-from spladeray import storage
+from spladeray import console, storage
 from spladeray.config import Config
 from spladeray.data.beir import Rejects, doc_text, iter_corpus, load_qrels, load_queries
 from spladeray.index import open_index
@@ -73,6 +73,7 @@ def run_search_demo(cfg: Config, model_path: str | None = None) -> dict:
 
 
 def _banner(title: str) -> None:
+    console.begin_stage(title.split(":")[0].split(" ")[1])  # "1/5 prepare: ..." -> prepare
     print(f"\n=== {title} " + "=" * max(0, 72 - len(title)), flush=True)
 
 
@@ -91,6 +92,8 @@ def serve_index_and_search(cfg: Config, model_path: str, *, batch: int = 64) -> 
     from ray import serve
 
     from spladeray.serving.app import build_app
+
+    console.route_library_logger("ray.serve")  # Serve's driver-side INFO to the log file
 
     serve_cfg = cfg.model_copy(
         update={
@@ -117,7 +120,8 @@ def serve_index_and_search(cfg: Config, model_path: str, *, batch: int = 64) -> 
             indexed, failed = 0, []
             from tqdm.auto import tqdm
 
-            for lo in tqdm(range(0, len(docs), batch), desc="POST /index", unit="batch"):
+            pages = range(0, len(docs), batch)  # a bar on a terminal (disable=None), else none
+            for lo in tqdm(pages, desc="POST /index", unit="batch", disable=None):
                 body = {"documents": docs[lo : lo + batch]}
                 answer = http.post("/index", json=body)
                 answer.raise_for_status()
@@ -200,7 +204,12 @@ def run_full_demo(cfg: Config) -> dict:
     )
     timings["export"] = time.perf_counter() - t
     summary = exported.summary()
-    print(f"export: {summary}")
+    enc = summary["encoder"]
+    print(
+        f"export: {enc['path']} ({summary['model_format']}, {enc['size_bytes'] / 2**20:.1f} MiB, "
+        f"max |diff| vs the encoder {summary['max_abs_diff_vs_encoder']:.1e}, "
+        f"{summary['export_seconds']:.1f} s); register body {enc['register_body']}"
+    )
 
     _banner("4/5 serve: Ray Serve app; POST /index the corpus; POST /search")
     t = time.perf_counter()
@@ -231,6 +240,7 @@ def run_full_demo(cfg: Config) -> dict:
     results = run_evaluation(cfg, systems=systems)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
+    console.begin_stage(None)
     print(summary_lines(results.average, shipped, tuned))
     print("\nstage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     return {"timings": timings, "paths": results.paths, "results": results}

@@ -11,7 +11,7 @@ AUTOSCALING_ENV = "SPLADERAY_AUTOSCALING"
 """Set (``1``) on clusters whose autoscaler adds nodes on demand: capacity checks only warn."""
 
 
-def ensure_ray(ray_cfg=None, *, log_to_driver: bool = True) -> None:
+def ensure_ray(ray_cfg=None, *, log_to_driver: bool | None = None) -> None:
     """Join the cluster a :class:`spladeray.config.RayConfig` names, or start a local one.
 
     Does nothing when Ray is already up (tests, a caller that initialised it). Joining an existing
@@ -21,9 +21,12 @@ def ensure_ray(ray_cfg=None, *, log_to_driver: bool = True) -> None:
     127.0.0.1). Prints the dashboard's URL when the cluster has one. The job's worker processes
     run :func:`spladeray.raylogging.quiet_ray_train_logs` (Ray Train's placement-group cleaner
     would otherwise log a warning every second while the State API is unreachable).
+    ``log_to_driver`` (default: true, false on the quiet console of :mod:`spladeray.console`)
+    forwards the output of Ray's worker processes to this one.
     """
     import ray
 
+    from spladeray import console
     from spladeray.config import RayConfig
     from spladeray.raylogging import worker_runtime_env
 
@@ -34,8 +37,11 @@ def ensure_ray(ray_cfg=None, *, log_to_driver: bool = True) -> None:
     joining = address not in (None, "local") or (
         address is None and bool(os.environ.get("RAY_ADDRESS"))
     )
-    kwargs = {"address": address, "log_to_driver": log_to_driver}
-    if runtime_env := worker_runtime_env():
+    runtime_env = worker_runtime_env()
+    kwargs = {"address": address, **console.ray_init_options(runtime_env)}
+    if log_to_driver is not None:
+        kwargs["log_to_driver"] = log_to_driver
+    if runtime_env:
         kwargs["runtime_env"] = runtime_env
     if not joining:
         kwargs.update(
@@ -45,8 +51,10 @@ def ensure_ray(ray_cfg=None, *, log_to_driver: bool = True) -> None:
             dashboard_host=ray_cfg.dashboard_host,
         )
     url = ray.init(**kwargs).dashboard_url
+    url = (url if "://" in url else "http://" + url) if url else None
     if url:
-        print(f"[ray] dashboard: {url if '://' in url else 'http://' + url}", flush=True)
+        print(f"[ray] dashboard: {url}", flush=True)
+    console.after_ray_init(runtime_env, url)
 
 
 def cluster_gpus() -> float:

@@ -12,8 +12,14 @@ on the cleaner's logger: the first warning and then one per :data:`REPEAT_INTERV
 number dropped) go through; the cleaner's other messages, e.g. that it removed a placement
 group, are untouched.
 
-This module imports only the standard library and is pickled by value, so worker processes run
-the hook without importing ``spladeray`` (a cluster whose nodes lack the package still starts).
+On the quiet console (:mod:`spladeray.console`) the hook also puts a :class:`RelayHandler` on the
+``spladeray`` logger of every worker: its WARNING and ERROR records go to the driver's console
+through the relay actor that ``$SPLADERAY_CONSOLE_RELAY`` names (Ray's own forwarding of worker
+output, ``log_to_driver``, is off there).
+
+This module imports only the standard library (and Ray, lazily) and is pickled by value, so worker
+processes run the hook without importing ``spladeray`` (a cluster whose nodes lack the package
+still starts).
 """
 
 from __future__ import annotations
@@ -27,6 +33,53 @@ import time
 CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 REPEATED_WARNING = "Failed to query Ray Train Controller actor state"
 REPEAT_INTERVAL_S = 600.0
+RELAY_ENV = "SPLADERAY_CONSOLE_RELAY"
+"""The name of the job's console relay actor (set in the job's runtime_env by the quiet console)."""
+RELAY_NAMESPACE = "spladeray"
+RELAY_RETRY_S = 30.0
+RELAY_WAIT_S = 10.0
+
+_relay: dict = {"name": None, "handle": None, "checked": 0.0}
+
+
+def relay_handle():
+    """The console relay actor of this job, or ``None`` (no relay configured, or not found: then
+    asked again at most every :data:`RELAY_RETRY_S`)."""
+    name = os.environ.get(RELAY_ENV)
+    if not name:
+        return None
+    if _relay["name"] == name and _relay["handle"] is not None:
+        return _relay["handle"]
+    now = time.monotonic()
+    if _relay["name"] == name and now - _relay["checked"] < RELAY_RETRY_S:
+        return None
+    _relay.update(name=name, handle=None, checked=now)
+    try:
+        import ray
+
+        _relay["handle"] = ray.get_actor(name, namespace=RELAY_NAMESPACE)
+    except Exception:  # not started (yet), or Ray is going down
+        pass
+    return _relay["handle"]
+
+
+class RelayHandler(logging.Handler):
+    """Sends each record, formatted, to the console relay, and waits (at most
+    :data:`RELAY_WAIT_S`) until the relay holds it: a warning is on its way to the console
+    before the task or actor call that logged it returns."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            handle = relay_handle()
+            if handle is not None:
+                line = f"{record.levelname} {record.name}: {record.getMessage()}"
+                if record.exc_info:
+                    line += "\n" + logging.Formatter().formatException(record.exc_info)
+                import ray
+
+                ray.get(handle.put.remote({"kind": "log", "line": line}), timeout=RELAY_WAIT_S)
+        except Exception:
+            self.handleError(record)
 
 
 class RepeatFilter(logging.Filter):
@@ -59,8 +112,19 @@ def quiet_ray_train_logs() -> None:
         logger.addFilter(RepeatFilter(REPEATED_WARNING, REPEAT_INTERVAL_S))
 
 
+def worker_setup() -> None:
+    """``worker_process_setup_hook``: :func:`quiet_ray_train_logs`, and on the quiet console a
+    :class:`RelayHandler` for the ``spladeray`` logger's warnings and errors."""
+    quiet_ray_train_logs()
+    if os.environ.get(RELAY_ENV):
+        logger = logging.getLogger("spladeray")
+        if not any(isinstance(h, RelayHandler) for h in logger.handlers):
+            handler = RelayHandler(level=logging.WARNING)
+            logger.addHandler(handler)
+
+
 def worker_runtime_env() -> dict:
-    """The job-level ``runtime_env`` for ``ray.init``: :func:`quiet_ray_train_logs` as the
+    """The job-level ``runtime_env`` for ``ray.init``: :func:`worker_setup` as the
     worker setup hook, or nothing when a submitted job (``ray job submit``) already sets one,
     since Ray refuses to merge two."""
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
@@ -69,4 +133,4 @@ def worker_runtime_env() -> dict:
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    return {"worker_process_setup_hook": quiet_ray_train_logs}
+    return {"worker_process_setup_hook": worker_setup}

@@ -45,7 +45,8 @@ def test_bad_config_exits_with_message(tmp_path):
 
 
 def test_full_demo_path_small(tmp_path):
-    """prepare -> train -> export -> serve -> index -> search -> evaluate on a small slice."""
+    """prepare -> train -> export -> serve -> index -> search -> evaluate on a small slice, on
+    the quiet console: each stage's result line and no Ray machinery (issue 33)."""
     import os
 
     env = dict(os.environ, SPLADERAY_RUNS=str(tmp_path / "runs"))
@@ -74,3 +75,30 @@ def test_full_demo_path_small(tmp_path):
     assert list((runs / "export").glob("*.zip"))
     png = (runs / "eval" / "quality_vs_dims.png").read_bytes()
     assert png.startswith(b"\x89PNG")
+    assert (runs / "train" / "demo" / "curves.png").read_bytes().startswith(b"\x89PNG")
+    # The quiet console (spladeray.console): none of Ray's machinery on either stream...
+    both = out.stdout + out.stderr
+    for noise in (
+        "TrainingReport(",  # Ray Train's report dicts
+        "Running Dataset",  # Ray Data's progress repaints (non-TTY: logged blocks)
+        "Total Progress",
+        "Execution plan of Dataset",
+        "(TrainController pid=",  # any forwarded worker output
+        "(ServeController pid=",
+        "Loading weights",  # transformers' bars
+        "HTTP Request:",  # httpx's INFO lines
+        "Deployed app",
+    ):
+        assert noise not in both, noise
+    # ... and each stage's result line, training's progress with its ETA
+    for result in (
+        "prepare: 8 rows",
+        "[train] step 3/3 (100%) | ",
+        "trained model: ",
+        "export: ",
+        "200 documents indexed",
+        "fine-tuning: nDCG@10 ",
+        "stage seconds: ",
+    ):
+        assert result in out.stdout, result
+    assert " left | loss " in out.stdout

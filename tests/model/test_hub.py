@@ -111,3 +111,14 @@ def test_export_job_hf_format(tmp_path):
     assert wrote == f"[export] wrote: hf directory {out}"  # the job's last line
     assert summary["format"] == "hf" and (out / "README.md").is_file()
     assert (out / "modules.json").is_file() and (out / "model.safetensors").is_file()
+
+
+def test_card_embeds_the_training_curves(encoder, tmp_path):
+    """The card comes from model/model_card.md; a run's curves.png is copied next to it."""
+    curves = tmp_path / "curves.png"
+    curves.write_bytes(b"\x89PNG not really")
+    out = export_hf(encoder, tmp_path / "hf", name="splade-tiny", curves=curves)
+    readme = (out / "README.md").read_text()
+    assert "![training curves](curves.png)" in readme
+    assert (out / "curves.png").read_bytes() == curves.read_bytes()
+    assert "$" not in readme.split("## Usage")[0]  # every template field was filled

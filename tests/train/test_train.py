@@ -112,6 +112,11 @@ def test_resume_same_name_continues_at_checkpoint_step(
         not torch.equal(saved["model"][k], final["model"][k]) for k in saved["model"]
     )  # the run went on training after step 2
     assert all(int(s["step"]) == 4 for s in final["optimizer"]["state"].values())
+    # the run's curves (metrics.jsonl, issue 33) continue the first attempt's: step 0's
+    # baselines, each step once, up to the end
+    history = Path(again.train.output_dir) / "t" / "metrics.jsonl"
+    steps = [json.loads(line)["step"] for line in history.read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 4 and 2 in steps
 
 
 def test_two_worker_ddp_survives_a_worker_failure_and_exports(

@@ -41,7 +41,9 @@ def index_documents(
     encoder.check_servable(allow_random_head)
     index.create(name)
     result = BulkResult()
-    with tqdm(total=total, desc=f"index {name}", unit="doc", disable=not show_progress) as bar:
+    with tqdm(
+        total=total, desc=f"index {name}", unit="doc", disable=None if show_progress else True
+    ) as bar:  # None: off a terminal
         for batch in _batches(docs, batch_size):
             checked = [check_row(row) for row in batch]
             good = [d for d in checked if not isinstance(d, Failure)]

@@ -319,7 +319,9 @@ class SpladeEncoder(nn.Module):
         run_plan = self.precision_plan()
         blocks: list[tuple[np.ndarray, sp.csr_matrix]] = []
         device = self.device
-        with tqdm(total=len(ids), desc=f"encode {kind}s", disable=not show_progress) as bar:
+        with tqdm(
+            total=len(ids), desc=f"encode {kind}s", disable=None if show_progress else True
+        ) as bar:  # None: off a terminal
             for start in range(0, len(order), bs):
                 batch_idx = order[start : start + bs]
                 rows = [ids[i] for i in batch_idx]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import yaml
@@ -27,6 +28,8 @@ from spladeray.redaction import redact_config
 
 LICENSE_PLACEHOLDER = "other"  # set export.license (an SPDX id) before publishing
 MEASURES = ("nDCG@10", "R@100")
+CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
+CURVES = "curves.png"
 
 
 def read_eval_report(path: str | os.PathLike[str] | None) -> dict[str, Any] | None:
@@ -101,8 +104,10 @@ def model_card(
     license: str | None = None,
     train_config: dict[str, Any] | None = None,
     eval_report: dict[str, Any] | None = None,
+    curves: str | None = None,
 ) -> str:
-    """``README.md`` text: YAML front matter, then the card."""
+    """``README.md`` text: YAML front matter, then the card (:data:`CARD_TEMPLATE`, a
+    ``string.Template``; ``curves``: the training curves' file name next to the card)."""
     meta = front_matter(encoder, base_model=base_model, license=license)
     header = yaml.safe_dump(meta, sort_keys=False)
     if not license:
@@ -119,92 +124,31 @@ def model_card(
         if train_config
         else "Not trained by spladeray (no training config in this run).\n"
     )
-    mlm_name = name.split("/")[-1]
-    return f"""---
-{header}---
-
-# {name}
-
-A {kind}SPLADE learned sparse encoder: each text becomes a weight per vocabulary token,
-`w_j = {encoder.pooling}_i log(1 + relu(logit_ij))` over the text's tokens (`{encoder.activation}`
-activation; special tokens get weight 0), so it can be searched with an inverted index
-(OpenSearch `rank_features` / `neural_sparse`). {query_side}
-Trained and exported with [spladeray](https://github.com/spladeray/spladeray)
-{f"from `{base_model}`" if base_model else ""}.
-
-- Vocabulary: {encoder.vocab_size:,} dimensions; pooling: {encoder.pooling}
-- Max length: queries {encoder.max_query_length}, documents {encoder.max_document_length} tokens
-- Pruning: top_k {encoder.top_k}, threshold {encoder.threshold}
-
-## Evaluation
-
-{evaluation_table(eval_report)}
-## Training configuration
-
-{training}
-## Usage
-
-### spladeray
-
-```python
-from spladeray.model import SpladeEncoder
-
-encoder = SpladeEncoder.from_pretrained("{name}")  # dtype="bfloat16" for the fast CPU path
-docs = encoder.encode_documents(["Vitamin D is made in the skin under UV light."])
-queries = encoder.encode_queries(["how is vitamin D produced"])
-print(encoder.decode(docs[0], 10))
-```
-
-### sentence-transformers
-
-```python
-from sentence_transformers import SparseEncoder
-
-model = SparseEncoder("{name}")
-docs = model.encode_document(["Vitamin D is made in the skin under UV light."])
-queries = model.encode_query(["how is vitamin D produced"])
-print(model.similarity(queries, docs))
-print(model.decode(docs[0], top_k=10))
-```
-
-### transformers
-
-```python
-import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{name}")
-model = AutoModelForMaskedLM.from_pretrained("{name}").eval()
-batch = tokenizer(["Vitamin D is made in the skin."], return_tensors="pt", padding=True,
-                  truncation=True, max_length={encoder.max_document_length})
-with torch.no_grad():
-    logits = model(**batch).logits                            # [batch, seq, vocab]
-weights = torch.log1p(torch.relu(logits)) * batch["attention_mask"].unsqueeze(-1)
-vector = weights.{"amax" if encoder.pooling == "max" else "sum"}(dim=1)  # [batch, vocab]
-vector[:, tokenizer.all_special_ids] = 0                      # special tokens are not terms
-```
-
-### OpenSearch
-
-Export the ML Commons zip (TorchScript or ONNX, pooling inside) and register it:
-
-```bash
-python jobs/export.py --config my.yaml --format onnx --register
-```
-
-then index into a `rank_features` field with an ingest pipeline and search with
-`neural_sparse`:
-
-```json
-PUT /_ingest/pipeline/{mlm_name}-pipeline
-{{"processors": [{{"sparse_encoding": {{"model_id": "<model id>",
-  "field_map": {{"text": "text_embedding"}}}}}}]}}
-
-GET /my-index/_search
-{{"query": {{"neural_sparse": {{"text_embedding": {{
-  "query_text": "how is vitamin D produced", "model_id": "<model id>"}}}}}}}}
-```
-"""
+    values = {
+        "header": header,
+        "name": name,
+        "kind": kind,
+        "pooling": encoder.pooling,
+        "activation": encoder.activation,
+        "query_side": query_side,
+        "base_from": f"from `{base_model}`" if base_model else "",
+        "vocab_size": f"{encoder.vocab_size:,}",
+        "max_query_length": encoder.max_query_length,
+        "max_document_length": encoder.max_document_length,
+        "top_k": encoder.top_k,
+        "threshold": encoder.threshold,
+        "evaluation": evaluation_table(eval_report),
+        "curves": (
+            f"![training curves]({curves})\n\nLoss terms, learning rate, FLOPS lambdas, active "
+            "dimensions and validation nDCG@10 against the step (spladeray's `curves.png`).\n"
+            if curves
+            else "No training curves in this run.\n"
+        ),
+        "training": training,
+        "mlm_name": name.split("/")[-1],
+        "pool_fn": "amax" if encoder.pooling == "max" else "sum",
+    }
+    return Template(CARD_TEMPLATE.read_text(encoding="utf-8")).substitute(values)
 
 
 def export_hf(
@@ -216,11 +160,16 @@ def export_hf(
     license: str | None = None,
     train_config: dict[str, Any] | None = None,
     eval_report: dict[str, Any] | None = None,
+    curves: str | os.PathLike[str] | None = None,
 ) -> Path | str:
-    """``save_pretrained`` into ``output_dir`` (a local dir or a URI) plus ``README.md``."""
+    """``save_pretrained`` into ``output_dir`` (a local dir or a URI) plus ``README.md``; with
+    ``curves`` (a training run's ``curves.png``, a path or URI) the picture is copied next to the
+    card, which shows it."""
     uri = os.fspath(output_dir)
     with storage.staged_dir(uri) as out:
         encoder.save_pretrained(str(out))
+        if curves is not None:
+            (Path(out) / CURVES).write_bytes(storage.read_bytes(curves))
         card = model_card(
             encoder,
             name=name,
@@ -228,6 +177,7 @@ def export_hf(
             license=license,
             train_config=train_config,
             eval_report=eval_report,
+            curves=CURVES if curves is not None else None,
         )
         (Path(out) / "README.md").write_text(card, encoding="utf-8")
         local = Path(out)
@@ -282,12 +232,22 @@ def export_hf_from_config(cfg, output_dir: str | None = None) -> Path | str:
     return export_hf(
         encoder,
         out,
+        curves=_run_curves(cfg),
         name=ecfg.name or cfg.run_name,
         base_model=base,
         license=ecfg.license,
         train_config=train_config,
         eval_report=report,
     )
+
+
+def _run_curves(cfg) -> str | None:
+    """The training run's ``curves.png``: next to the exported model (``<run>/model``), else
+    in the config's own run directory (``<train.output_dir>/<train.name or run_name>``)."""
+    places = [storage.join(os.path.dirname(str(cfg.model.path).rstrip("/")), CURVES)]
+    if cfg.train is not None:
+        places.append(storage.join(cfg.train.output_dir, cfg.train.name or cfg.run_name, CURVES))
+    return next((p for p in places if storage.exists(p)), None)
 
 
 def _hub_id(path: str) -> str | None:

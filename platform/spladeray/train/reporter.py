@@ -4,8 +4,10 @@ The step adds detached device tensors (:meth:`Reporter.add`, :meth:`Reporter.add
 leaves the device until :meth:`Reporter.report`, which stacks the sums into one tensor **on the
 training device**, all-reduces it whenever a process group exists (also at world size 1, so one GPU
 runs the same code as eight; NCCL reduces only CUDA tensors) and converts it once. Then rank 0
-evaluates when due and writes TensorBoard / MLflow, and every rank calls ``ray.train.report``,
-with a checkpoint every ``checkpoint.every_steps`` and at the end.
+evaluates when due, writes TensorBoard / MLflow and the run's ``metrics.jsonl``
+(:mod:`spladeray.train.curves`), posts its progress line to the driver's console
+(:mod:`spladeray.console`), and every rank calls ``ray.train.report``, with a checkpoint every
+``checkpoint.every_steps`` and at the end.
 
 The BM25 and start-of-run evaluations (:meth:`Reporter.baselines`) are measured once at step 0 and
 kept in ``<train.storage_path>/<run name>/baselines.json`` (:func:`baselines_uri`, next to the
@@ -24,8 +26,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from spladeray import storage
+from spladeray import console, storage
 from spladeray.train.checkpoint import MODEL_DIR, TrainState, save_checkpoint
+from spladeray.train.curves import CurveLog
 from spladeray.train.metrics import MetricsWriter, active_dims
 
 logger = logging.getLogger(__name__)
@@ -95,6 +98,7 @@ class Reporter:
             },
         )
         self.last_eval: dict[str, float] = {}
+        self.curves = CurveLog(self.run_dir, state.step) if rank == 0 else None
         self._reset()
         self._restart_clock()
 
@@ -107,6 +111,7 @@ class Reporter:
 
     def _restart_clock(self) -> None:
         self.t_last = self.t_start = time.perf_counter()
+        self.start_step = self.state.step  # the console's ETA: steps since this clock started
         self.eval_seconds = 0.0
 
     def add(self, terms: dict[str, torch.Tensor]) -> None:
@@ -157,11 +162,23 @@ class Reporter:
 
         ev = self.tc.eval
         t0 = time.perf_counter()
+        step = self.state.step
+        console.post({"kind": "eval", "state": "start", "step": step, "docs": ev.corpus_limit})
         scores = evaluate_sparse(
             self.encoder, ev.beir_dir, ev.split, corpus_limit=ev.corpus_limit, holdout=ev.holdout
         )
         self.eval_seconds += time.perf_counter() - t0
-        logger.info("%s at step %d: %s", prefix, self.state.step, scores)
+        logger.info("%s at step %d: %s", prefix, step, scores)
+        shown = {"nDCG@10": scores.get("nDCG@10"), "doc dims": scores.get("doc_active_dims")}
+        console.post(
+            {
+                "kind": "eval",
+                "state": "done",
+                "step": step,
+                "metrics": {k: v for k, v in shown.items() if v is not None},
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         return {f"{prefix}/{k}": v for k, v in scores.items()}
 
     def baselines(self) -> None:
@@ -185,6 +202,7 @@ class Reporter:
                 start.update(self.evaluate("eval_start"))
             self.writer.write(start, 0)
             storage.write_json(path, start)
+            self.curves.add({"step": 0, **start})
         self.last_eval.update(start)
         import ray.train
 
@@ -226,12 +244,41 @@ class Reporter:
             self.last_eval.update(self.evaluate("eval"))
         metrics.update(self.last_eval)
         self.writer.write(metrics, step)
+        if self.rank == 0:
+            console.post(self._progress_event(metrics, now, eval_due))
+            # eval/* only at the steps that evaluated (the report carries the last ones on)
+            self.curves.add(
+                metrics if eval_due else {k: v for k, v in metrics.items() if "eval/" not in k}
+            )
+            if self._checkpoint_due(step):
+                self.curves.save()  # the driver draws curves.png from it after the run
         if self._checkpoint_due(step):
             self._report_checkpoint(metrics, final)
         else:
             ray.train.report(metrics)
         self._reset()
         self.t_last = time.perf_counter()
+
+    def _progress_event(self, metrics: dict[str, Any], now: float, evaluated: bool) -> dict:
+        """What the driver's console shows of this report (:func:`spladeray.console.train_line`)."""
+        event = {
+            "kind": "train",
+            "step": self.state.step,
+            "max_steps": self.tc.max_steps,
+            "start_step": self.start_step,
+            "elapsed": now - self.t_start,
+            "samples_per_s": metrics["samples_per_s"],
+        }
+        for key, name in (
+            ("loss", "loss"),
+            ("active_dims/query", "query_dims"),
+            ("active_dims/document", "document_dims"),
+        ):
+            if key in metrics:
+                event[name] = metrics[key]
+        if evaluated and "eval/nDCG@10" in metrics:
+            event["nDCG@10"] = metrics["eval/nDCG@10"]
+        return event
 
     def _report_checkpoint(self, metrics: dict[str, Any], final: bool) -> None:
         import ray.train

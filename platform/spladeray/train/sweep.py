@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from spladeray import storage
+from spladeray import console, storage
 from spladeray.config import ConfigError, load_config
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ def run_sweep(config_path: str | Path, spec: dict[str, Any], extra: list[str] | 
     rows: list[SweepRow] = []
     for i, (name, overrides, cfg) in enumerate(variants):
         logger.info("sweep %s: variant %d/%d %s", spec["name"], i + 1, len(variants), name)
+        console.sweep_variant(i + 1, len(variants))
         result = run_train(cfg, prepare=True, export=False)
         m = result.metrics
         rows.append(
@@ -102,12 +103,45 @@ def run_sweep(config_path: str | Path, spec: dict[str, Any], extra: list[str] | 
                 seconds=result.seconds,
             )
         )
+    console.sweep_done()
     out_dir = storage.join(variants[0][2].train.output_dir, spec["name"])
     storage.write_text(
         storage.join(out_dir, "sweep.json"), json.dumps([asdict(r) for r in rows], indent=2)
     )
-    storage.write_text(storage.join(out_dir, "sweep.md"), sweep_table(rows))
+    runs = {name: storage.join(cfg.train.output_dir, cfg.train.name) for name, _, cfg in variants}
+    write_sweep_report(out_dir, spec["name"], rows, runs)
     return rows
+
+
+def write_sweep_report(out_dir: str, sweep: str, rows: list[SweepRow], runs: dict[str, str]):
+    """``sweep.png`` (every variant's evaluated checkpoints, from their ``metrics.jsonl``; the
+    chosen variant starred) and ``sweep.md`` (the chosen variant, the table, the picture)."""
+    import tempfile
+
+    from spladeray.train.curves import plot_sweep, sweep_points
+
+    ranked = sorted(rows, key=lambda r: -r.metrics.get("nDCG@10", float("-inf")))
+    chosen = ranked[0].variant if ranked and "nDCG@10" in ranked[0].metrics else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="spladeray-sweep-") as tmp:
+            points = {name: sweep_points(run) for name, run in runs.items()}
+            storage.upload(
+                plot_sweep(points, chosen, Path(tmp) / "sweep.png"),
+                storage.join(out_dir, "sweep.png"),
+            )
+        picture = "![validation nDCG@10 against document dims](sweep.png)\n"
+    except Exception:  # the table still gets written
+        logger.warning("could not draw sweep.png", exc_info=True)
+        picture = ""
+    best = ranked[0].metrics if chosen else {}
+    head = (
+        f"chosen on validation: **{chosen}** (nDCG@10 {best['nDCG@10']:.4f} at "
+        f"{best.get('doc_active_dims', float('nan')):.0f} doc dims)"
+        if chosen
+        else "no variant has a validation nDCG@10"
+    )
+    text = f"# sweep {sweep}\n\n{head}\n\n{sweep_table(rows)}\n\n{picture}"
+    storage.write_text(storage.join(out_dir, "sweep.md"), text)
 
 
 def sweep_table(rows: list[SweepRow]) -> str:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spladeray import storage
+from spladeray import console, storage
 from spladeray.raycluster import ensure_ray
+from spladeray.train.curves import draw_run_curves_in_background
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,9 @@ def run_train(
     t0 = time.perf_counter()
     trainer = build_trainer(cfg, callbacks=callbacks)
     result = trainer.fit()
+    console.flush()  # rank 0's last progress line before the caller's result line
     seconds = time.perf_counter() - t0
+    draw_run_curves_in_background(storage.join(cfg.train.output_dir, name))
     model_dir = None
     ckpt_path = result.checkpoint.path if result.checkpoint is not None else None
     if export and result.checkpoint is not None:
