@@ -813,6 +813,20 @@ class EvalSparseConfig(Section):
         description="null: exact search on a temporary embedded index; set a backend "
         "(e.g. opensearch) to search through it",
     )
+    hybrid: bool = Field(
+        False,
+        description="with an index: fuse the index's BM25 (text_search) by RRF, the hybrid "
+        "POST /search serves (spladeray.index.search)",
+    )
+    rrf_k: float = Field(60.0, gt=0, description="hybrid: RRF's k (serve.rrf_k when served)")
+
+    @model_validator(mode="after")
+    def _check_hybrid(self) -> EvalSparseConfig:
+        if self.hybrid and self.index is None:
+            raise ValueError(
+                f"sparse system {self.name!r}: hybrid searches through an index; set index"
+            )
+        return self
 
 
 class EvalDenseConfig(Section):
