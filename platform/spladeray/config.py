@@ -457,7 +457,12 @@ class TrainEvalConfig(Section):
 
     beir_dir: StorageURI = Field(description="a BEIR directory: a local path or a URI")
     split: str = "dev"
-    corpus_limit: int | None = Field(None, gt=0)
+    corpus_limit: int | None = Field(
+        None,
+        gt=0,
+        description="the first N documents: rank 0 holds and encodes them between steps "
+        "(docs/evaluate.md, 'Training-time evaluation'); null: the whole corpus",
+    )
     holdout: HoldoutConfig | None = Field(
         None, description="evaluate one part of the split's queries (validation)"
     )
