@@ -163,3 +163,31 @@ def test_doc_sparsity_merged_over_batches_equals_sparsity_stats():
 def test_hybrid_needs_an_index():
     with pytest.raises(ValueError, match="hybrid searches through an index"):
         EvalSparseConfig(name="x", hybrid=True)
+
+
+def test_the_encoder_actor_writes_into_the_index_and_returns_only_a_summary(model_cfg, tmp_path):
+    """EncodeActor + IndexSink as each pool actor runs them (called directly, without Ray):
+    the batch lands in the index with the vectors the encoder gives, and what comes back is
+    one summary row, never the vectors."""
+    import json
+
+    from spladeray.index import open_index
+    from spladeray.model import load_encoder_from_config
+
+    index = IndexConfig(backend="local", path=str(tmp_path / "index"))
+    sink = encoding.IndexSink(index, "eval-x", store_text=True)
+    actor = encoding.EncodeActor(encoding.SparseFactory(model_cfg=model_cfg), "sparse", 1, sink)
+    texts = ["lung cancer smoking", "sleep memory brain", "insulin glucose diet"]
+    out = actor({"id": np.array(["a", "b", "c"]), "text": np.array(texts)})
+    assert set(out) == {"indexed", "failed", "sparsity"} and len(out["indexed"]) == 1
+    assert int(out["indexed"][0]) == 3 and json.loads(str(out["failed"][0])) == []
+    encoder = load_encoder_from_config(model_cfg)
+    expected = encoder.to_dicts(encoder.encode_csr(texts, "document"))
+    stats = DocSparsity.from_json(json.loads(str(out["sparsity"][0])))
+    assert stats.n == 3
+    stored = open_index(index)
+    for doc_id, vector in zip("abc", expected, strict=True):
+        got = stored.get("eval-x", doc_id)
+        assert got.keys() == vector.keys()
+        assert list(got.values()) == pytest.approx([vector[t] for t in got], rel=1e-6)
+    assert stored.text_search("eval-x", "insulin", 1)[0].id == "c"
