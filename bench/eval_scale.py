@@ -147,7 +147,11 @@ def child(beir: str, model: str, mode: str, actors: int, work: str) -> dict:
 def run_child(beir: Path, model: Path, mode: str, actors: int, work: Path, timeout: float):
     cmd = [sys.executable, __file__, "--child", str(beir), str(model), mode, str(actors)]
     cmd.append(str(work))
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    env = dict(os.environ)  # Ray's workers import this checkout, as the driver does
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT / "platform")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     for line in out.stdout.splitlines():
         if line.startswith("CHILD "):
             return json.loads(line[6:])
