@@ -457,7 +457,12 @@ class TrainEvalConfig(Section):
 
     beir_dir: StorageURI = Field(description="a BEIR directory: a local path or a URI")
     split: str = "dev"
-    corpus_limit: int | None = Field(None, gt=0)
+    corpus_limit: int | None = Field(
+        None,
+        gt=0,
+        description="the first N documents: rank 0 holds and encodes them between steps "
+        "(docs/evaluate.md, 'Training-time evaluation'); null: the whole corpus",
+    )
     holdout: HoldoutConfig | None = Field(
         None, description="evaluate one part of the split's queries (validation)"
     )
@@ -868,6 +873,20 @@ class EvalSparseConfig(Section):
         description="null: exact search on a temporary embedded index; set a backend "
         "(e.g. opensearch) to search through it",
     )
+    hybrid: bool = Field(
+        False,
+        description="with an index: fuse the index's BM25 (text_search) by RRF, the hybrid "
+        "POST /search serves (spladeray.index.search)",
+    )
+    rrf_k: float = Field(60.0, gt=0, description="hybrid: RRF's k (serve.rrf_k when served)")
+
+    @model_validator(mode="after")
+    def _check_hybrid(self) -> EvalSparseConfig:
+        if self.hybrid and self.index is None:
+            raise ValueError(
+                f"sparse system {self.name!r}: hybrid searches through an index; set index"
+            )
+        return self
 
 
 class EvalDenseConfig(Section):

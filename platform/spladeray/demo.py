@@ -12,8 +12,9 @@ from pathlib import Path
 
 from spladeray import console, storage
 from spladeray.config import Config
-from spladeray.data.beir import Rejects, doc_text, iter_corpus, load_qrels, load_queries
+from spladeray.data.beir import Rejects, iter_corpus, load_qrels, load_queries
 from spladeray.index import open_index
+from spladeray.index import search as search_path
 from spladeray.index.build import index_documents
 from spladeray.model import load_encoder_from_config
 from spladeray.model.sparse import top_tokens
@@ -54,20 +55,24 @@ def run_search_demo(cfg: Config, model_path: str | None = None) -> dict:
     shown = [qid for qid in qrels if qid in queries][: cfg.demo.num_queries]
     for qid in shown:
         text = queries[qid]
-        qvec = encoder.encode_queries([text])[0]
-        hits = index.search(name, qvec, size=cfg.demo.top_hits)
+        # the one search path serving uses: the same query limits, search and explain
+        query = search_path.limit(
+            encoder.encode_queries([text])[0], text, max_terms=cfg.serve.max_query_terms
+        )
+        qvec = query.vector
+        hits = [h.hit for h in search_path.search(index, name, qvec, cfg.demo.top_hits)]
+        explained = search_path.explain(index, name, qvec, [h.id for h in hits])
         print(f"\nquery {qid}: {text}")
         tokens = ", ".join(f"{t} {w:.2f}" for t, w in top_tokens(qvec, cfg.demo.top_tokens))
         print(f"  query tokens: {tokens}")
-        for rank, hit in enumerate(hits, 1):
+        for rank, (hit, shared) in enumerate(zip(hits, explained, strict=True), 1):
             mark = "*" if hit.id in qrels[qid] else " "
-            dvec = encoder.encode_documents([doc_text(hit.fields)])[0]
-            shared = sorted(
-                ((t, qvec[t] * dvec[t]) for t in qvec if t in dvec), key=lambda x: -x[1]
-            )[: cfg.demo.top_tokens]
             title = (hit.fields.get("title") or hit.fields.get("text", ""))[:90]
             print(f"  {rank}.{mark} {hit.id:>10}  {hit.score:7.2f}  {title}")
-            print("        matched: " + ", ".join(f"{t} {c:.2f}" for t, c in shared))
+            matched = shared[: cfg.demo.top_tokens]
+            print(
+                "        matched: " + ", ".join(f"{c.token} {c.contribution:.2f}" for c in matched)
+            )
     print("\n(* = relevant in qrels)")
     return {"indexed": result.indexed, "failed": len(result.failed), "seconds": seconds}
 

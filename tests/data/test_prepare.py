@@ -222,13 +222,18 @@ def test_config_rejects_an_autoscaling_pool_whose_maximum_is_below_its_minimum()
 
 
 def test_dense_mining_index_and_search_in_process(tmp_path):
-    """CorpusEncoder (the index actor) and DenseRetriever (the miner's search), without Ray."""
-    from spladeray.data.negatives import CorpusEncoder, load_retriever
+    """The one corpus encoder's actor (index.encoding.EncodeActor, as mining builds it) and
+    DenseRetriever (the miner's search), without Ray."""
+    import functools
+
+    from spladeray.data.negatives import _dense_model, load_retriever
+    from spladeray.index.encoding import EncodeActor
     from spladeray.retrieval import DenseRetriever
 
     texts = [doc_text(d) for d in DOCS]
-    encoded = CorpusEncoder("dense", DENSE, 8)({"row": np.arange(len(texts)), "text": texts})
-    DenseRetriever.save_matrix(tmp_path, np.stack(encoded["vector"]))
+    actor = EncodeActor(functools.partial(_dense_model, DENSE, 8), "dense", 1)
+    encoded = actor({"row": np.arange(len(texts)), "text": texts})
+    DenseRetriever.save_matrix(tmp_path, encoded["embedding"])
     miner_side = load_retriever("dense", tmp_path, DENSE, 8)
     hits = [r.tolist() for r, _ in miner_side.search_rows(["coffee brewing", "rain clouds"], 2)]
     ids = list(DOCS)

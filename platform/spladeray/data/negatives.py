@@ -13,8 +13,8 @@ common) are not candidates. The retrievers are :mod:`spladeray.retrieval`'s, ove
 - ``bm25``: :class:`~spladeray.retrieval.BM25Retriever`, built in one process (the only place
   the whole corpus is needed: tokens + a sparse doc-term matrix, about 12 bytes per (doc,
   distinct term); MS MARCO's 8.8M passages need some 4-6 GB), memory-mapped by the miners.
-- ``sparse``: a :class:`SpladeEncoder` over the corpus (a Ray Data pool of :class:`CorpusEncoder`
-  actors), exact dot product; the CSR matrix (8 bytes per non-zero) is loaded by each miner.
+- ``sparse``: a :class:`SpladeEncoder` over the corpus (the one corpus encoder's actor pool,
+  :mod:`spladeray.index.encoding`), exact dot product; the CSR matrix (8 bytes per non-zero) is loaded by each miner.
 - ``dense``: a sentence-transformers model, cosine; a float32 ``[docs, dim]`` ``.npy``,
   memory-mapped by the miners (MS MARCO with 384 dims: 13.5 GB on disk).
 
@@ -106,69 +106,41 @@ def build_bm25(store_path: str | Path, index_dir: str | Path, stemmer: str | Non
     return {"docs": len(texts)}
 
 
-class CorpusEncoder:
-    """Ray Data actor: ``(row, text)`` batches -> ``row`` + one encoded vector per document."""
-
-    def __init__(self, method: str, model: str, batch_size: int):
-        self.method = method
-        if method == "dense":
-            self.encode = _dense_model(model, batch_size).encode
-        else:
-            encoder = _sparse_encoder(model, batch_size)
-            self.encode = lambda texts, kind: encoder.encode_csr(texts, kind)
-
-    def __call__(self, batch: dict) -> dict:
-        texts = list(batch["text"])
-        if self.method == "dense":
-            return {"row": batch["row"], "vector": list(self.encode(texts, "document"))}
-        m = self.encode(texts, "document").tocsr()
-        cuts = m.indptr
-        return {
-            "row": batch["row"],
-            "indices": [m.indices[cuts[i] : cuts[i + 1]] for i in range(m.shape[0])],
-            "weights": [m.data[cuts[i] : cuts[i + 1]] for i in range(m.shape[0])],
-        }
-
-
 def build_model_index(
     method, store_path, index_dir, model, batch_size, actors, num_cpus, num_gpus: float = 0.0
 ):
-    """Encode the corpus with an actor pool and save ``dense.npy`` or ``sparse.npz``."""
-    import ray.data
-    import scipy.sparse as sp
+    """Encode the corpus with the one corpus encoder's actor pool
+    (:func:`spladeray.index.encoding.encode_dataset`) and save ``dense.npz`` or ``sparse.npz``.
 
+    The matrix is put together here because every miner loads it whole (see the module
+    docstring for its bytes per document).
+    """
+    import functools
+
+    import ray.data
+
+    from spladeray.index.encoding import collect, encode_dataset
     from spladeray.retrieval import DenseRetriever, SparseRetriever
 
     store = DocStore(store_path)
     table = store.table.select(["text"]).append_column("row", pa.array(np.arange(len(store))))
     blocks = [table.slice(s, 256) for s in range(0, len(store), 256)]
-    ds = ray.data.from_arrow(blocks).map_batches(
-        CorpusEncoder,
-        fn_constructor_kwargs={"method": method, "model": model, "batch_size": batch_size},
-        compute=ray.data.ActorPoolStrategy(size=actors),
+    build = _dense_model if method == "dense" else _sparse_encoder
+    encoded = encode_dataset(
+        ray.data.from_arrow(blocks),
+        functools.partial(build, model, batch_size),
+        "dense" if method == "dense" else "sparse",
+        num_actors=actors,
+        batch_size=256,
         num_cpus=num_cpus,
-        num_gpus=num_gpus or None,
-        batch_size=None,
-        batch_format="numpy",
+        num_gpus=num_gpus,
     )
-    parts: dict[int, tuple] = {}
-    cols = ("vector",) if method == "dense" else ("indices", "weights")
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-        for i, row in enumerate(batch["row"]):
-            parts[int(row)] = tuple(batch[c][i] for c in cols)
-    rows = [parts[i] for i in range(len(store))]
+    matrix = collect(encoded, len(store), "dense" if method == "dense" else "sparse")
     if method == "dense":
-        matrix = np.stack([r[0] for r in rows]).astype(np.float32)
-        DenseRetriever.save_matrix(index_dir, matrix)
+        DenseRetriever.save_matrix(index_dir, matrix.astype(np.float32))
     else:
-        indptr = np.cumsum([0] + [len(r[0]) for r in rows])
-        indices = np.concatenate([r[0] for r in rows]).astype(np.int32)
-        data = np.concatenate([r[1] for r in rows]).astype(np.float32)
-        vocab = int(indices.max()) + 1 if indices.size else 1
-        SparseRetriever.save_matrix(
-            index_dir, sp.csr_matrix((data, indices, indptr), (len(rows), vocab))
-        )
-    return {"docs": len(rows)}
+        SparseRetriever.save_matrix(index_dir, matrix)
+    return {"docs": len(store)}
 
 
 # ---------------------------------------------------------------------------- the actor

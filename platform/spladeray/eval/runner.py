@@ -25,6 +25,7 @@ per-query latencies plus the fusion, its dimensions and FLOPS the sums of its pa
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -76,25 +77,100 @@ def restrict_qrels(
 
 
 @dataclass
+class Corpus:
+    """A BEIR corpus read where it is needed, never kept: ``batches`` streams it in the calling
+    process, ``dataset`` as a Ray Dataset for the encoder actors, ``load`` holds it whole (only
+    for retrievers that keep their corpus in memory by design: BM25, dense, exact sparse)."""
+
+    beir_dir: str
+    limit: int | None = None
+    size: int = 0  # documents (rejected rows excluded), counted by Dataset.load
+
+    def iter_docs(self):
+        """``(id, text)`` per document, in corpus order; rejected rows skipped (counted once,
+        by :meth:`Dataset.load`)."""
+        for doc in iter_corpus(self.beir_dir, self.limit, Rejects()):
+            yield doc["_id"], doc_text(doc)
+
+    def batches(self, size: int):
+        """``(ids, texts)`` lists of at most ``size`` documents."""
+        ids, texts = [], []
+        for doc_id, text in self.iter_docs():
+            ids.append(doc_id)
+            texts.append(text)
+            if len(ids) == size:
+                yield ids, texts
+                ids, texts = [], []
+        if ids:
+            yield ids, texts
+
+    def load(self) -> tuple[list[str], list[str]]:
+        """Every ``(id, text)`` in two lists (refused above the driver cap,
+        :data:`spladeray.index.encoding.DRIVER_DOCS_CAP`)."""
+        from spladeray.index.encoding import check_driver_cap
+
+        check_driver_cap(self.size, f"loading the corpus of {self.beir_dir}")
+        ids, texts = [], []
+        for doc_id, text in self.iter_docs():
+            ids.append(doc_id)
+            texts.append(text)
+        return ids, texts
+
+    def dataset(self):
+        """The corpus as a Ray Dataset of ``id`` / ``text`` rows (rejected rows filtered out).
+
+        Without a limit it is read by Ray Data tasks and streamed to the actors; with
+        ``corpus_limit`` the first ``limit`` documents are taken here, in corpus order (Ray
+        Data's ``limit`` keeps the first rows to arrive, which need not be the first rows of
+        the file), so a limited corpus is held in this process: at most ``limit`` documents.
+        """
+        import ray.data
+
+        if self.limit is not None:
+            ids, texts = self.load()
+            return ray.data.from_items(
+                [{"id": i, "text": t} for i, t in zip(ids, texts, strict=True)]
+            )
+        from spladeray.data.readers import beir_corpus_dataset
+
+        return beir_corpus_dataset(self.beir_dir).map_batches(_usable_rows, batch_format="pyarrow")
+
+
+def _usable_rows(batch):
+    """Corpus rows without a reject, as ``id`` / ``text`` (rejects were counted on load)."""
+    import pyarrow.compute as pc
+
+    kept = batch.filter(pc.is_null(batch.column("reject")))
+    return kept.select(["doc_id", "text"]).rename_columns(["id", "text"])
+
+
+@dataclass
 class Dataset:
-    """One BEIR split in memory: documents, the judged queries and their qrels."""
+    """One BEIR split: the judged queries and their qrels in memory, the corpus streamed."""
 
     name: str
     beir_dir: str  # a local path or a URI
     split: str
-    doc_ids: list[str]
-    doc_texts: list[str]
+    corpus: Corpus
     queries: dict[str, str]  # judged queries only, in qrels order
     qrels: dict[str, dict[str, int]]
     rejected: int = 0
 
     @classmethod
     def load(cls, cfg: EvalDatasetConfig) -> Dataset:
+        """Reads the queries and qrels, and streams the corpus once to count it and (with
+        ``corpus_limit``) to keep only the judgments on its documents."""
         rejects = Rejects()
-        docs = list(iter_corpus(cfg.beir_dir, cfg.corpus_limit, rejects))
         queries = load_queries(cfg.beir_dir, rejects)
-        keep = {d["_id"] for d in docs} if cfg.corpus_limit else None
-        qrels = restrict_qrels(load_qrels(cfg.beir_dir, cfg.split, rejects), queries, keep)
+        qrels = load_qrels(cfg.beir_dir, cfg.split, rejects)
+        judged = {d for rel in qrels.values() for d in rel}
+        present: set[str] = set()  # judged documents in the (limited) corpus: bounded by qrels
+        size = 0
+        for doc in iter_corpus(cfg.beir_dir, cfg.corpus_limit, rejects):
+            size += 1
+            if doc["_id"] in judged:
+                present.add(doc["_id"])
+        qrels = restrict_qrels(qrels, queries, present if cfg.corpus_limit else None)
         if cfg.holdout is not None:  # one part of the split's queries (spladeray.data.split)
             from spladeray.data.split import select
 
@@ -109,19 +185,32 @@ class Dataset:
             name=cfg.name or storage.basename(cfg.beir_dir),
             beir_dir=cfg.beir_dir,
             split=cfg.split,
-            doc_ids=[d["_id"] for d in docs],
-            doc_texts=[doc_text(d) for d in docs],
+            corpus=Corpus(cfg.beir_dir, cfg.corpus_limit, size),
             queries={q: queries[q] for q in qrels},
             qrels=qrels,
             rejected=len(rejects),
         )
+
+    @property
+    def num_docs(self) -> int:
+        return self.corpus.size
+
+    @property
+    def doc_ids(self) -> list[str]:
+        """Every document id (read from the corpus: held only while the caller keeps it)."""
+        return self.corpus.load()[0]
+
+    @property
+    def doc_texts(self) -> list[str]:
+        """Every document text (as :attr:`doc_ids`)."""
+        return self.corpus.load()[1]
 
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "beir_dir": str(self.beir_dir),
             "split": self.split,
-            "documents": len(self.doc_ids),
+            "documents": self.num_docs,
             "queries": len(self.queries),
             "rejected_rows": self.rejected,
         }
@@ -233,6 +322,28 @@ def build_retriever(
             from spladeray.model import load_encoder_from_config
 
             encoder = load_encoder_from_config(model_cfg)
+        if system.index is not None:
+            from spladeray.eval.indexed import IndexedSparseRetriever
+
+            pool = None
+            if use_ray:  # the actors encode the corpus and write it into the index themselves
+                pool = {
+                    "factory": dist.SparseFactory(encoder=encoder)
+                    if given
+                    else dist.SparseFactory(model_cfg=model_cfg),
+                    "num_actors": distributed.num_actors,
+                    "batch_size": distributed.actor_batch_size,
+                    "num_gpus": _actor_gpus(model_cfg.device if model_cfg else "cpu"),
+                }
+            return IndexedSparseRetriever(
+                encoder,
+                system.index,
+                system.name,
+                pool=pool,
+                hybrid=system.hybrid,
+                rrf_k=system.rrf_k,
+                show_progress=show_progress,
+            )
         encode_fn = None
         if use_ray:
             # A loaded encoder (e.g. just trained) travels to the actors; else each loads it.
@@ -247,17 +358,6 @@ def build_retriever(
                 num_actors=distributed.num_actors,
                 batch_size=distributed.actor_batch_size,
                 num_gpus=_actor_gpus(model_cfg.device if model_cfg else "cpu"),
-            )
-        if system.index is not None:
-            from spladeray.eval.indexed import IndexedSparseRetriever
-            from spladeray.index import open_index
-
-            return IndexedSparseRetriever(
-                encoder,
-                open_index(system.index, tokenizer=encoder.tokenizer),
-                system.name,
-                encode_fn=encode_fn,
-                show_progress=show_progress,
             )
         return SparseRetriever(
             encoder, system.name, encode_fn=encode_fn, show_progress=show_progress
@@ -303,14 +403,29 @@ def evaluate_retriever(
     depth: int,
     latency_queries: int,
 ) -> SystemResult:
-    """Index ``data``'s corpus, search its judged queries, measure quality, sparsity, latency."""
+    """Index ``data``'s corpus, search its judged queries, measure quality, sparsity, latency.
+
+    An index-backed system streams the corpus into its index (:mod:`spladeray.eval.indexed`);
+    the others hold it while they index it.
+    """
+    from spladeray.eval.indexed import IndexedSparseRetriever
+
     start = time.perf_counter()
-    retriever.index(data.doc_ids, data.doc_texts)
+    streams = isinstance(retriever, IndexedSparseRetriever)
+    if streams:
+        retriever.index_corpus(data.corpus)
+    else:
+        ids, texts = data.corpus.load()
+        retriever.index(ids, texts)
+        del ids, texts
     qids = list(data.queries)
     texts = [data.queries[q] for q in qids]
     results = retriever.search(texts, k=depth)
     run = dict(zip(qids, results, strict=True))
-    sparsity = sparsity_stats(retriever.query_matrix(texts), retriever.doc_matrix)
+    if streams:
+        sparsity = retriever.sparsity(texts)
+    else:
+        sparsity = sparsity_stats(retriever.query_matrix(texts), retriever.doc_matrix)
     timed = texts[:latency_queries]
     latencies = []
     if timed:
@@ -381,7 +496,7 @@ def _evaluate_hybrid(
         metrics=evaluate_run(run, data.qrels, measures),
         sparsity=sparsity,
         latency_ms=_latency(latencies),
-        docs_per_s=len(data.doc_ids) / index_s if index_s > 0 else None,
+        docs_per_s=data.num_docs / index_s if index_s > 0 else None,
         index_s=index_s,
         run=run,
         latencies=np.asarray(latencies),
@@ -395,6 +510,8 @@ def describe(system, default_model: ModelConfig | None = None) -> dict[str, Any]
         model = system.model or default_model
         info["model"] = model.path if model else None
         info["index"] = system.index.backend if system.index else "local (exact)"
+        if system.hybrid:
+            info.update(hybrid="rrf with the index's BM25", rrf_k=system.rrf_k)
     elif isinstance(system, EvalDenseConfig):
         from spladeray.retrieval import default_dense_model
 
@@ -457,13 +574,30 @@ def evaluate_systems(
     """
     measures = list(measures)
     encoders = dict(encoders or {})
-    retrievers: dict[str, Retriever] = {}
     per_dataset: dict[str, dict[str, SystemResult]] = {}
     infos = []
-    try:
+    for ds in datasets:
+        data = ds if isinstance(ds, Dataset) else Dataset.load(ds)
+        if data.name in per_dataset:
+            data.name = f"{data.name}-{data.split}-{len(per_dataset)}"
+        infos.append(data.info())
+        logger.info(
+            "dataset %s (%s): %d documents, %d queries",
+            data.name,
+            data.split,
+            data.num_docs,
+            len(data.queries),
+        )
+        results: dict[str, SystemResult] = {}
         for system in systems:
-            if system.kind != "hybrid":
-                retrievers[system.name] = build_retriever(
+            if system.kind == "hybrid":
+                parts = [results[name] for name in system.fuse]
+                results[system.name] = _evaluate_hybrid(
+                    system, parts, data, measures=measures, depth=depth
+                )
+            else:
+                # one system at a time: built, measured, and freed before the next is built
+                retriever = build_retriever(
                     system,
                     default_model=default_model,
                     encoder=encoders.get(system.name),
@@ -471,45 +605,27 @@ def evaluate_systems(
                     ray_cfg=ray_cfg,
                     show_progress=show_progress,
                 )
-        for ds in datasets:
-            data = ds if isinstance(ds, Dataset) else Dataset.load(ds)
-            if data.name in per_dataset:
-                data.name = f"{data.name}-{data.split}-{len(per_dataset)}"
-            infos.append(data.info())
-            logger.info(
-                "dataset %s (%s): %d documents, %d queries",
-                data.name,
-                data.split,
-                len(data.doc_ids),
-                len(data.queries),
-            )
-            results: dict[str, SystemResult] = {}
-            for system in systems:
-                if system.kind == "hybrid":
-                    parts = [results[name] for name in system.fuse]
-                    results[system.name] = _evaluate_hybrid(
-                        system, parts, data, measures=measures, depth=depth
-                    )
-                else:
+                try:
                     results[system.name] = evaluate_retriever(
-                        retrievers[system.name],
+                        retriever,
                         data,
                         measures=measures,
                         depth=depth,
                         latency_queries=latency_queries,
                     )
-                if runs_dir is not None:
-                    write_trec_run(
-                        results[system.name].run or {},
-                        Path(runs_dir) / _file_name(data.name) / f"{_file_name(system.name)}.trec",
-                        tag=system.name,
-                    )
-            for r in results.values():  # runs are large; keep them only on disk
-                r.run = None
-            per_dataset[data.name] = results
-    finally:
-        for retriever in retrievers.values():
-            retriever.close()
+                finally:
+                    retriever.close()
+                    del retriever
+                    gc.collect()
+            if runs_dir is not None:
+                write_trec_run(
+                    results[system.name].run or {},
+                    Path(runs_dir) / _file_name(data.name) / f"{_file_name(system.name)}.trec",
+                    tag=system.name,
+                )
+        for r in results.values():  # runs are large; keep them only on disk
+            r.run = None
+        per_dataset[data.name] = results
     average = {
         s.name: _average(s.name, s.kind, [per_dataset[d][s.name] for d in per_dataset])
         for s in systems

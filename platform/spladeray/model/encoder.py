@@ -40,6 +40,10 @@ from spladeray.model.sparse import csr_to_dicts, dense_to_csr, prune, top_tokens
 
 logger = logging.getLogger(__name__)
 
+TOKENIZE_CHUNK = 8192
+"""Texts :meth:`SpladeEncoder.encode_csr` tokenizes and length-sorts at once: bounds the token
+ids held (a corpus is never tokenized in one call) while batches stay well length-sorted."""
+
 Kind = Literal["document", "query"]
 
 
@@ -293,8 +297,9 @@ class SpladeEncoder(nn.Module):
     ) -> sp.csr_matrix:
         """Encode texts to a ``[n, vocab]`` float32 CSR matrix, in input order.
 
-        Texts are tokenized once without padding, sorted by length and batched, so a batch is
-        padded only to its own longest text; see :mod:`spladeray.model.pooling` for the rest.
+        Texts are tokenized without padding, :data:`TOKENIZE_CHUNK` at a time (so the token ids
+        of a whole corpus are never held at once), sorted by length within the chunk and
+        batched, so a batch is padded only to its own longest text; see :mod:`spladeray.model.pooling` for the rest.
         With ``document_stride`` set, documents are windows max-pooled per document
         (:mod:`spladeray.model.chunking`).
         """
@@ -305,6 +310,15 @@ class SpladeEncoder(nn.Module):
             raise ValueError(f"kind must be 'document' or 'query', got {kind!r}")
         if kind == "query" and self.doc_only:
             return self._encode_idf_csr(texts)
+        if len(texts) > TOKENIZE_CHUNK:  # tokenized and length-sorted a chunk at a time
+            bar = tqdm(total=len(texts), desc=f"encode {kind}s", disable=not show_progress)
+            parts = []
+            with bar:
+                for start in range(0, len(texts), TOKENIZE_CHUNK):
+                    chunk = texts[start : start + TOKENIZE_CHUNK]
+                    parts.append(self.encode_csr(chunk, kind, batch_size=batch_size))
+                    bar.update(len(chunk))
+            return sp.vstack(parts, format="csr")
         max_length = self.max_query_length if kind == "query" else self.max_document_length
         chunked = kind == "document" and self.document_stride is not None
         if chunked:

@@ -18,7 +18,7 @@ replica that dies under a request is answered in the proxy (503 with
 ``Retry-After``, see :mod:`spladeray.serving.proxy`).
 
 **Limits OpenSearch enforces** never reach it as errors: ``/search`` brings the query vector
-within them before any backend call (:func:`spladeray.index.opensearch.limit_query`: at most
+within them before any backend call (:func:`spladeray.index.search.limit`: at most
 ``serve.max_query_terms`` terms, the heaviest; weights clipped to (0, 64]; over-long feature
 names dropped) and says what it changed in ``warnings``; ``/index`` fails a document whose
 stored fields exceed ``serve.max_document_bytes`` by id, with the reason.
@@ -59,16 +59,13 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spladeray.index import open_index
+from spladeray.index import search as search_path
 from spladeray.index.base import Failure, Hit, IndexNotFoundError, IndexUnavailableError
 from spladeray.index.documents import check_document, printable
-from spladeray.index.opensearch import limit_query
-from spladeray.retrieval.fusion import rrf
 from spladeray.serving.encoder import BatchedEncoder, ModelLoadError
 from spladeray.serving.limits import (
     BodyLimitMiddleware,
     document_bytes,
-    lexical_query,
-    query_warnings,
     truncate_texts,
 )
 from spladeray.serving.metrics import CONTENT_TYPE, ReplicaMetrics
@@ -547,13 +544,11 @@ class EncoderIngress:
         name = route.index
         query, _ = truncate_texts([body.query], self.limits.max_text_chars)
         encoded = (await self._encode(query, "query", route.model))[0]
-        qvec, report = limit_query(encoded, self.limits.max_query_terms)
-        warnings = query_warnings(report, self.limits.max_query_terms)
         hybrid = self.limits.hybrid if body.hybrid is None else body.hybrid
-        text = query[0]
-        if hybrid:
-            text, cut = lexical_query(text, self.limits.max_query_terms)
-            warnings += [cut] if cut else []
+        limited = search_path.limit(
+            encoded, query[0], max_terms=self.limits.max_query_terms, hybrid=hybrid
+        )
+        qvec, text, warnings = limited.vector, limited.text, limited.warnings
         try:
             hits = await asyncio.to_thread(self._search, name, qvec, text, body.size, hybrid)
             explanations = None
@@ -589,32 +584,12 @@ class EncoderIngress:
     def _search(
         self, name, qvec, text, size, hybrid
     ) -> list[tuple[Hit, float | None, float | None]]:
-        if not self.index.exists(name):
-            raise IndexNotFoundError(f"index {name!r} does not exist")
-        if not hybrid:
-            return [(h, h.score, None) for h in self.index.search(name, qvec, size)]
-        depth = max(size * 5, 50)
-        sparse = self.index.search(name, qvec, depth)
-        lexical = self.index.text_search(name, text, depth)
-        by_id = {h.id: h for h in lexical} | {h.id: h for h in sparse}
-        sparse_scores = {h.id: h.score for h in sparse}
-        bm25_scores = {h.id: h.score for h in lexical}
-        ranked = [[h.id for h in sparse], [h.id for h in lexical]]
-        fused = rrf(ranked, k=self.limits.rrf_k, depth=size)
-        return [
-            (Hit(d, s, by_id[d].fields), sparse_scores.get(d), bm25_scores.get(d))
-            for d, s in fused.items()
-        ]
+        hits = search_path.search(
+            self.index, name, qvec, size, text=text, hybrid=hybrid, rrf_k=self.limits.rrf_k
+        )
+        return [(h.hit, h.sparse_score, h.bm25_score) for h in hits]
 
     def _explain(self, name, qvec, hits) -> list[list[Contribution]]:
         """Per hit: the shared tokens and ``query_weight * doc_weight``, largest first."""
-        out = []
-        for hit, _, _ in hits:
-            dvec = self.index.get(name, hit.id) or {}
-            shared = [
-                Contribution(token=t, query_weight=w, doc_weight=dvec[t], contribution=w * dvec[t])
-                for t, w in qvec.items()
-                if t in dvec
-            ]
-            out.append(sorted(shared, key=lambda c: -c.contribution))
-        return out
+        explained = search_path.explain(self.index, name, qvec, [hit.id for hit, _, _ in hits])
+        return [[Contribution(**c.__dict__) for c in row] for row in explained]

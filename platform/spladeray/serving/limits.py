@@ -7,26 +7,28 @@ Long texts are cut to ``max_chars`` characters (the tokenizer truncates to the m
 anyway): a 1 MB text is encoded from its beginning, never failed.
 
 A query vector is brought within OpenSearch's limits by
-:func:`spladeray.index.opensearch.limit_query` before any backend sees it (every backend, so
-answers do not depend on the backend); :func:`query_warnings` turns what changed into the
-``warnings`` of the ``/search`` response.
+:func:`spladeray.index.search.limit` before any backend sees it (every backend, so answers do
+not depend on the backend); :func:`~spladeray.index.search.query_warnings` turns what changed
+into the ``warnings`` of the ``/search`` response.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from spladeray.index.opensearch import (
-    MAX_FEATURE_NAME_BYTES,
-    MAX_QUERY_WEIGHT,
-    TEXT_FIELDS,
-    QueryLimitReport,
-)
+# the query limits live in the one search path; re-exported for the routes and older callers
+from spladeray.index.search import WORD, lexical_query, query_warnings
 
-WORD = re.compile(r"\w+")
+__all__ = [
+    "WORD",
+    "BodyLimitMiddleware",
+    "document_bytes",
+    "lexical_query",
+    "query_warnings",
+    "truncate_texts",
+]
 
 Scope = dict[str, Any]
 
@@ -101,69 +103,7 @@ def truncate_texts(texts: Sequence[str], max_chars: int) -> tuple[list[str], lis
     return out, cut
 
 
-def query_warnings(report: QueryLimitReport, max_terms: int) -> list[dict[str, Any]]:
-    """``[{"code", "count", "message"}]`` for each way :func:`limit_query` changed a query."""
-    out = []
-
-    def warn(code: str, count: int, message: str) -> None:
-        if count:
-            out.append({"code": code, "count": count, "message": message})
-
-    warn(
-        "query_terms_pruned",
-        report.pruned,
-        f"the query had {report.terms} terms; the {report.pruned} lightest were dropped to "
-        f"keep {max_terms} (serve.max_query_terms; OpenSearch's "
-        "indices.query.bool.max_clause_count)",
-    )
-    warn(
-        "query_weights_clipped",
-        report.clipped,
-        f"{report.clipped} query weights were above {MAX_QUERY_WEIGHT:g} and were clipped to it "
-        "(rank_feature boosts must be in (0, 64])",
-    )
-    warn(
-        "query_weights_dropped",
-        report.bad_weights,
-        f"{report.bad_weights} query terms had a weight that is not a finite positive number "
-        "and were dropped",
-    )
-    warn(
-        "feature_names_too_long",
-        report.long_names,
-        f"{report.long_names} query terms were longer than Lucene's limit of "
-        f"{MAX_FEATURE_NAME_BYTES} bytes and were dropped",
-    )
-    warn(
-        "feature_names_invalid",
-        report.bad_names,
-        f"{report.bad_names} query terms were not non-empty strings and were dropped",
-    )
-    return out
-
-
 def document_bytes(fields: Mapping[str, Any]) -> int:
     """Size of a document's stored fields as UTF-8 JSON (what the backend stores besides the
     vector)."""
     return len(json.dumps(fields, ensure_ascii=False, default=str).encode("utf-8"))
-
-
-def lexical_query(text: str, max_clauses: int) -> tuple[str, dict[str, Any] | None]:
-    """The BM25 leg's query text within OpenSearch's clause limit, and a warning if it was cut.
-
-    ``multi_match`` over the text fields makes one clause per word and field, so at most
-    ``max_clauses // len(TEXT_FIELDS)`` words are kept (words as the standard analyzer roughly
-    splits them: runs of letters and digits), the first ones.
-    """
-    keep = max(1, max_clauses // len(TEXT_FIELDS))
-    words = WORD.findall(text)
-    if len(words) <= keep:
-        return text, None
-    dropped = len(words) - keep
-    warning = {
-        "code": "lexical_query_truncated",
-        "count": dropped,
-        "message": f"the BM25 query had {len(words)} words; the last {dropped} were dropped to "
-        f"keep {keep} ({len(TEXT_FIELDS)} fields each, within serve.max_query_terms)",
-    }
-    return " ".join(words[:keep]), warning

@@ -5,6 +5,10 @@ trained as an exact sparse system; ``evaluate_bm25`` runs the bm25s baseline (En
 Snowball stemming) on the same split. Both return the same keys (nDCG@10, R@100, the average
 active dimensions of documents and queries, seconds), so the training report can put the shipped
 model, BM25 and the trained model side by side.
+
+It runs on rank 0, in process, over ``train.eval.corpus_limit`` documents: a bounded, linear
+cost between steps (a distributed pass would ship the weights being trained to fresh actors at
+every evaluation). Why, and what it costs: docs/evaluate.md, "Training-time evaluation".
 """
 
 from __future__ import annotations
