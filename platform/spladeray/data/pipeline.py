@@ -76,6 +76,10 @@ class SourceData:
     counts: dict = field(default_factory=dict)
 
 
+ROW_COLUMNS = {"positive_row": pa.int64(), "given_negative_rows": pa.list_(pa.int64())}
+"""Doc store rows the miners read texts and scores by (they hold no ``id -> row`` dict)."""
+
+
 def _pairs_table(pairs: list[dict]) -> pa.Table:
     by_query: dict[str, list[str]] = defaultdict(list)
     for p in pairs:
@@ -83,10 +87,12 @@ def _pairs_table(pairs: list[dict]) -> pa.Table:
     for p in pairs:
         p["query_positive_ids"] = by_query[p["query_id"]]
         p.setdefault("given_negative_ids", [])
+        p.setdefault("given_negative_rows", [])
     columns = [*PAIR_COLUMNS[:4], "query_positive_ids"]
     fields = [pa.field(c, schema.PAIR_COLUMNS[c]) for c in columns]
-    table_schema = pa.schema([*fields, pa.field("given_negative_ids", schema.STRING_LIST)])
-    return pa.Table.from_pylist(pairs, schema=table_schema)
+    fields.append(pa.field("given_negative_ids", schema.STRING_LIST))
+    fields += [pa.field(c, t) for c, t in ROW_COLUMNS.items()]
+    return pa.Table.from_pylist(pairs, schema=pa.schema(fields))
 
 
 class _QueryLimit:
@@ -148,8 +154,9 @@ def read_beir(source, work: Path, rejects: RejectLog) -> SourceData:
                 rejects.add(str(qrels_path), n, bad, id=f"{qid}\t{did}")
             elif limit.allows(qid):
                 seen.add((qid, did))
-                pairs.append({"query_id": qid, "query": queries[qid], "positive_id": did})
-    texts = DocStore(work / "corpus.arrow").texts(p["positive_id"] for p in pairs)
+                pair = {"query_id": qid, "query": queries[qid], "positive_id": did}
+                pairs.append({**pair, "positive_row": store.row(did)})
+    texts = DocStore(work / "corpus.arrow").texts_at(p["positive_row"] for p in pairs)
     for p, text in zip(pairs, texts, strict=True):
         p["positive"] = text
     counts = {
@@ -182,7 +189,10 @@ def read_pairs(source, work: Path, rejects: RejectLog) -> SourceData:
                         [row["positive"], *row["negatives"]],
                     )
                     row["given_negative_ids"] = row["negative_ids"]
-                    pairs.append({k: row[k] for k in [*PAIR_COLUMNS[:4], "given_negative_ids"]})
+                    row["positive_row"] = store.row(row["positive_id"])
+                    row["given_negative_rows"] = [store.row(d) for d in row["negative_ids"]]
+                    keys = [*PAIR_COLUMNS[:4], "given_negative_ids", *ROW_COLUMNS]
+                    pairs.append({k: row[k] for k in keys})
         docs = len(store)
     counts = {
         "rows": rows,
