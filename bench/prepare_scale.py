@@ -51,6 +51,7 @@ class Sampler:
 
     def __init__(self, every: float = 0.5) -> None:
         self.every, self.peaks, self.peak_total = every, {}, 0
+        self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (kind, CPU seconds last seen)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -62,15 +63,28 @@ class Sampler:
             total += rss
             kind = "driver" if cmd == "driver" else _kind(cmd)
             self.peaks[kind] = max(self.peaks.get(kind, 0), rss)
+            cpu = _procs.cpu_seconds(pid)
+            if cpu is not None:
+                named = (
+                    kind if kind not in ("other ray workers",) else self.cpu.get(pid, (kind,))[0]
+                )
+                self.cpu[pid] = (named, cpu)
         self.peak_total = max(self.peak_total, total)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             self._sample()
 
+    def cpu_by_kind(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, (kind, cpu) in self.cpu.items():
+            out[kind] = out.get(kind, 0.0) + cpu - self.cpu_start.get(pid, 0.0)
+        return {k: round(v, 1) for k, v in sorted(out.items())}
+
     def __enter__(self) -> Sampler:
         self._sample()
         self.start_total = self.peak_total
+        self.cpu_start = {pid: cpu for pid, (_, cpu) in self.cpu.items()}
         self._thread.start()
         return self
 
@@ -108,6 +122,7 @@ def run_one(n: int, root: Path) -> dict:
         "steps_s": result.manifest["timings_s"],
         "peak_rss_gib": {k: round(v / GIB, 2) for k, v in sorted(sampler.peaks.items())},
         "peak_extra_gib": round((sampler.peak_total - sampler.start_total) / GIB, 2),
+        "cpu_s": sampler.cpu_by_kind(),
     }
 
 

@@ -9,21 +9,27 @@ Nothing is dropped here; the caller writes rejected rows to ``rejects.jsonl``.
   text (:func:`text_id`), so the same text always gets the same id.
 - :func:`iter_qrels` and :func:`iter_queries`: the (small) BEIR qrels and queries, read in the
   driver with line numbers.
+- :func:`read_beir` and :func:`read_pairs`: prepare's read step (the doc store, the accepted
+  pairs, every reject in :class:`RejectLog`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from spladeray import storage
+from spladeray.data import schema
 from spladeray.data.beir import doc_text, iter_jsonl, parse_json_line
 from spladeray.data.beir import iter_qrels as beir_iter_qrels
+from spladeray.data.docstore import DocStore, DocStoreWriter
 
 STR_LIST = pa.list_(pa.string())
 CORPUS_SCHEMA = pa.schema(
@@ -378,3 +384,177 @@ def pairs_dataset(source):
 
 
 _ARROW = {"batch_format": "pyarrow", "batch_size": 4096}
+_PAIR_KEYS = list(schema.PAIR_COLUMNS)[:4]  # query_id, query, positive_id, positive
+
+
+# ---------------------------------------------------------------------------- prepare's read step
+class RejectLog:
+    """Writes ``rejects.jsonl`` as rejects arrive and counts them by reason."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.by_reason: Counter[str] = Counter()
+
+    def add(self, source: str, line: int | None, reason: str, id=None, raw=None) -> None:
+        row = {"source": source, "line": line, "id": id, "reason": reason, "raw": raw}
+        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.by_reason[reason.split(" (")[0]] += 1
+
+    def __len__(self) -> int:
+        return sum(self.by_reason.values())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+@dataclass
+class SourceData:
+    pairs: pa.Table
+    counts: dict = field(default_factory=dict)
+
+
+ROW_COLUMNS = {"positive_row": pa.int64(), "given_negative_rows": pa.list_(pa.int64())}
+"""Doc store rows the miners read texts and scores by (they hold no ``id -> row`` dict)."""
+
+
+def _pairs_table(pairs: list[dict]) -> pa.Table:
+    by_query: dict[str, list[str]] = defaultdict(list)
+    for p in pairs:
+        by_query[p["query_id"]].append(p["positive_id"])
+    for p in pairs:
+        p["query_positive_ids"] = by_query[p["query_id"]]
+        p.setdefault("given_negative_ids", [])
+        p.setdefault("given_negative_rows", [])
+    columns = [*_PAIR_KEYS, "query_positive_ids"]
+    fields = [pa.field(c, schema.PAIR_COLUMNS[c]) for c in columns]
+    fields.append(pa.field("given_negative_ids", schema.STRING_LIST))
+    fields += [pa.field(c, t) for c, t in ROW_COLUMNS.items()]
+    return pa.Table.from_pylist(pairs, schema=pa.schema(fields))
+
+
+class _QueryLimit:
+    """``holdout`` then ``max_queries``: keep the queries of the holdout's part (all without
+    one), and of those the first N distinct; count (not reject) the rest."""
+
+    def __init__(self, limit: int | None, holdout=None) -> None:
+        self.limit, self.kept, self.skipped = limit, set(), 0
+        self.holdout, self.held_out = holdout, 0
+
+    def allows(self, qid: str) -> bool:
+        if self.holdout is not None:
+            from spladeray.data.split import in_part
+
+            h = self.holdout
+            if not in_part(qid, h.part, h.fraction, h.seed):
+                self.held_out += 1
+                return False
+        if self.limit is None or qid in self.kept or len(self.kept) < self.limit:
+            self.kept.add(qid)
+            return True
+        self.skipped += 1
+        return False
+
+
+def read_beir(source, work: Path, rejects: RejectLog) -> SourceData:
+    """Queries and qrels in the driver; the corpus streamed through Ray Data into the doc store."""
+    beir = source.path
+    queries: dict[str, str] = {}
+    for qid, text in iter_queries(beir, rejects.add):
+        if qid in queries:
+            rejects.add(storage.join(beir, "queries.jsonl"), None, "duplicate query id", id=qid)
+        else:
+            queries[qid] = text
+    corpus_path = storage.join(beir, "corpus.jsonl")
+    with DocStoreWriter(work / "corpus.arrow") as store:
+        for batch in beir_corpus_dataset(beir).iter_batches(batch_format="pyarrow"):
+            for row in batch.filter(batch.column("reject").is_valid()).to_pylist():
+                rejects.add(corpus_path, None, row["reject"], id=row["doc_id"], raw=row["raw"])
+            ok = batch.filter(batch.column("reject").is_null())
+            ids = ok.column("doc_id").to_pylist()
+            for i in store.add(ids, ok.column("text").to_pylist()):
+                rejects.add(corpus_path, None, "duplicate _id", id=ids[i])
+        docs = len(store)
+        qrels_path = storage.join(beir, "qrels", f"{source.split}.tsv")
+        pairs, seen, limit, lines = [], set(), _QueryLimit(source.max_queries, source.holdout), 0
+        for n, qid, did, rel in iter_qrels(qrels_path, rejects.add):
+            lines += 1
+            bad = None
+            if rel < source.min_relevance:
+                bad = f"relevance {rel} below min_relevance {source.min_relevance}"
+            elif qid not in queries:
+                bad = f"unknown query id {qid} (missing from queries.jsonl or rejected there)"
+            elif did not in store:
+                bad = f"unknown corpus id {did} (missing from corpus.jsonl or rejected there)"
+            elif (qid, did) in seen:
+                bad = "duplicate qrels pair"
+            if bad:
+                rejects.add(str(qrels_path), n, bad, id=f"{qid}\t{did}")
+            elif limit.allows(qid):
+                seen.add((qid, did))
+                pair = {"query_id": qid, "query": queries[qid], "positive_id": did}
+                pairs.append({**pair, "positive_row": store.row(did)})
+    texts = DocStore(work / "corpus.arrow").texts_at(p["positive_row"] for p in pairs)
+    for p, text in zip(pairs, texts, strict=True):
+        p["positive"] = text
+    counts = {
+        "queries": len(queries),
+        "docs": docs,
+        "qrels_lines": lines,
+        "skipped_by_max_queries": limit.skipped,
+        "held_out_pairs": limit.held_out,
+    }
+    return SourceData(_pairs_table(pairs), counts)
+
+
+def read_pairs(source, work: Path, rejects: RejectLog) -> SourceData:
+    """A pairs file / HF dataset streamed through Ray Data; its texts form the mining corpus.
+
+    Rows repeating a (query, positive) pair are grouped: their negatives join the first row's
+    (a triplet file with one row per negative gives one pair with all of them, in file order);
+    a repeat that adds no new negative is a reject (``duplicate (query, positive) pair``).
+    """
+    name = source.hf_name or str(source.path)
+    pairs, limit, rows = [], _QueryLimit(source.max_queries, source.holdout), 0
+    seen: dict[tuple[str, str], int] = {}  # pair -> its position in ``pairs``
+    grouped = 0
+    with DocStoreWriter(work / "corpus.arrow") as store:
+        for batch in pairs_dataset(source).iter_batches(batch_format="pyarrow"):
+            for row in batch.to_pylist():
+                rows += 1
+                key = (row["query_id"], row["positive_id"])
+                if row["reject"]:
+                    rejects.add(name, None, row["reject"], raw=row["raw"])
+                elif key in seen:
+                    pair = pairs[seen[key]]
+                    have = set(pair["given_negative_ids"])
+                    new = [i for i, d in enumerate(row["negative_ids"]) if d not in have]
+                    if not new:
+                        reason = "duplicate (query, positive) pair"
+                        rejects.add(name, None, reason, id="\t".join(key))
+                        continue
+                    grouped += 1
+                    ids = [row["negative_ids"][i] for i in new]
+                    store.add(ids, [row["negatives"][i] for i in new])
+                    pair["given_negative_ids"] += ids
+                    pair["given_negative_rows"] += [store.row(d) for d in ids]
+                elif limit.allows(row["query_id"]):
+                    seen[key] = len(pairs)
+                    store.add(
+                        [row["positive_id"], *row["negative_ids"]],
+                        [row["positive"], *row["negatives"]],
+                    )
+                    row["given_negative_ids"] = row["negative_ids"]
+                    row["positive_row"] = store.row(row["positive_id"])
+                    row["given_negative_rows"] = [store.row(d) for d in row["negative_ids"]]
+                    keys = [*_PAIR_KEYS, "given_negative_ids", *ROW_COLUMNS]
+                    pairs.append({k: row[k] for k in keys})
+        docs = len(store)
+    counts = {
+        "rows": rows,
+        "grouped_rows": grouped,
+        "docs": docs,
+        "skipped_by_max_queries": limit.skipped,
+        "held_out_pairs": limit.held_out,
+    }
+    return SourceData(_pairs_table(pairs), counts)
