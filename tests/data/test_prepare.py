@@ -495,7 +495,8 @@ def test_triplets_of_one_pair_are_grouped_and_keep_every_negative(ray_cluster, t
     got = {r["query"]: r["negatives"] for r in pq.read_table(tmp_path / "out/shards").to_pylist()}
     assert got == {"q one": ["n a", "n b", "n c"], "q two": ["n x"]}
     assert manifest["source"]["grouped_rows"] == 2 and manifest["rejected"] == 1
-    assert manifest["rejects_by_reason"] == {"duplicate (query, positive) pair": 1}
+    reasons = [json.loads(x)["reason"] for x in (tmp_path / "out/rejects.jsonl").open()]
+    assert reasons == ["duplicate (query, positive) pair"]
 
 
 def test_parquet_and_hf_readers_normalise_rows(ray_cluster, tmp_path):
