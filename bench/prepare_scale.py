@@ -206,6 +206,9 @@ def main() -> None:
         print(
             f"mining CPU ms/query at N={b['n']:,}: old {b['old_ms_per_query']}, new {b['new_ms_per_query']}"
         )
+    if not base:
+        print(json.dumps({"runs": runs}))
+        return
     ref = base[-1]
     result = {
         "name": f"prepare_scale: BM25 mining + teacher per query, N={ref['n']:,}",
