@@ -476,6 +476,34 @@ def test_pairs_jsonl_with_given_negatives_and_sparse_mining(ray_cluster, tmp_pat
     ]
 
 
+def test_triplets_of_one_pair_are_grouped_and_keep_every_negative(ray_cluster, tmp_path):
+    """A triplet file (one row per negative) gives one row per (query, positive) with all of its
+    negatives, in file order; a repeat that adds nothing is still a reject."""
+    from spladeray.data.pipeline import run_prepare
+
+    rows = [
+        {"query": "q one", "positive": "p one", "negatives": ["n a"]},
+        {"query": "q two", "positive": "p two", "negatives": ["n x"]},
+        {"query": "q one", "positive": "p one", "negatives": ["n b"]},
+        {"query": "q one", "positive": "p one", "negatives": ["n c", "n a"]},
+        {"query": "q two", "positive": "p two", "negatives": ["n x"]},  # nothing new
+    ]
+    src = tmp_path / "triplets.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = {
+        "output_dir": str(tmp_path / "out"),
+        "source": {"format": "jsonl", "path": str(src)},
+        "negatives": {"method": "none", "num_negatives": 5},
+        "progress": False,
+    }
+    manifest = run_prepare(PrepareConfig.model_validate(data)).manifest
+    got = {r["query"]: r["negatives"] for r in pq.read_table(tmp_path / "out/shards").to_pylist()}
+    assert got == {"q one": ["n a", "n b", "n c"], "q two": ["n x"]}
+    assert manifest["source"]["grouped_rows"] == 2 and manifest["rejected"] == 1
+    reasons = [json.loads(x)["reason"] for x in (tmp_path / "out/rejects.jsonl").open()]
+    assert reasons == ["duplicate (query, positive) pair"]
+
+
 def test_parquet_and_hf_readers_normalise_rows(ray_cluster, tmp_path):
     import datasets
     import pyarrow as pa

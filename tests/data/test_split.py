@@ -38,7 +38,7 @@ def test_evaluation_scores_only_the_validation_part(tmp_path):
 
 
 def test_prepare_keeps_the_train_part_and_counts_the_rest():
-    from spladeray.data.pipeline import _QueryLimit
+    from spladeray.data.readers import _QueryLimit
 
     limit = _QueryLimit(None, HoldoutConfig(part="train", fraction=0.3))
     kept = [q for q in IDS[:200] if limit.allows(q)]

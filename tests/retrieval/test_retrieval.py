@@ -140,6 +140,8 @@ def _pairs(queries: list[str], positives: list[list[str]]) -> pa.Table:
             "query": queries,
             "query_positive_ids": positives,
             "given_negative_ids": [[] for _ in queries],
+            "given_negative_rows": pa.array([[] for _ in queries], pa.list_(pa.int64())),
+            "positive_row": [IDS.index(p[0]) for p in positives],
         }
     )
 
@@ -196,3 +198,55 @@ def test_sparse_top_k_equals_the_dense_product_with_pruning_masks_and_theta(
                 theta = float(dense[want[-1]])
                 again, _ = sparse_top_k(postings, q_cols, q_w, k, live=live, theta=theta)
                 assert again.tolist() == want.tolist()
+
+
+# ----------------------------------------------------------------------------- BM25 mining
+def _tied_corpus(n: int = 400, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Short texts over a 30-word vocabulary: many documents share a score (ties), some words
+    repeat in a query (bm25s adds a repeated term twice)."""
+    rng = np.random.default_rng(seed)
+    words = [f"w{chr(97 + i // 26)}{chr(97 + i % 26)}x" for i in range(30)]
+    docs = [" ".join(rng.choice(words, rng.integers(3, 9))) for _ in range(n)]
+    queries = [" ".join(rng.choice(words, rng.integers(1, 6))) for _ in range(40)]
+    return docs, [*queries, "nothing known here", words[0] + " " + words[0]]
+
+
+def test_bm25_mine_rows_is_exact_with_ties_by_row(monkeypatch, tmp_path):
+    """The batched sparse-product top-k (used above BM25S_TOPK_MAX_DOCS documents) against
+    bm25s's full score vector: the same scores bit for bit, best first, equal scores by row."""
+    from spladeray.retrieval import bm25 as bm25_module
+
+    docs, queries = _tied_corpus()
+    BM25Retriever(stemmer=None, stopwords=None).index(None, docs).save(tmp_path / "bm25")
+    bm25 = BM25Retriever.load(tmp_path / "bm25")  # memory-mapped, as the miners load it
+    monkeypatch.setattr(bm25_module, "BM25S_TOPK_MAX_DOCS", 0)
+    monkeypatch.setattr(BM25Retriever, "MINE_BATCH", 7)  # several batches, one partial
+    hits = bm25.mine_rows(queries, 25)
+    terms = bm25._known_terms(queries)
+    ties = 0
+    for q, (rows, scores) in zip(terms, hits, strict=True):
+        full = np.asarray(bm25.model.get_scores(q), np.float32) if q else np.zeros(len(docs))
+        want = np.lexsort((np.arange(full.size), -full))[:25]
+        want = want[full[want] > 0]
+        assert rows.tolist() == want.tolist()
+        assert scores.dtype == np.float32 and scores.tobytes() == full[want].tobytes()
+        ties += int(np.sum(scores[1:] == scores[:-1]))
+    assert ties > 50  # the corpus does exercise the tie order
+    assert hits[-2][0].size == 0  # no known term: no hit
+    # small corpora keep bm25s's own search (and so its order among equal scores)
+    monkeypatch.setattr(bm25_module, "BM25S_TOPK_MAX_DOCS", 10_000)
+    for got, want in zip(bm25.mine_rows(queries, 25), bm25.search_rows(queries, 25), strict=True):
+        assert got[0].tolist() == want[0].tolist()
+
+
+def test_bm25_score_rows_equals_bm25s_get_scores(tmp_path):
+    """The teacher's scores by binary search: bit-equal to bm25s's N-length get_scores."""
+    docs, queries = _tied_corpus(seed=1)
+    bm25 = BM25Retriever(stemmer=None, stopwords=None).index(None, docs)
+    rng = np.random.default_rng(2)
+    rows = [rng.integers(0, len(docs), 9).tolist() for _ in queries]
+    for q, r, got in zip(
+        bm25._known_terms(queries), rows, bm25.score_rows(queries, rows), strict=True
+    ):
+        full = np.asarray(bm25.model.get_scores(q), np.float32) if q else np.zeros(len(docs))
+        assert got.dtype == np.float32 and got.tobytes() == full[r].astype(np.float32).tobytes()

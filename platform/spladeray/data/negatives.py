@@ -147,8 +147,10 @@ def build_model_index(
 class NegativeMiner:
     """Ray Data actor: adds ``negative_ids`` and ``negatives`` (texts) to a batch of pairs.
 
-    Input columns: ``query``, ``query_positive_ids`` (all positives of the query) and
-    ``given_negative_ids`` (possibly empty). ``method="none"`` keeps only the given negatives.
+    Input columns: ``query``, ``query_positive_ids`` (all positives of the query),
+    ``given_negative_ids`` (possibly empty) and the doc store rows ``positive_row`` and
+    ``given_negative_rows``: the miner reads texts and scores by row and holds no ``id -> row``
+    dict of the corpus (only of the documents in its batch). ``method="none"`` keeps only the given negatives.
     ``cfg`` is the typed :class:`NegativesConfig`.
 
     ``score_columns`` (BM25 teachers, ``kind: bm25``): for each, ``score_<name>`` holds the BM25
@@ -176,30 +178,36 @@ class NegativeMiner:
         positives = batch.column("query_positive_ids").to_pylist()
         given = batch.column("given_negative_ids").to_pylist()
         ranked: list[list[str]] = [[] for _ in queries]
+        row_of: dict[str, int] = {}  # this batch's documents (hits, given negatives) -> rows
+        for ids, rows in zip(given, batch.column("given_negative_rows").to_pylist(), strict=True):
+            row_of.update(zip(ids, rows, strict=True))
         if self.retriever is not None:
             unique = list(dict.fromkeys(queries))
-            hits = self.retriever.search_rows(unique, self.cfg.depth)
-            by_query = {
-                q: self.store.ids_at(rows.tolist())
-                for q, (rows, _) in zip(unique, hits, strict=True)
-            }
+            # BM25: an exact top-k over postings (mine_rows), not an N-length pass per query
+            search = getattr(self.retriever, "mine_rows", self.retriever.search_rows)
+            hits = search(unique, self.cfg.depth)
+            by_query = {}
+            for q, (rows, _) in zip(unique, hits, strict=True):
+                ids = self.store.ids_at(rows.tolist())
+                row_of.update(zip(ids, rows.tolist(), strict=True))
+                by_query[q] = ids
             ranked = [by_query[q] for q in queries]
         n, skip = self.cfg.num_negatives, self.cfg.skip_top
         ids = [
             select_negatives(r, p, n, skip, g)
             for r, p, g in zip(ranked, positives, given, strict=True)
         ]
-        texts = [self.store.texts(row) for row in ids]
-        out = batch.drop_columns(["given_negative_ids"])
+        rows = [[row_of[d] for d in row] for row in ids]
+        texts = [self.store.texts_at(r) for r in rows]
+        out = batch.drop_columns(["given_negative_ids", "given_negative_rows", "positive_row"])
         out = out.append_column("negative_ids", pa.array(ids, STR_LIST))
         out = out.append_column("negatives", pa.array(texts, STR_LIST))
         if self.score_columns:
             from spladeray.data.schema import SCORE_TYPE
 
-            row_of = self.store.row_of
-            pos = batch.column("positive_id").to_pylist()
-            rows = [[row_of[d] for d in [p, *row]] for p, row in zip(pos, ids, strict=True)]
-            scores = pa.array(self.retriever.score_rows(queries, rows), SCORE_TYPE)
+            pos = batch.column("positive_row").to_pylist()
+            chosen = [[p, *r] for p, r in zip(pos, rows, strict=True)]
+            scores = pa.array(self.retriever.score_rows(queries, chosen), SCORE_TYPE)
             for column in self.score_columns:
                 out = out.append_column(column, scores)
         if self.stats is not None:

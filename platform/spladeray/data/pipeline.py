@@ -2,10 +2,11 @@
 
 Steps, each timed:
 
-1. **read** (driver, streaming): the source's rows are checked; rejected rows go to
-   ``rejects.jsonl`` with a reason; documents go once into the doc store (``_work/corpus.arrow``);
-   accepted ``(query, positive)`` pairs are kept as a small table (ids and query texts: the one
-   per-pair structure the driver holds, about 100 bytes + query text per pair).
+1. **read** (:func:`spladeray.data.readers.read_beir` / ``read_pairs``, streaming): the
+   source's rows are checked; rejected rows go to ``rejects.jsonl`` with a reason; documents go
+   once into the doc store (``_work/corpus.arrow``); accepted ``(query, positive)`` pairs are kept
+   as a small table (ids, doc store rows and query texts: the one per-pair structure the driver
+   holds, about 100 bytes + query text per pair).
 2. **index**: the retrieval index for mining, built once (:mod:`spladeray.data.negatives`).
 3. **pipeline** (Ray Data, streaming): pairs -> ``NegativeMiner`` actors -> one ``TeacherScorer``
    actor pool per enabled teacher -> ensemble task -> ``write_parquet``.
@@ -24,9 +25,8 @@ import logging
 import shutil
 import tempfile
 import time
-from collections import Counter, defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,8 +36,8 @@ import pyarrow.parquet as pq
 from spladeray import storage
 from spladeray.config import PrepareConfig, TeacherConfig
 from spladeray.data import schema
-from spladeray.data.docstore import DocStore, DocStoreWriter
-from spladeray.data.readers import beir_corpus_dataset, iter_qrels, iter_queries, pairs_dataset
+from spladeray.data.readers import RejectLog, read_beir, read_pairs
+from spladeray.data.schema import is_complete, load_manifest, summary_line
 from spladeray.raycluster import check_capacity, cluster_gpus, ensure_ray
 
 logger = logging.getLogger(__name__)
@@ -46,151 +46,6 @@ RUNTIME_KEYS = {"force", "progress", "actor_start_timeout_s"}  # not part of the
 WORK_DIR = "_work"  # the run's scratch files (doc store, mining index); deleted when done
 SMALL_TASK_CPUS = 0.25  # the ensemble task and the parquet writer each reserve this much
 PAIR_COLUMNS = list(schema.PAIR_COLUMNS)
-
-
-# ---------------------------------------------------------------------------- rejects
-class RejectLog:
-    """Writes ``rejects.jsonl`` as rejects arrive and counts them by reason."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self.by_reason: Counter[str] = Counter()
-
-    def add(self, source: str, line: int | None, reason: str, id=None, raw=None) -> None:
-        row = {"source": source, "line": line, "id": id, "reason": reason, "raw": raw}
-        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self.by_reason[reason.split(" (")[0]] += 1
-
-    def __len__(self) -> int:
-        return sum(self.by_reason.values())
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-# ---------------------------------------------------------------------------- step 1: read
-@dataclass
-class SourceData:
-    pairs: pa.Table
-    counts: dict = field(default_factory=dict)
-
-
-def _pairs_table(pairs: list[dict]) -> pa.Table:
-    by_query: dict[str, list[str]] = defaultdict(list)
-    for p in pairs:
-        by_query[p["query_id"]].append(p["positive_id"])
-    for p in pairs:
-        p["query_positive_ids"] = by_query[p["query_id"]]
-        p.setdefault("given_negative_ids", [])
-    columns = [*PAIR_COLUMNS[:4], "query_positive_ids"]
-    fields = [pa.field(c, schema.PAIR_COLUMNS[c]) for c in columns]
-    table_schema = pa.schema([*fields, pa.field("given_negative_ids", schema.STRING_LIST)])
-    return pa.Table.from_pylist(pairs, schema=table_schema)
-
-
-class _QueryLimit:
-    """``holdout`` then ``max_queries``: keep the queries of the holdout's part (all without
-    one), and of those the first N distinct; count (not reject) the rest."""
-
-    def __init__(self, limit: int | None, holdout=None) -> None:
-        self.limit, self.kept, self.skipped = limit, set(), 0
-        self.holdout, self.held_out = holdout, 0
-
-    def allows(self, qid: str) -> bool:
-        if self.holdout is not None:
-            from spladeray.data.split import in_part
-
-            h = self.holdout
-            if not in_part(qid, h.part, h.fraction, h.seed):
-                self.held_out += 1
-                return False
-        if self.limit is None or qid in self.kept or len(self.kept) < self.limit:
-            self.kept.add(qid)
-            return True
-        self.skipped += 1
-        return False
-
-
-def read_beir(source, work: Path, rejects: RejectLog) -> SourceData:
-    """Queries and qrels in the driver; the corpus streamed through Ray Data into the doc store."""
-    beir = source.path
-    queries: dict[str, str] = {}
-    for qid, text in iter_queries(beir, rejects.add):
-        if qid in queries:
-            rejects.add(storage.join(beir, "queries.jsonl"), None, "duplicate query id", id=qid)
-        else:
-            queries[qid] = text
-    corpus_path = storage.join(beir, "corpus.jsonl")
-    with DocStoreWriter(work / "corpus.arrow") as store:
-        for batch in beir_corpus_dataset(beir).iter_batches(batch_format="pyarrow"):
-            for row in batch.filter(batch.column("reject").is_valid()).to_pylist():
-                rejects.add(corpus_path, None, row["reject"], id=row["doc_id"], raw=row["raw"])
-            ok = batch.filter(batch.column("reject").is_null())
-            ids = ok.column("doc_id").to_pylist()
-            for i in store.add(ids, ok.column("text").to_pylist()):
-                rejects.add(corpus_path, None, "duplicate _id", id=ids[i])
-        docs = len(store)
-        qrels_path = storage.join(beir, "qrels", f"{source.split}.tsv")
-        pairs, seen, limit, lines = [], set(), _QueryLimit(source.max_queries, source.holdout), 0
-        for n, qid, did, rel in iter_qrels(qrels_path, rejects.add):
-            lines += 1
-            bad = None
-            if rel < source.min_relevance:
-                bad = f"relevance {rel} below min_relevance {source.min_relevance}"
-            elif qid not in queries:
-                bad = f"unknown query id {qid} (missing from queries.jsonl or rejected there)"
-            elif did not in store:
-                bad = f"unknown corpus id {did} (missing from corpus.jsonl or rejected there)"
-            elif (qid, did) in seen:
-                bad = "duplicate qrels pair"
-            if bad:
-                rejects.add(str(qrels_path), n, bad, id=f"{qid}\t{did}")
-            elif limit.allows(qid):
-                seen.add((qid, did))
-                pairs.append({"query_id": qid, "query": queries[qid], "positive_id": did})
-    texts = DocStore(work / "corpus.arrow").texts(p["positive_id"] for p in pairs)
-    for p, text in zip(pairs, texts, strict=True):
-        p["positive"] = text
-    counts = {
-        "queries": len(queries),
-        "docs": docs,
-        "qrels_lines": lines,
-        "skipped_by_max_queries": limit.skipped,
-        "held_out_pairs": limit.held_out,
-    }
-    return SourceData(_pairs_table(pairs), counts)
-
-
-def read_pairs(source, work: Path, rejects: RejectLog) -> SourceData:
-    """A pairs file / HF dataset streamed through Ray Data; its texts form the mining corpus."""
-    name = source.hf_name or str(source.path)
-    pairs, seen, limit, rows = [], set(), _QueryLimit(source.max_queries, source.holdout), 0
-    with DocStoreWriter(work / "corpus.arrow") as store:
-        for batch in pairs_dataset(source).iter_batches(batch_format="pyarrow"):
-            for row in batch.to_pylist():
-                rows += 1
-                key = (row["query_id"], row["positive_id"])
-                if row["reject"]:
-                    rejects.add(name, None, row["reject"], raw=row["raw"])
-                elif key in seen:
-                    rejects.add(name, None, "duplicate (query, positive) pair", id="\t".join(key))
-                elif limit.allows(row["query_id"]):
-                    seen.add(key)
-                    store.add(
-                        [row["positive_id"], *row["negative_ids"]],
-                        [row["positive"], *row["negatives"]],
-                    )
-                    row["given_negative_ids"] = row["negative_ids"]
-                    pairs.append({k: row[k] for k in [*PAIR_COLUMNS[:4], "given_negative_ids"]})
-        docs = len(store)
-    counts = {
-        "rows": rows,
-        "docs": docs,
-        "skipped_by_max_queries": limit.skipped,
-        "held_out_pairs": limit.held_out,
-    }
-    return SourceData(_pairs_table(pairs), counts)
 
 
 # ---------------------------------------------------------------------------- step 2: index
@@ -376,17 +231,6 @@ def config_hash(cfg: PrepareConfig) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_manifest(output_dir: str | Path) -> dict | None:
-    uri = storage.join(output_dir, schema.MANIFEST_FILE)
-    return storage.read_json(uri) if storage.exists(uri) else None
-
-
-def is_complete(output_dir: str | Path, digest: str) -> bool:
-    manifest = load_manifest(output_dir)
-    done = storage.exists(storage.join(output_dir, schema.SUCCESS_FILE))
-    return done and manifest is not None and manifest.get("config_hash") == digest
-
-
 def _clear(out: str) -> None:
     """Remove a previous run's output (``_SUCCESS`` first, so nothing half-deleted looks done)."""
     names = (schema.SUCCESS_FILE, schema.MANIFEST_FILE, schema.REJECTS_FILE)
@@ -554,19 +398,3 @@ def run_prepare(
     storage.write_text(storage.join(out, schema.SUCCESS_FILE), digest + "\n")  # last: done
     echo(summary_line(manifest))
     return PrepareResult.from_manifest(manifest)
-
-
-def summary_line(m: dict) -> str:
-    """``prepare: rows, rejects, seconds, rows/s per stage`` on one line."""
-    t = m["timings_s"]
-    parts = [
-        f"prepare: {m['rows']} rows, {m['rejected']} rejected, {t['total']:.1f}s",
-        f"read {t['read']:.1f}s",
-        f"index {t['index']:.1f}s",
-        f"pipeline {t['pipeline']:.1f}s ({m['rows'] / max(t['pipeline'], 1e-9):.1f} rows/s)",
-    ]
-    for stage, s in m.get("stages", {}).items():
-        if "rows_per_actor_s" in s:
-            used = f"{s['actors_used']} of {s['pool']}" if "pool" in s else s["actors_used"]
-            parts.append(f"{stage} {s['rows_per_actor_s']:.1f} rows/actor-s x{used}")
-    return " | ".join(parts) + f" -> {m['output_dir']}"

@@ -9,21 +9,27 @@ Nothing is dropped here; the caller writes rejected rows to ``rejects.jsonl``.
   text (:func:`text_id`), so the same text always gets the same id.
 - :func:`iter_qrels` and :func:`iter_queries`: the (small) BEIR qrels and queries, read in the
   driver with line numbers.
+- :func:`read_beir` and :func:`read_pairs`: prepare's read step (the doc store, the accepted
+  pairs, every reject in :class:`RejectLog`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from spladeray import storage
+from spladeray.data import schema
 from spladeray.data.beir import doc_text, iter_jsonl, parse_json_line
 from spladeray.data.beir import iter_qrels as beir_iter_qrels
+from spladeray.data.docstore import DocStore, DocStoreWriter
 
 STR_LIST = pa.list_(pa.string())
 CORPUS_SCHEMA = pa.schema(
@@ -59,40 +65,135 @@ def _raw(obj: Any) -> str:
 
 
 # ---------------------------------------------------------------------------- text lines
-def read_text_lines(uri: str | Path, **kwargs):
+RANGE_BYTES = 128 * 1024 * 1024
+"""Bytes per read task: a file is read as ranges of about this size, in parallel."""
+_TAIL_CHUNK = 1024 * 1024  # a range's last line is read on past its end in chunks of this size
+
+
+def read_text_lines(uri: str | Path, *, range_bytes: int = RANGE_BYTES, file_extensions=None):
     """Lines of text files as a Ray Dataset: ``text`` and ``problem`` ("" or why the line is
     unusable).
 
-    ``ray.data.read_text`` decodes a whole file at once, so one byte that is not UTF-8 fails the
-    whole job; here each line (ending at ``\\n``) is decoded on its own and an undecodable one
-    becomes a reject (``problem`` names the file, line and byte) -- the parsers below turn it
-    into a reject row. Like ``read_text``, each file is read by one task.
+    Each file is cut into byte ranges of about ``range_bytes``, each read by its own Ray task (a
+    file of any size streams, in parallel; no task holds more than a range). A line belongs to
+    the range its first byte is in; the range reads on past its end to finish its last line.
+    Line numbers are global: a first, cheap pass counts the newlines of each range (in C), so
+    each range knows the number of its first line. Each line (ending at ``\n``; a final line
+    without one counts; ``\r\n`` is stripped; a UTF-8 byte-order mark at the start of a file is
+    dropped) is decoded on its own: an undecodable one becomes a reject (``problem`` names the
+    file, line and byte) that the parsers below turn into a reject row, instead of failing the
+    job as ``ray.data.read_text`` would. Rows and problems are identical to reading the whole
+    file at once (:func:`_split_lines`; tests/data/test_streaming_reader.py cuts files at every
+    awkward byte).
 
     ``uri`` is a file or folder: a local path or a URI (``s3://bucket/prefix``), read through
-    :func:`spladeray.storage.resolve`'s filesystem (so an S3-compatible endpoint from
-    ``AWS_ENDPOINT_URL`` applies) by whichever node runs the read task.
+    :func:`spladeray.storage.resolve`'s filesystem by whichever node runs the task.
     """
     import ray.data
 
+    ranges = _ranges(uri, range_bytes, file_extensions)
+    if not ranges:
+        raise FileNotFoundError(f"no files to read at {uri}")
+    counts = ray.data.from_items(ranges).map(_count_range).take_all()
+    first, seen = {}, {}
+    for row in sorted(counts, key=lambda r: (r["path"], r["start"])):  # newlines before each
+        first[(row["path"], row["start"])] = seen.get(row["path"], 0)
+        seen[row["path"]] = seen.get(row["path"], 0) + row["newlines"]
+    for r in ranges:
+        r["newlines_before"] = first[(r["path"], r["start"])]
+    return ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
+        _read_batch, batch_size=1, batch_format="pyarrow"
+    )
+
+
+def _ranges(uri, range_bytes: int, extensions) -> list[dict[str, Any]]:
+    """``{uri, path, start, end}`` for each range of each file at ``uri`` (a file or folder)."""
+    names = storage.list_files(uri)
+    out = []
+    for name in names:
+        if extensions and name and not any(name.endswith("." + e) for e in extensions):
+            continue
+        file_uri = storage.join(uri, name) if name else str(uri)
+        fs, path = storage.resolve(file_uri)
+        size = fs.get_file_info(path).size
+        for start in range(0, max(size, 1), range_bytes):
+            end = min(start + range_bytes, size)
+            out.append({"uri": file_uri, "path": path, "start": start, "end": end})
+    return out
+
+
+def _count_range(r: dict[str, Any]) -> dict[str, Any]:
+    fs, path = storage.resolve(r["uri"])
+    with fs.open_input_file(path) as f:
+        data = f.read_at(r["end"] - r["start"], r["start"]) if r["end"] > r["start"] else b""
+    return {"path": r["path"], "start": r["start"], "newlines": data.count(b"\n")}
+
+
+def read_range(uri: str, start: int, end: int, newlines_before: int) -> tuple[list, int]:
+    """The lines whose first byte is in ``[start, end)`` of one file, as ``(bytes, number)``,
+    and the number of the first. ``newlines_before``: newlines in ``[0, start)``."""
     fs, path = storage.resolve(uri)
-    files = ray.data.read_binary_files(path, filesystem=fs, include_paths=True, **kwargs)
-    return files.flat_map(_split_lines)
-
-
-def _split_lines(row: dict[str, Any]) -> list[dict[str, str]]:
-    pieces = row["bytes"].split(b"\n")
+    with fs.open_input_file(path) as f:
+        size = f.size()
+        begin = start
+        if start > 0:  # the line in progress at ``start`` belongs to the range before
+            prev = f.read_at(1, start - 1)
+            if prev != b"\n":
+                begin = _next_line(f, start, size)
+                newlines_before += 1
+        if begin >= end or begin >= size:
+            return [], newlines_before + 1
+        data = f.read_at(end - begin, begin)
+        if not data.endswith(b"\n") and end < size:  # finish the last line
+            stop = _next_line(f, end, size)
+            data += f.read_at(stop - end, end)
+    pieces = data.split(b"\n")
     if pieces and not pieces[-1]:  # the newline ending the last line opens no new line
         pieces.pop()
-    out = []
-    for n, raw in enumerate(pieces, 1):
+    return pieces, newlines_before + 1
+
+
+def _next_line(f, pos: int, size: int) -> int:
+    """The offset just after the first ``\n`` at or after ``pos`` (``size`` when none)."""
+    while pos < size:
+        chunk = f.read_at(min(_TAIL_CHUNK, size - pos), pos)
+        cut = chunk.find(b"\n")
+        if cut >= 0:
+            return pos + cut + 1
+        pos += len(chunk)
+    return size
+
+
+def _read_batch(batch: pa.Table) -> pa.Table:
+    texts, problems = [], []
+    for r in batch.to_pylist():
+        pieces, first = read_range(r["uri"], r["start"], r["end"], r["newlines_before"])
+        for text, problem in _decode(pieces, first, r["path"]):
+            texts.append(text)
+            problems.append(problem)
+    return pa.table(
+        {"text": pa.array(texts, pa.string()), "problem": pa.array(problems, pa.string())}
+    )
+
+
+def _decode(pieces: list[bytes], first: int, path: str) -> Iterator[tuple[str, str]]:
+    """``(text, problem)`` per line; line ``first`` is the first piece's number."""
+    for n, raw in enumerate(pieces, first):
         if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
             raw = raw[3:]
         try:
-            out.append({"text": raw.decode("utf-8").rstrip("\r"), "problem": ""})
+            yield raw.decode("utf-8").rstrip("\r"), ""
         except UnicodeDecodeError as exc:
-            problem = f"{row['path']}:{n}: not valid UTF-8 (byte {exc.start} of the line)"
-            out.append({"text": "", "problem": problem})
-    return out
+            yield "", f"{path}:{n}: not valid UTF-8 (byte {exc.start} of the line)"
+
+
+def _split_lines(row: dict[str, Any]) -> list[dict[str, str]]:
+    """A whole file's bytes (``row["bytes"]``, ``row["path"]``) as lines: what the ranges of
+    :func:`read_text_lines` add up to (the reference the tests compare them with)."""
+    pieces = row["bytes"].split(b"\n")
+    if pieces and not pieces[-1]:  # the newline ending the last line opens no new line
+        pieces.pop()
+    return [{"text": t, "problem": p} for t, p in _decode(pieces, 1, row["path"])]
 
 
 def _lines(batch: pa.Table) -> Iterator[tuple[str, str | None]]:
@@ -283,3 +384,177 @@ def pairs_dataset(source):
 
 
 _ARROW = {"batch_format": "pyarrow", "batch_size": 4096}
+_PAIR_KEYS = list(schema.PAIR_COLUMNS)[:4]  # query_id, query, positive_id, positive
+
+
+# ---------------------------------------------------------------------------- prepare's read step
+class RejectLog:
+    """Writes ``rejects.jsonl`` as rejects arrive and counts them by reason."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.by_reason: Counter[str] = Counter()
+
+    def add(self, source: str, line: int | None, reason: str, id=None, raw=None) -> None:
+        row = {"source": source, "line": line, "id": id, "reason": reason, "raw": raw}
+        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.by_reason[reason.split(" (")[0]] += 1
+
+    def __len__(self) -> int:
+        return sum(self.by_reason.values())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+@dataclass
+class SourceData:
+    pairs: pa.Table
+    counts: dict = field(default_factory=dict)
+
+
+ROW_COLUMNS = {"positive_row": pa.int64(), "given_negative_rows": pa.list_(pa.int64())}
+"""Doc store rows the miners read texts and scores by (they hold no ``id -> row`` dict)."""
+
+
+def _pairs_table(pairs: list[dict]) -> pa.Table:
+    by_query: dict[str, list[str]] = defaultdict(list)
+    for p in pairs:
+        by_query[p["query_id"]].append(p["positive_id"])
+    for p in pairs:
+        p["query_positive_ids"] = by_query[p["query_id"]]
+        p.setdefault("given_negative_ids", [])
+        p.setdefault("given_negative_rows", [])
+    columns = [*_PAIR_KEYS, "query_positive_ids"]
+    fields = [pa.field(c, schema.PAIR_COLUMNS[c]) for c in columns]
+    fields.append(pa.field("given_negative_ids", schema.STRING_LIST))
+    fields += [pa.field(c, t) for c, t in ROW_COLUMNS.items()]
+    return pa.Table.from_pylist(pairs, schema=pa.schema(fields))
+
+
+class _QueryLimit:
+    """``holdout`` then ``max_queries``: keep the queries of the holdout's part (all without
+    one), and of those the first N distinct; count (not reject) the rest."""
+
+    def __init__(self, limit: int | None, holdout=None) -> None:
+        self.limit, self.kept, self.skipped = limit, set(), 0
+        self.holdout, self.held_out = holdout, 0
+
+    def allows(self, qid: str) -> bool:
+        if self.holdout is not None:
+            from spladeray.data.split import in_part
+
+            h = self.holdout
+            if not in_part(qid, h.part, h.fraction, h.seed):
+                self.held_out += 1
+                return False
+        if self.limit is None or qid in self.kept or len(self.kept) < self.limit:
+            self.kept.add(qid)
+            return True
+        self.skipped += 1
+        return False
+
+
+def read_beir(source, work: Path, rejects: RejectLog) -> SourceData:
+    """Queries and qrels in the driver; the corpus streamed through Ray Data into the doc store."""
+    beir = source.path
+    queries: dict[str, str] = {}
+    for qid, text in iter_queries(beir, rejects.add):
+        if qid in queries:
+            rejects.add(storage.join(beir, "queries.jsonl"), None, "duplicate query id", id=qid)
+        else:
+            queries[qid] = text
+    corpus_path = storage.join(beir, "corpus.jsonl")
+    with DocStoreWriter(work / "corpus.arrow") as store:
+        for batch in beir_corpus_dataset(beir).iter_batches(batch_format="pyarrow"):
+            for row in batch.filter(batch.column("reject").is_valid()).to_pylist():
+                rejects.add(corpus_path, None, row["reject"], id=row["doc_id"], raw=row["raw"])
+            ok = batch.filter(batch.column("reject").is_null())
+            ids = ok.column("doc_id").to_pylist()
+            for i in store.add(ids, ok.column("text").to_pylist()):
+                rejects.add(corpus_path, None, "duplicate _id", id=ids[i])
+        docs = len(store)
+        qrels_path = storage.join(beir, "qrels", f"{source.split}.tsv")
+        pairs, seen, limit, lines = [], set(), _QueryLimit(source.max_queries, source.holdout), 0
+        for n, qid, did, rel in iter_qrels(qrels_path, rejects.add):
+            lines += 1
+            bad = None
+            if rel < source.min_relevance:
+                bad = f"relevance {rel} below min_relevance {source.min_relevance}"
+            elif qid not in queries:
+                bad = f"unknown query id {qid} (missing from queries.jsonl or rejected there)"
+            elif did not in store:
+                bad = f"unknown corpus id {did} (missing from corpus.jsonl or rejected there)"
+            elif (qid, did) in seen:
+                bad = "duplicate qrels pair"
+            if bad:
+                rejects.add(str(qrels_path), n, bad, id=f"{qid}\t{did}")
+            elif limit.allows(qid):
+                seen.add((qid, did))
+                pair = {"query_id": qid, "query": queries[qid], "positive_id": did}
+                pairs.append({**pair, "positive_row": store.row(did)})
+    texts = DocStore(work / "corpus.arrow").texts_at(p["positive_row"] for p in pairs)
+    for p, text in zip(pairs, texts, strict=True):
+        p["positive"] = text
+    counts = {
+        "queries": len(queries),
+        "docs": docs,
+        "qrels_lines": lines,
+        "skipped_by_max_queries": limit.skipped,
+        "held_out_pairs": limit.held_out,
+    }
+    return SourceData(_pairs_table(pairs), counts)
+
+
+def read_pairs(source, work: Path, rejects: RejectLog) -> SourceData:
+    """A pairs file / HF dataset streamed through Ray Data; its texts form the mining corpus.
+
+    Rows repeating a (query, positive) pair are grouped: their negatives join the first row's
+    (a triplet file with one row per negative gives one pair with all of them, in file order);
+    a repeat that adds no new negative is a reject (``duplicate (query, positive) pair``).
+    """
+    name = source.hf_name or str(source.path)
+    pairs, limit, rows = [], _QueryLimit(source.max_queries, source.holdout), 0
+    seen: dict[tuple[str, str], int] = {}  # pair -> its position in ``pairs``
+    grouped = 0
+    with DocStoreWriter(work / "corpus.arrow") as store:
+        for batch in pairs_dataset(source).iter_batches(batch_format="pyarrow"):
+            for row in batch.to_pylist():
+                rows += 1
+                key = (row["query_id"], row["positive_id"])
+                if row["reject"]:
+                    rejects.add(name, None, row["reject"], raw=row["raw"])
+                elif key in seen:
+                    pair = pairs[seen[key]]
+                    have = set(pair["given_negative_ids"])
+                    new = [i for i, d in enumerate(row["negative_ids"]) if d not in have]
+                    if not new:
+                        reason = "duplicate (query, positive) pair"
+                        rejects.add(name, None, reason, id="\t".join(key))
+                        continue
+                    grouped += 1
+                    ids = [row["negative_ids"][i] for i in new]
+                    store.add(ids, [row["negatives"][i] for i in new])
+                    pair["given_negative_ids"] += ids
+                    pair["given_negative_rows"] += [store.row(d) for d in ids]
+                elif limit.allows(row["query_id"]):
+                    seen[key] = len(pairs)
+                    store.add(
+                        [row["positive_id"], *row["negative_ids"]],
+                        [row["positive"], *row["negatives"]],
+                    )
+                    row["given_negative_ids"] = row["negative_ids"]
+                    row["positive_row"] = store.row(row["positive_id"])
+                    row["given_negative_rows"] = [store.row(d) for d in row["negative_ids"]]
+                    keys = [*_PAIR_KEYS, "given_negative_ids", *ROW_COLUMNS]
+                    pairs.append({k: row[k] for k in keys})
+        docs = len(store)
+    counts = {
+        "rows": rows,
+        "grouped_rows": grouped,
+        "docs": docs,
+        "skipped_by_max_queries": limit.skipped,
+        "held_out_pairs": limit.held_out,
+    }
+    return SourceData(_pairs_table(pairs), counts)

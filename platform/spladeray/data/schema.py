@@ -14,7 +14,11 @@ A prepared folder holds::
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
+
+from spladeray import storage
 
 SCHEMA_VERSION = 1
 """Bumped when a column changes meaning or type; part of prepare's config hash."""
@@ -60,3 +64,31 @@ def arrow_schema(teachers: list[str] | tuple[str, ...] = (), *, ensemble: bool =
     names = [*teachers, ENSEMBLE] if ensemble else list(teachers)
     fields = [pa.field(n, t) for n, t in PAIR_COLUMNS.items()]
     return pa.schema(fields + [pa.field(score_column(n), SCORE_TYPE) for n in names])
+
+
+# ---------------------------------------------------------------------------- manifest
+def load_manifest(output_dir: str | Path) -> dict | None:
+    uri = storage.join(output_dir, MANIFEST_FILE)
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def is_complete(output_dir: str | Path, digest: str) -> bool:
+    manifest = load_manifest(output_dir)
+    done = storage.exists(storage.join(output_dir, SUCCESS_FILE))
+    return done and manifest is not None and manifest.get("config_hash") == digest
+
+
+def summary_line(m: dict) -> str:
+    """``prepare: rows, rejects, seconds, rows/s per stage`` on one line."""
+    t = m["timings_s"]
+    parts = [
+        f"prepare: {m['rows']} rows, {m['rejected']} rejected, {t['total']:.1f}s",
+        f"read {t['read']:.1f}s",
+        f"index {t['index']:.1f}s",
+        f"pipeline {t['pipeline']:.1f}s ({m['rows'] / max(t['pipeline'], 1e-9):.1f} rows/s)",
+    ]
+    for stage, s in m.get("stages", {}).items():
+        if "rows_per_actor_s" in s:
+            used = f"{s['actors_used']} of {s['pool']}" if "pool" in s else s["actors_used"]
+            parts.append(f"{stage} {s['rows_per_actor_s']:.1f} rows/actor-s x{used}")
+    return " | ".join(parts) + f" -> {m['output_dir']}"

@@ -1,8 +1,9 @@
 """Bulk indexing with Ray Data: read corpus lines, encode in an actor pool, write from the actors.
 
-:func:`spladeray.data.readers.read_text_lines` reads ``corpus.jsonl`` (a local path or a URI such as
-``s3://bucket/beir/scifact``, read by whichever node runs the task; a line that is not UTF-8
-is a reject, not a crash); each actor of a fixed pool (``index.actors``,
+:func:`spladeray.data.readers.read_text_lines` streams ``corpus.jsonl`` in byte ranges (a local
+path or a URI such as ``s3://bucket/beir/scifact``, each range read by whichever node runs its
+task; a line that is not UTF-8 is a reject, not a crash; progress is shown in bytes of the file,
+with no pre-count of its lines); each actor of a fixed pool (``index.actors``,
 one GPU each when the cluster has GPUs) parses its batch, checks each row
 (:func:`spladeray.index.documents.check_row`), encodes it with its own :class:`SpladeEncoder`
 and bulk-writes it to the backend itself, returning only counts and failures. With ``resume``
@@ -141,17 +142,14 @@ class EncodeAndWrite:
     def _row(batch, indexed, skipped, failures, rejected, stopped="") -> dict[str, np.ndarray]:
         return {
             "seen": np.array([len(batch["text"])]),
+            # the lines' bytes in the file (UTF-8 + newline), for the progress bar
+            "bytes": np.array([sum(len(str(t).encode("utf-8")) + 1 for t in batch["text"])]),
             "indexed": np.array([indexed]),
             "skipped": np.array([skipped]),
             "failed": np.array([json.dumps(failures)]),
             "rejected": np.array([json.dumps(rejected)]),
             "stopped": np.array([stopped]),  # why the backend could not be written, or ""
         }
-
-
-def _count_lines(uri) -> int:
-    with storage.open_binary(uri) as fh:  # bytes: a line that is not UTF-8 still counts
-        return sum(1 for line in fh if line.strip())
 
 
 def run_index(
@@ -188,9 +186,8 @@ def run_index(
     if resume:
         skip = index.ids(name)  # asked of the backend: the truth about what is indexed
         logger.info("resume: %d documents are already in %r; they are skipped", len(skip), name)
-    total = _count_lines(corpus)
-    if limit:
-        total = min(total, limit)
+    fs, path = storage.resolve(corpus)
+    total = None if limit else fs.get_file_info(path).size  # progress in bytes: no pre-count
     ds = read_text_lines(corpus)  # a line that is not UTF-8 is a reject, not a crash
     if limit:
         ds = ds.limit(limit)
@@ -205,7 +202,8 @@ def run_index(
     )
     summary = IndexSummary(index=name, backend=cfg.index.backend)
     start = time.perf_counter()
-    with tqdm(total=total, desc=f"index {name}", unit="doc", disable=not show_progress) as bar:
+    progress = {"unit": "B", "unit_scale": True, "disable": not show_progress}
+    with tqdm(total=total, desc=f"index {name}", **progress) as bar:
         for row in out.iter_rows():
             failures = json.loads(str(row["failed"]))
             rejects = json.loads(str(row["rejected"]))
@@ -215,7 +213,7 @@ def run_index(
             summary.rejected += len(rejects)
             summary.failures.extend(failures[: max(MAX_REPORTED - len(summary.failures), 0)])
             summary.rejects.extend(rejects[: max(MAX_REPORTED - len(summary.rejects), 0)])
-            bar.update(int(row["seen"]))
+            bar.update(int(row["bytes"]))
             if str(row["stopped"]):
                 summary.seconds = round(time.perf_counter() - start, 2)
                 raise IndexingStopped(
