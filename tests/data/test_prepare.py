@@ -198,11 +198,12 @@ def test_schema_module_matches_the_docs():
 
 
 def test_teacher_gpus_follow_the_device():
-    from spladeray.data.pipeline import teacher_gpus
+    """What prepare reserves per teacher actor (``auto_teacher_gpus``, which the pools use)."""
+    from spladeray.data.teachers import auto_teacher_gpus
 
     def gpus(device: str, cluster_has_gpus: bool) -> float:
         cfg = TeacherConfig(kind="dense", path=DENSE, device=device, num_gpus=0.5)
-        return teacher_gpus(cfg, cluster_has_gpus)
+        return auto_teacher_gpus({"t": cfg}, 1.0 if cluster_has_gpus else 0.0)["t"]
 
     assert gpus("auto", True) == 0.5 and gpus("auto", False) == 0.0
     assert gpus("cpu", True) == 0.0

@@ -38,7 +38,9 @@ from spladeray.config import PrepareConfig, TeacherConfig
 from spladeray.data import schema
 from spladeray.data.readers import RejectLog, read_beir, read_pairs
 from spladeray.data.schema import is_complete, load_manifest, summary_line
+from spladeray.data.teachers import auto_teacher_gpus
 from spladeray.raycluster import check_capacity, cluster_gpus, ensure_ray
+from spladeray.redaction import redact_config
 
 logger = logging.getLogger(__name__)
 
@@ -100,30 +102,18 @@ def model_teachers(cfg: PrepareConfig) -> dict[str, TeacherConfig]:
     return {name: t for name, t in enabled_teachers(cfg).items() if t.kind != "bm25"}
 
 
-def teacher_gpus(teacher: TeacherConfig, cluster_has_gpus: bool) -> float:
-    """GPUs each actor of ``teacher`` reserves.
-
-    ``device: cpu`` reserves none; ``auto`` reserves ``num_gpus`` when the cluster has GPUs and
-    runs on CPU otherwise; ``cuda`` always reserves ``num_gpus``, so asking for a GPU on a
-    cluster without one fails in :func:`check_pools` instead of waiting for it forever.
-    """
-    if teacher.device == "cpu" or (teacher.device == "auto" and not cluster_has_gpus):
-        return 0.0
-    return teacher.num_gpus
-
-
 def check_pools(cfg: PrepareConfig) -> None:
     """Fail fast, with the numbers, when the actor pools cannot all be placed at once.
 
     Every fixed pool (and the minimum of an autoscaling one) starts whole before data flows, so
     Ray Data would otherwise wait forever for CPUs or GPUs that the cluster does not have.
     """
-    has_gpus = cluster_gpus() > 0
-    teachers = model_teachers(cfg).values()
+    teachers = model_teachers(cfg)
+    per_actor = auto_teacher_gpus(teachers, cluster_gpus())
     neg = cfg.negatives
     cpus = neg.actors * neg.num_cpus if neg.method != "none" else 0.0
-    cpus += sum(t.actors * t.num_cpus for t in teachers)
-    gpus = sum(t.actors * teacher_gpus(t, has_gpus) for t in teachers)
+    cpus += sum(t.actors * t.num_cpus for t in teachers.values())
+    gpus = sum(t.actors * per_actor[n] for n, t in teachers.items())
     if neg.method != "none":
         gpus += neg.actors * neg.num_gpus
     check_capacity(
@@ -144,7 +134,7 @@ def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: str, stats) -> None:
     from spladeray.data.teachers import TeacherScorer
 
     teachers = enabled_teachers(cfg)
-    has_gpus = cluster_gpus() > 0
+    teacher_gpus = auto_teacher_gpus(model_teachers(cfg), cluster_gpus())
     size = cfg.batch_size
     blocks = [pairs.slice(s, size) for s in range(0, pairs.num_rows, size)] or [pairs]
     neg = cfg.negatives
@@ -172,7 +162,7 @@ def run_pipeline(cfg: PrepareConfig, pairs: pa.Table, work: str, stats) -> None:
                 min_size=t.actors, max_size=t.max_actors or t.actors
             ),
             num_cpus=t.num_cpus,
-            num_gpus=teacher_gpus(t, has_gpus) or None,
+            num_gpus=teacher_gpus[name] or None,
             batch_size=None,
             batch_format="pyarrow",
         )
@@ -391,7 +381,8 @@ def run_prepare(
         raise RuntimeError(f"wrote {rows} rows but accepted {source.pairs.num_rows} pairs")
     if remote:
         storage.upload(local / schema.REJECTS_FILE, storage.join(out, schema.REJECTS_FILE))
-    storage.write_json(storage.join(out, schema.MANIFEST_FILE), manifest)
+    # a URI's user info or a ${VAR} secret in a path never reaches the saved manifest
+    storage.write_json(storage.join(out, schema.MANIFEST_FILE), redact_config(manifest))
     storage.delete(work_uri)
     if remote:
         shutil.rmtree(local, ignore_errors=True)

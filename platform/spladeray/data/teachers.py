@@ -301,14 +301,14 @@ def auto_teacher_gpus(teachers: Mapping[str, TeacherConfig], cluster_gpus: float
     """GPUs each actor of each model teacher reserves, so that ``device: auto`` teachers share
     the cluster's GPUs instead of each asking for a whole one.
 
-    ``cpu`` teachers reserve none and ``cuda`` ones their ``num_gpus`` (a GPU the cluster lacks
+    ``cpu`` teachers reserve none and ``cuda`` (or ``cuda:N``) ones their ``num_gpus`` (a GPU the cluster lacks
     is then the capacity check's clear error). ``auto`` teachers reserve nothing on a cluster
     without GPUs; otherwise their ``num_gpus``, scaled down when all ``auto`` actors together
     would ask for more than the GPUs left after the ``cuda`` teachers: each then takes
     ``left / auto actors`` (a fraction: Ray places several on one GPU, e.g. the demo's three
     teachers on a 1-GPU machine at 1/3 each, where whole GPUs would be refused).
     """
-    gpus = {n: (t.num_gpus if t.device == "cuda" else 0.0) for n, t in teachers.items()}
+    gpus = {n: (t.num_gpus if t.device.startswith("cuda") else 0.0) for n, t in teachers.items()}
     auto = {n: t for n, t in teachers.items() if t.device == "auto" and t.num_gpus > 0}
     if cluster_gpus <= 0 or not auto:
         return gpus
