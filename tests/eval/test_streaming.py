@@ -191,3 +191,13 @@ def test_the_encoder_actor_writes_into_the_index_and_returns_only_a_summary(mode
         assert got.keys() == vector.keys()
         assert list(got.values()) == pytest.approx([vector[t] for t in got], rel=1e-6)
     assert stored.text_search("eval-x", "insulin", 1)[0].id == "c"
+
+
+def test_an_encoder_pool_the_cluster_cannot_place_fails_with_the_numbers(ray_cluster):
+    """(<1 s on the session cluster) a pool asking for GPUs the cluster lacks is refused at once,
+    with both numbers, instead of Ray Data waiting for them forever."""
+    import ray.data
+
+    ds = ray.data.from_items([{"row": 0, "text": "a"}])
+    with pytest.raises(RuntimeError, match=r"corpus encoder \(2 actors\) needs 2 GPUs but the"):
+        encoding.encode_dataset(ds, encoding.SparseFactory, "sparse", num_actors=2, num_gpus=1.0)

@@ -157,6 +157,14 @@ def encode_dataset(
         raise ValueError(f"kind must be 'sparse' or 'dense', got {kind!r}")
     if sink is not None and kind != "sparse":
         raise ValueError("only sparse vectors are written into an index")
+    from spladeray.raycluster import check_capacity
+
+    check_capacity(  # a whole pool starts before data flows: Ray Data would wait forever
+        f"the corpus encoder ({num_actors} actors)",
+        cpus=num_actors * num_cpus,
+        gpus=num_actors * num_gpus,
+        hint="lower the encoder's actors, num_cpus or num_gpus, or add nodes",
+    )
     return ds.map_batches(
         EncodeActor,
         fn_constructor_kwargs={
