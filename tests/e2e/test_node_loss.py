@@ -47,7 +47,14 @@ import yaml
 
 pytestmark = pytest.mark.timeout(1200)
 
-JOB_ENV = {"PYTHONPATH": "platform", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# SPLADERAY_LOG=debug: the test follows the Train controller's line per report (step and
+# checkpoint), which the quiet console keeps in the log files (spladeray.console)
+JOB_ENV = {
+    "PYTHONPATH": "platform",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "SPLADERAY_LOG": "debug",
+}
 MAX_STEPS = 12
 EVERY_STEPS = 3
 NUM_WORKERS = 2
