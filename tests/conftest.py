@@ -41,6 +41,37 @@ def scifact(assets: Path) -> Path:
     return assets / "beir" / "scifact"
 
 
+@pytest.fixture(autouse=True)
+def _console_state_is_per_test():
+    """A test that runs a job in-process (``runpy``) calls ``spladeray.console.configure``, which
+    sets process-wide logging (root handlers, ``py.warnings``, the quiet flag, a few env vars):
+    undo it after each test, so that no test sees another's console."""
+    import logging
+
+    from spladeray import console
+    from spladeray.raylogging import RELAY_ENV
+
+    keys = ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "RAY_DATA_LOGGING_CONFIG")
+    env = {key: os.environ.get(key) for key in (*keys, RELAY_ENV)}
+    state = dict(console._state)
+    root, warns = logging.getLogger(), logging.getLogger("py.warnings")
+    saved = (list(root.handlers), root.level, list(warns.handlers), warns.propagate)
+    yield
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    watcher = console._state.get("watcher")
+    if watcher is not None and watcher is not state["watcher"]:
+        watcher.stopped.set()
+    console._state.clear()
+    console._state.update(state)
+    root.handlers[:], root.level = saved[0], saved[1]
+    warns.handlers[:], warns.propagate = saved[2], saved[3]
+    logging.captureWarnings(False)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One real local Ray cluster (127.0.0.1) shared by every test that needs Ray.
