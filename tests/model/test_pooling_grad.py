@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from spladeray.model import pooling
 from spladeray.model.encoder import SpladeEncoder
 from spladeray.model.pooling import MaxPooledProjection, max_rows_, pool_full_logits, pool_logits
 
@@ -25,8 +26,17 @@ def _naive(tokens, weight, bias, lengths):
     return torch.stack(rows)
 
 
+@pytest.fixture(params=["per_text", "padded"])
+def max_strategy(request, monkeypatch):
+    """Both forward poolings on CPU: per text (CPU's) and padded (a GPU's, by
+    ``PADDED_MAX_DEVICES``), so the GPU's path is exercised here before a GPU runs it."""
+    if request.param == "padded":
+        monkeypatch.setattr(pooling, "PADDED_MAX_DEVICES", ("cuda", "cpu"))
+    return request.param
+
+
 @pytest.mark.parametrize("chunk_tokens", [3, 512])
-def test_values_and_gradients_equal_naive_amax(chunk_tokens):
+def test_values_and_gradients_equal_naive_amax(chunk_tokens, max_strategy):
     torch.manual_seed(0)
     lengths = [5, 0, 7, 1, 4]
     vocab, hidden = 50, 8
@@ -53,7 +63,7 @@ def test_values_and_gradients_equal_naive_amax(chunk_tokens):
     assert not fast_grads[1][inactive].any()
 
 
-def test_gradcheck():
+def test_gradcheck(max_strategy):
     torch.manual_seed(1)
     lengths = [3, 2]
     tokens = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
@@ -61,6 +71,12 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(
         lambda t, w: MaxPooledProjection.apply(t, w, lengths, 2), (tokens, weight)
     )
+
+
+def test_padded_segments_bound_the_padded_rows():
+    assert pooling._padded_segments([4, 4, 4, 1, 9, 2], 8) == [(0, 2), (2, 4), (4, 5), (5, 6)]
+    assert pooling._padded_segments([], 8) == []
+    assert pooling._padded_rows([2, 0, 3], 3, torch.device("cpu")).tolist() == [0, 1, 6, 7, 8]
 
 
 def test_encoder_training_gradients_equal_full_logits(splade_tiny, tmp_path):

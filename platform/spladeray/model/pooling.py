@@ -233,25 +233,49 @@ SPARSE_BACKWARD_ENTRIES = 1 << 18
 temporaries: 768 MiB at hidden 768), never on all ``K`` at once."""
 
 
-def _text_index(lengths: list[int], device: torch.device) -> torch.Tensor:
-    """``[tokens]`` long: the text each token belongs to, built on the host (no device sync) and
-    copied from pinned memory without blocking when ``device`` is a GPU."""
-    index = torch.repeat_interleave(
-        torch.arange(len(lengths)), torch.tensor(lengths, dtype=torch.long)
-    )
+PADDED_MAX_DEVICES = ("cuda",)
+"""Device types on which :class:`MaxPooledProjection`'s forward pools a chunk with one padded
+``max`` instead of one ``max`` per text. Not on CPU: ``python bench/pooling_forward.py`` (2-core
+CPU, 64 texts of up to 128 tokens, 2026-12-08) measured per-text / padded at 0.80-0.83 (hidden
+128 fp32 and 768 bf16); the ``scatter_reduce`` pooling that #30 first put here was 1.3-1.5x the
+padded one, and made the demo's CPU training about 3x slower. Tests run the padded path on CPU
+by setting this."""
+
+
+def _padded_segments(lengths: list[int], chunk_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive texts in runs whose padded size (texts x longest) stays within
+    ``chunk_tokens`` rows (a longer text alone): (first, end) pairs."""
+    groups, start, longest = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and (i - start + 1) * max(longest, n) > chunk_tokens:
+            groups.append((start, i))
+            start, longest = i, 0
+        longest = max(longest, n)
+    if start < len(lengths):
+        groups.append((start, len(lengths)))
+    return groups
+
+
+def _padded_rows(lengths: list[int], longest: int, device: torch.device) -> torch.Tensor:
+    """``[sum(lengths)]`` long: the row of each token in a ``[texts x longest]`` padded layout,
+    built on the host (no device sync), copied without blocking from pinned memory to a GPU."""
+    rows = torch.cat([torch.arange(n) + i * longest for i, n in enumerate(lengths)])
     if device.type == "cuda":
-        return index.pin_memory().to(device, non_blocking=True)
-    return index.to(device)
+        return rows.pin_memory().to(device, non_blocking=True)
+    return rows.to(device)
 
 
 class MaxPooledProjection(torch.autograd.Function):
     """``out[b, v] = max_{t in text b} tokens[t] . weight[v]`` (0 for an empty text), with a
     backward that uses the sparsity of the gradient when there is some.
 
-    Forward projects ``chunk_tokens`` tokens at a time without recording the graph; per chunk one
-    ``scatter_reduce(amax)`` pools every text of the chunk and a second (``amin`` over the
-    positions that reach the max) keeps the arg-max token of every ``(b, v)``: a fixed number of
-    kernels per chunk, none per text, and no device-to-host sync (the lengths are host ints).
+    Forward projects about ``chunk_tokens`` tokens at a time without recording the graph and
+    keeps the arg-max token of every ``(b, v)``. How it pools depends on the device
+    (:data:`PADDED_MAX_DEVICES`): on a GPU the chunk's logits go into a ``[texts, longest,
+    vocab]`` buffer padded with ``-inf`` and one ``max(dim=1)`` pools every text (a fixed number
+    of kernels per chunk, none per text, no device-to-host sync: the lengths are host ints); on
+    a CPU, where a kernel costs nothing to launch, one ``max(dim=0)`` per text reads the logits
+    once instead of three times.
     Backward, for the ``K`` nonzero entries ``g[b, v]`` of the incoming gradient (the active
     dimensions, since the SPLADE activation's derivative vanishes elsewhere), with
     ``t = argmax[b, v]``::
@@ -282,24 +306,27 @@ class MaxPooledProjection(torch.autograd.Function):
         pooled = tokens.new_zeros((len(lengths), vocab))
         argmax = torch.zeros((len(lengths), vocab), dtype=torch.long, device=device)
         weight_t = weight.t().to(tokens.dtype)
-        text_of = _text_index(lengths, device)
-        positions = torch.arange(offsets[-1], device=device)
-        for first, end in _segments(lengths, chunk_tokens):
+        padded_max = device.type in PADDED_MAX_DEVICES
+        groups = _padded_segments if padded_max else _segments
+        for first, end in groups(lengths, chunk_tokens):
             lo, hi = offsets[first], offsets[end]
             if hi == lo:
                 continue  # only empty texts: zero vectors
-            logits = torch.mm(tokens[lo:hi], weight_t)  # [n, vocab]
-            rows = (text_of[lo:hi] - first).unsqueeze(1).expand(-1, vocab)
-            best = logits.new_full((end - first, vocab), float("-inf"))
-            best.scatter_reduce_(0, rows, logits, "amax")
-            # the first token of its text reaching the max (an exact float compare)
-            at = torch.where(
-                logits == best.gather(0, rows), positions[lo:hi].unsqueeze(1), offsets[-1]
-            )
-            arg = torch.full((end - first, vocab), offsets[-1], dtype=torch.long, device=device)
-            arg.scatter_reduce_(0, rows, at, "amin")
-            pooled[first:end] = best
-            argmax[first:end] = arg
+            logits = torch.mm(tokens[lo:hi], weight_t)  # [chunk tokens, vocab]
+            if padded_max:  # a fixed number of kernels per chunk
+                longest = max(lengths[first:end])
+                padded = logits.new_full(((end - first) * longest, vocab), float("-inf"))
+                padded.index_copy_(0, _padded_rows(lengths[first:end], longest, device), logits)
+                values, index = padded.view(end - first, longest, vocab).max(dim=1)
+                starts = torch.tensor(offsets[first:end], dtype=torch.long).unsqueeze(1)
+                pooled[first:end] = values
+                argmax[first:end] = index + starts.to(device, non_blocking=True)
+                continue
+            for i in range(first, end):  # one max per text: a single pass over the logits
+                if lengths[i]:
+                    values, index = logits[offsets[i] - lo : offsets[i + 1] - lo].max(dim=0)
+                    pooled[i] = values
+                    argmax[i] = index + offsets[i]
         empty = [i for i, n in enumerate(lengths) if n == 0]
         if empty:
             pooled[empty] = 0
