@@ -151,6 +151,16 @@ def test_text_search_language_comes_from_config(tmp_path):
         parse_config({"model": {"path": "m"}, "index": {"text_language": "klingon"}})
 
 
+def test_existing_answers_a_resumed_batch_from_the_live_ids(tmp_path):
+    """A resumed bulk run asks per batch which ids are held; a deleted id is not."""
+    index = LocalIndex(tmp_path)
+    index.add("kb", ["a"], [{"x": 1.0}])
+    index.add("kb", ["b", "c"], [{"x": 1.0}, {"y": 2.0}])  # a second segment
+    index.delete_documents("kb", ["c"])
+    assert index.existing("kb", ["c", "zz", "a", "b"]) == {"a", "b"}
+    assert index.existing("kb", []) == set() and index.existing("missing", ["a"]) == set()
+
+
 def test_the_embedded_index_has_the_whole_protocol_and_no_aliases(tmp_path):
     from spladeray.index import AliasesUnsupportedError, IndexNotFoundError
 

@@ -11,6 +11,7 @@ import pytest
 from fixtures_osmem import dead_url
 
 from spladeray.config import OpenSearchConfig
+from spladeray.index import opensearch
 from spladeray.index.base import IndexUnavailableError, SparseIndex
 from spladeray.index.opensearch import (
     OpenSearchIndex,
@@ -59,7 +60,7 @@ def test_weights_made_safe_for_feature_field():
     assert q == {"a": 64.0, "e": 0.5}
 
 
-def test_create_bulk_overwrite_count_get(opensearch_url, index_name):
+def test_create_bulk_overwrite_count_get(opensearch_url, index_name, monkeypatch):
     index = make_index(opensearch_url)
     assert isinstance(index, SparseIndex)
     index.create(index_name)
@@ -80,6 +81,10 @@ def test_create_bulk_overwrite_count_get(opensearch_url, index_name):
     assert index.get(index_name, "b") == new  # tokens unescaped on the way out
     assert index.get(index_name, "zzz") is None
     assert index.ids(index_name) == {"a", "b", "c"}
+    # a resumed bulk run's per-batch question (_mget), in pieces of MGET_IDS
+    monkeypatch.setattr(opensearch, "MGET_IDS", 2)
+    assert index.existing(index_name, ["zzz", "c", "a", "y"]) == {"a", "c"}
+    assert index.existing(f"{index_name}-missing", ["a"]) == set()
     index.delete(index_name)
     index.delete(index_name)  # idempotent
     assert not index.exists(index_name)

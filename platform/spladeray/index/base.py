@@ -122,6 +122,10 @@ class SparseIndex(Protocol):
     def ids(self, name: str) -> set[str]:
         """Every live document id (empty when the index does not exist)."""
 
+    def existing(self, name: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the index holds (live): a resumed bulk run asks this per batch, so
+        no process ever holds the set of every indexed id."""
+
     def count(self, name: str) -> int:
         """Number of live documents."""
 

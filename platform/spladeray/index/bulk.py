@@ -7,8 +7,11 @@ with no pre-count of its lines); each actor of a fixed pool (``index.actors``,
 one GPU each when the cluster has GPUs) parses its batch, checks each row
 (:func:`spladeray.index.documents.check_row`), encodes it with its own :class:`SpladeEncoder`
 and bulk-writes it to the backend itself, returning only counts and failures. With ``resume``
-the ids already in the index are skipped (re-indexing an id would overwrite it, so a resumed run
-never duplicates; it only saves the encoding). Rows that are not valid JSON or are not usable
+each actor asks the backend which of its batch's ids it already holds
+(:meth:`~spladeray.index.base.SparseIndex.existing`: ``_mget`` on OpenSearch, a hash lookup on
+the embedded index) and skips them before encoding: no process holds the set of every indexed
+id (re-indexing an id would overwrite it, so a resumed run never duplicates; it only saves the
+encoding). Rows that are not valid JSON or are not usable
 documents are counted as rejected, never silently dropped.
 
 **The backend going away stops the job.** When an actor's bulk write finds the backend
@@ -16,7 +19,8 @@ unreachable (:class:`~spladeray.index.base.IndexUnavailableError`: connection re
 5xx after the client's retries), the job stops with :class:`IndexingStopped`: its message says
 what happened and how many documents were confirmed, and its summary counts only documents the
 backend confirmed -- never one that was merely sent. ``--resume`` then asks the backend which ids
-it holds (the truth, not a progress file that could disagree with it) and skips them.
+of each batch it holds (the truth, not a progress file that could disagree with it) and skips
+them.
 
 :func:`run_index` is the stage (``jobs/index.py``); it returns an :class:`IndexSummary`.
 """
@@ -85,9 +89,7 @@ class IndexingStopped(RuntimeError):
 class EncodeAndWrite:
     """Ray Data actor: parse -> check -> encode -> ``index.add`` for one batch of corpus lines."""
 
-    def __init__(self, cfg, skip_ref: list) -> None:
-        import ray
-
+    def __init__(self, cfg, resume: bool) -> None:
         from spladeray.index import open_index
         from spladeray.model import load_encoder_from_config
         from spladeray.raycluster import resolve_device
@@ -97,7 +99,7 @@ class EncodeAndWrite:
         self.encoder = load_encoder_from_config(cfg.model.model_copy(update={"device": device}))
         self.encoder.check_servable(cfg.model.allow_random_head)
         self.index = open_index(cfg.index, tokenizer=self.encoder.tokenizer)
-        self.skip: set[str] = ray.get(skip_ref[0]) if skip_ref else set()
+        self.resume = resume
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from spladeray.index.base import Failure, IndexUnavailableError
@@ -120,10 +122,12 @@ class EncodeAndWrite:
             doc = check_row(row)
             if isinstance(doc, Failure):
                 rejected.append(f"{doc.id}: {doc.error}" if doc.id.strip() else doc.error)
-            elif doc.id in self.skip:
-                skipped += 1
             else:
                 docs.append(doc)
+        if self.resume and docs:  # asked of the backend per batch: the truth, bounded memory
+            held = self.index.existing(self.cfg.index.name, [d.id for d in docs])
+            skipped = sum(d.id in held for d in docs)
+            docs = [d for d in docs if d.id not in held]
         indexed, failures = 0, []
         if docs:
             vectors = self.encoder.encode_documents([d.encode_text for d in docs])
@@ -182,10 +186,12 @@ def run_index(
     name = cfg.index.name
     index = open_index(cfg.index, tokenizer=cfg.model.path)
     index.create(name)
-    skip: set[str] = set()
     if resume:
-        skip = index.ids(name)  # asked of the backend: the truth about what is indexed
-        logger.info("resume: %d documents are already in %r; they are skipped", len(skip), name)
+        logger.info(
+            "resume: %d documents are already in %r; each batch skips the ids the index holds",
+            index.count(name),
+            name,
+        )
     fs, path = storage.resolve(corpus)
     total = None if limit else fs.get_file_info(path).size  # progress in bytes: no pre-count
     ds = read_text_lines(corpus)  # a line that is not UTF-8 is a reject, not a crash
@@ -193,7 +199,7 @@ def run_index(
         ds = ds.limit(limit)
     out = ds.map_batches(
         EncodeAndWrite,
-        fn_constructor_kwargs={"cfg": cfg, "skip_ref": [ray.put(skip)]},
+        fn_constructor_kwargs={"cfg": cfg, "resume": bool(resume)},
         batch_size=cfg.index.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),

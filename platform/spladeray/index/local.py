@@ -547,6 +547,19 @@ class LocalIndex:
             out.update(seg.docs.column("id").filter(pa.array(live)).to_pylist())
         return out
 
+    def existing(self, name: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are live here: one sorted-hash lookup per segment for the batch."""
+        if not ids or not self.exists(name):
+            return set()
+        view = self._view(name)[1]
+        keys = np.array([seg_io.id_hash(i) for i in ids], dtype=np.uint64)
+        out: set[str] = set()
+        for si, seg in enumerate(view.segments):
+            for at, row in zip(*seg.rows_of_hashes(keys), strict=True):
+                if view.live[si][row] and seg.id(int(row)) == ids[at]:
+                    out.add(ids[at])
+        return out
+
     def refresh(self, name: str) -> None:
         """Nothing to do: every write is a complete segment that the next read picks up."""
 

@@ -79,6 +79,8 @@ MIN_NORMAL_FLOAT = 1.1754944e-38
 """FeatureField rejects values below the smallest positive normal float32."""
 MAX_FLOAT32 = 3.4028235e38
 TEXT_FIELDS = ("title", "text")
+MGET_IDS = 1000
+"""Ids per ``_mget`` when a resumed bulk run asks which of a batch's ids are indexed."""
 META_KEY = "spladeray"
 """Key of our record in an index mapping's ``_meta`` (model hash, model path, ...)."""
 
@@ -669,6 +671,24 @@ class OpenSearchIndex:
             return {h["_id"] for h in hits}
 
         return self._call(f"scan {name}", run)
+
+    def existing(self, name: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the index holds: ``_mget`` without sources, ``MGET_IDS`` at a time."""
+        from opensearchpy.exceptions import NotFoundError
+
+        def run() -> set[str]:
+            found: set[str] = set()
+            for lo in range(0, len(ids), MGET_IDS):
+                try:
+                    reply = self.client.mget(
+                        index=name, body={"ids": list(ids[lo : lo + MGET_IDS])}, _source=False
+                    )
+                except NotFoundError:  # no index yet: nothing is held
+                    return set()
+                found.update(d["_id"] for d in reply.get("docs", []) if d.get("found"))
+            return found
+
+        return self._call(f"mget {name}", run) if ids else set()
 
     def close(self) -> None:
         self.client.close()
