@@ -161,6 +161,21 @@ def test_existing_answers_a_resumed_batch_from_the_live_ids(tmp_path):
     assert index.existing("kb", []) == set() and index.existing("missing", ["a"]) == set()
 
 
+def test_a_dead_writers_tmp_segment_is_removed_and_a_live_ones_kept(tmp_path, caplog):
+    import os
+
+    LocalIndex(tmp_path).add("kb", ["a"], [{"x": 1.0}])
+    dead, live = tmp_path / "kb" / ".tmp-seg-dead", tmp_path / "kb" / ".tmp-seg-live"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "row_ptr.npy").write_bytes(b"partial")
+    os.utime(dead, (0, 0))  # untouched since 1970: its writer is gone
+    fresh = LocalIndex(tmp_path)
+    assert fresh.ids("kb") == {"a"}
+    assert not dead.exists() and live.exists()  # a writer mid-write keeps its directory
+    assert ".tmp-seg-dead" in caplog.text
+
+
 def test_the_embedded_index_has_the_whole_protocol_and_no_aliases(tmp_path):
     from spladeray.index import AliasesUnsupportedError, IndexNotFoundError
 

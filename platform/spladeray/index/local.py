@@ -44,6 +44,7 @@ from __future__ import annotations
 import fcntl
 import fnmatch
 import json
+import logging
 import os
 import shutil
 import threading
@@ -71,6 +72,8 @@ from spladeray.index.base import (
 from spladeray.index.merge_policy import TieredMergePolicy
 from spladeray.index.segments import Segment
 from spladeray.retrieval.topk import sparse_top_k
+
+logger = logging.getLogger(__name__)
 
 _OPEN_RETRIES = 5  # a merge in another process may remove a segment between listing and opening
 
@@ -303,6 +306,8 @@ class LocalIndex:
                         f"index {name!r} under {self.root} was written by an older spladeray "
                         "(parquet segments); re-index it (see docs/scale.md)"
                     )
+                for stale in seg_io.remove_stale_tmp(path):
+                    logger.warning("index %r: removed %s, left by a writer that died", name, stale)
                 store = self._stores[name] = _Store(path)
         return store
 

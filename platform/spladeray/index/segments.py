@@ -128,6 +128,26 @@ class Segment:
         return out
 
 
+STALE_TMP_S = 3600.0
+"""A ``.tmp-*`` segment directory untouched this long was left by a writer that died mid-write
+(a killed process never reaches the cleanup in :func:`write`); a live writer renames its
+directory within seconds, so one an hour old is garbage."""
+
+
+def remove_stale_tmp(index_dir: Path, older_than_s: float = STALE_TMP_S) -> list[str]:
+    """Remove the ``.tmp-*`` directories of dead writers; returns their names."""
+    cutoff, removed = time.time() - older_than_s, []
+    for entry in os.scandir(index_dir):
+        if entry.name.startswith(".tmp-") and entry.is_dir():
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed.append(entry.name)
+            except FileNotFoundError:  # its writer just renamed or removed it
+                continue
+    return removed
+
+
 def list_segments(index_dir: Path) -> list[str]:
     """Names of the complete segments of an index, oldest first."""
     return sorted(e.name for e in os.scandir(index_dir) if e.is_dir() and e.name.startswith(PREFIX))
