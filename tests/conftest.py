@@ -18,6 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import teardown  # noqa: E402  (tests/ is on sys.path from here)
+
 pytest_plugins: list[str] = ["fixtures_osmem", "fixtures_s3", "fixtures_cluster"]
 
 
@@ -92,13 +94,29 @@ def ray_cluster():
             log_to_driver=False,
         )
     yield ray
-    try:
+
+    def stop_serve() -> None:
         from ray import serve
 
         serve.shutdown()
-    except Exception:
-        pass
-    ray.shutdown()
+
+    teardown.bounded("serve.shutdown()", stop_serve)
+    teardown.bounded("ray.shutdown()", ray.shutdown)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    session.config._spladeray_exitstatus = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config) -> None:
+    """After the summary: when a teardown hung, end the process now with the session's status
+    instead of waiting on the stuck shutdown at interpreter exit."""
+    if teardown.hung:
+        sys.stdout.flush()
+        sys.stderr.write(f"[teardown] exiting without waiting for: {', '.join(teardown.hung)}\n")
+        sys.stderr.flush()
+        os._exit(getattr(config, "_spladeray_exitstatus", 1))
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ import uuid
 
 import pytest
 
+import teardown
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
@@ -32,7 +34,7 @@ def osmem():
 
     server = OsmemServer.start(japanese=False, addr="127.0.0.1:0")
     yield server
-    server.close()
+    teardown.bounded("osmem close", server.close)
 
 
 @pytest.fixture(

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+import teardown
+
 REGION = "us-east-1"
 # Every AWS variable the storage layer or the AWS SDK reads, so a developer's own settings never
 # leak into a test: those not in the fake environment are removed.
@@ -111,7 +113,7 @@ def s3():
         for var, value in env.items():
             mp.setenv(var, value)
         yield S3Server(endpoint=endpoint, env=env)
-    server.stop()
+    teardown.bounded("moto server stop", server.stop)
 
 
 @pytest.fixture
