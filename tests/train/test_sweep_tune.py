@@ -16,7 +16,10 @@ import pytest
 import yaml
 
 from spladeray.config import ConfigError
-from spladeray.train.sweep import load_sweep, run_sweep, sweep_table
+from spladeray.train.sweep import load_sweep, run_sweep, sweep_table, variant_configs
+from spladeray.train.sweep_tune import prepare_once
+
+from helpers import ROOT
 
 PLAIN = ["a", "b"]
 
@@ -79,11 +82,18 @@ def checkpoints(tmp: Path) -> dict[str, list[str]]:
 
 @pytest.mark.timeout(900)
 def test_sweep_on_tune_matches_the_loop_retries_reports_failures_and_resumes(
-    ray_cluster, tmp_path, tiny_model, prepared, scifact
+    ray_cluster, tmp_path, tiny_model, prepared, scifact, capsys
 ):
     config, sweep_file = write_files(tmp_path, tiny_model, prepared, scifact)
     spec = load_sweep(sweep_file)
     rows = run_sweep(config, spec)
+
+    # the console: one line per trial event, none of Tune's tables or trial error reports
+    printed = capsys.readouterr().out
+    assert "[sweep] variant 2/3 b retrying" in printed
+    assert "[sweep] variant 3/3 broken failed" in printed
+    assert "Configuration for experiment" not in printed and "Trial status" not in printed
+    assert "errored after" not in printed
 
     assert [r.variant for r in rows] == ["a", "b", "broken"]  # the file's order
     assert (tmp_path / "markers" / "failure_0").exists()  # b's first attempt did fail
@@ -146,3 +156,16 @@ def test_sweep_file_defaults_run_one_trial_at_a_time_with_one_retry(tmp_path):
     sweep.write_text("variants: [{name: a}]\n")
     spec = load_sweep(sweep)
     assert (spec["concurrency"], spec["max_failures"]) == (1, 1)
+
+
+def test_variants_preparing_one_folder_differently_are_refused_before_any_work():
+    """Trials train with prepare=False on data the driver prepared once per folder: two variants
+    that would write one folder with different prepare settings cannot both be right."""
+    spec = load_sweep(ROOT / "configs/sweeps/demo.yaml")
+    spec["variants"] = [
+        {"name": "x", "set": []},
+        {"name": "y", "set": ["prepare.source.max_queries=100"]},
+    ]
+    variants = variant_configs(ROOT / "configs/demo.yaml", spec, [])
+    with pytest.raises(ConfigError, match="variants x and y prepare .* different prepare"):
+        prepare_once(variants)
