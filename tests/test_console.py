@@ -44,6 +44,31 @@ def test_sweep_line_says_variant_step_and_time_left_for_the_sweep():
     assert "[train] step 200/400 (50%)" in line
 
 
+def test_side_by_side_sweep_lines_name_the_variant_and_count_trials(capsys):
+    """Trials of a Tune sweep: each line names its variant, how many run and how many are done;
+    the time left comes from every trial's progress (here 1 done + 0.5 of 4 in 30 min)."""
+    console.sweep_begin(["s-a", "s-b", "s-c", "s-d"], ["a", "b", "c", "d"])
+    try:
+        console.sweep_trial("s-a", "started")
+        console.sweep_trial("s-b", "started")
+        console.sweep_trial("s-a", "done")
+        console.sweep_trial("s-c", "started")
+        console.sweep_trial("s-c", "failed", "boom")
+        printed = capsys.readouterr().out.splitlines()
+        assert printed[0] == "[sweep] variant 1/4 a started | 1 running, 0/4 done"
+        assert printed[2] == "[sweep] variant 1/4 a done | 1 running, 1/4 done"
+        assert printed[4] == "[sweep] variant 3/4 c failed (boom) | 1 running, 1/4 done, 1 failed"
+        sweep = dict(console._state["sweep"], start=0.0)
+        sweep["progress"] = {"s-a": 1.0, "s-c": 1.0}
+        event = {"run": "s-b", "step": 50, "max_steps": 100, "start_step": 0, "elapsed": 60.0}
+        line = console.train_line(event, sweep, now=30 * 60.0)
+        assert line.startswith(
+            "[sweep] variant 2/4 b, step 50/100, 1 running, 1/4 done, 1 failed, ~18 min left"
+        )
+    finally:
+        console.sweep_done()
+
+
 def test_validation_lines():
     start = {"state": "start", "step": 100, "docs": 1500}
     assert console.eval_line(start) == (

@@ -55,12 +55,25 @@ HEARTBEAT_S = 30.0
 DRIVER_LOG = "spladeray-driver.log"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-_state: dict = {"quiet": False, "buffer": None, "watcher": None, "stage": None, "sweep": None}
+_state: dict = {
+    "quiet": False,
+    "verbose": False,
+    "buffer": None,
+    "watcher": None,
+    "stage": None,
+    "sweep": None,
+}
 
 
 def is_verbose(flag: bool = False) -> bool:
     """``--verbose`` given, or ``$SPLADERAY_LOG`` is ``debug``."""
     return flag or os.environ.get(LOG_ENV, "").strip().lower() == "debug"
+
+
+def verbose() -> bool:
+    """Whether the person asked for libraries' own console output (``--verbose`` given to
+    :func:`configure`, or ``$SPLADERAY_LOG`` is ``debug``): e.g. Ray Tune's status tables."""
+    return is_verbose(_state.get("verbose", False))
 
 
 def quiet() -> bool:
@@ -74,6 +87,7 @@ def configure(verbose: bool = False) -> None:
     Called by every entry point before Ray or Hugging Face libraries are imported (the
     environment settings below are read at import)."""
     level = os.environ.get(LEVEL_ENV, "INFO")
+    _state["verbose"] = verbose
     if verbose:
         _state["quiet"] = False
         logging.basicConfig(level=level, format=FORMAT)
@@ -216,16 +230,71 @@ def begin_stage(name: str | None) -> None:
 
 
 def sweep_variant(index: int, count: int) -> None:
-    """The sweep is at variant ``index`` (1-based) of ``count``: training lines say so, with
-    the time left for the whole sweep."""
+    """The sequential sweep is at variant ``index`` (1-based) of ``count``: training lines say
+    so, with the time left for the whole sweep."""
     sweep = _state["sweep"]
     if sweep is None or index == 1:
         sweep = _state["sweep"] = {"start": time.monotonic()}
     sweep.update(index=index, count=count)
 
 
+def sweep_begin(runs: list[str], variants: list[str]) -> None:
+    """A sweep whose trials run side by side starts: ``runs`` are the variants' run names (the
+    ``run`` of their workers' events), in the sweep file's order. Training lines then name their
+    variant, how many trials run and how many are done (:func:`sweep_trial`)."""
+    _state["sweep"] = {
+        "start": time.monotonic(),
+        "count": len(runs),
+        "runs": list(runs),
+        "variants": dict(zip(runs, variants, strict=True)),
+        "progress": {},
+        "running": set(),
+        "done": set(),
+        "failed": set(),
+    }
+
+
+def sweep_trial(run: str, state: str, error: str | None = None) -> None:
+    """A trial of the sweep ``started``, is ``retrying``, is ``done`` or ``failed``: one line,
+    ``[sweep] variant 2/4 kl started | 2 running, 1/4 done``."""
+    sweep = _state["sweep"]
+    if sweep is None or run not in sweep["runs"]:
+        return
+    sweep["running"].discard(run)
+    if state in ("started", "retrying"):
+        sweep["running"].add(run)
+    elif state == "done":
+        sweep["done"].add(run)
+        sweep["progress"][run] = 1.0
+    elif state == "failed":
+        sweep["failed"].add(run)
+        sweep["progress"][run] = 1.0
+    index = sweep["runs"].index(run) + 1
+    line = f"[sweep] variant {index}/{sweep['count']} {sweep['variants'][run]} {state}"
+    if error:
+        line += f" ({error})"
+    say(line + " | " + sweep_counts(sweep))
+
+
+def sweep_counts(sweep: dict) -> str:
+    """``2 running, 1/4 done`` (``, 1 failed`` when one did)."""
+    text = f"{len(sweep['running'])} running, {len(sweep['done'])}/{sweep['count']} done"
+    return text + (f", {len(sweep['failed'])} failed" if sweep["failed"] else "")
+
+
 def sweep_done() -> None:
     _state["sweep"] = None
+
+
+def say(line: str) -> None:
+    """Print one line of our own on the console (through the watcher when there is one, so it
+    does not break a repainted progress line)."""
+    watcher = _state["watcher"]
+    if watcher is None:
+        print(line, flush=True)
+        return
+    with watcher.lock:
+        watcher._print(line)
 
 
 def flush() -> None:
@@ -270,7 +339,21 @@ def train_line(event: dict, sweep: dict | None = None, now: float | None = None)
     if "nDCG@10" in event:
         parts.append(f"val nDCG@10 {event['nDCG@10']:.4f}")
     line = "[train] " + " | ".join(parts)
-    if sweep is not None:
+    if sweep is not None and "runs" in sweep:  # trials side by side (sweep_begin)
+        run, count = event.get("run"), sweep["count"]
+        progress = dict(sweep["progress"])
+        if run in sweep["runs"]:
+            progress[run] = step / max(total, 1)
+            which = f"variant {sweep['runs'].index(run) + 1}/{count} {sweep['variants'][run]}"
+        else:
+            which = "a variant"
+        fraction = sum(progress.values()) / count
+        spent = (now if now is not None else time.monotonic()) - sweep["start"]
+        head = f"[sweep] {which}, step {step}/{total}, {sweep_counts(sweep)}"
+        if fraction > 0:
+            head += f", {minutes(spent / fraction - spent)} left for the sweep"
+        line = head + " | " + line
+    elif sweep is not None:
         index, count = sweep["index"], sweep["count"]
         fraction = (index - 1 + step / max(total, 1)) / count
         spent = (now if now is not None else time.monotonic()) - sweep["start"]
@@ -357,8 +440,15 @@ class Watcher(threading.Thread):
             due = (
                 self.tty or last or "nDCG@10" in event or now - self.last_train_line >= LINE_EVERY_S
             )
+            sweep = _state["sweep"]
+            if sweep is not None and event.get("run") in sweep.get("runs", ()):
+                sweep["progress"][event["run"]] = int(event["step"]) / max(
+                    int(event["max_steps"]), 1
+                )
             if due:
-                self._print(train_line(event, _state["sweep"]), repaint=not last)
+                # side-by-side trials each print their own lines: no repainting over each other
+                side_by_side = sweep is not None and "runs" in sweep
+                self._print(train_line(event, sweep), repaint=not (last or side_by_side))
                 self.last_train_line = now
         elif kind == "eval":
             self.eval_started = time.monotonic() if event["state"] == "start" else None

@@ -228,7 +228,8 @@ def evaluate_outputs(cfg) -> list[Output]:
 
 
 def sweep_outputs(variants: list[tuple[str, Any, Any]], sweep_name: str) -> list[Output]:
-    """Each variant's training outputs (no exported model) and ``<output_dir>/<sweep>/``."""
+    """Each variant's training outputs (no exported model) and ``<output_dir>/<sweep>/``: the
+    report and Ray Tune's experiment folder ``<sweep>/tune`` (:mod:`spladeray.train.sweep_tune`)."""
     out: list[Output] = []
     for _, _, cfg in variants:
         out += [o for o in train_outputs(cfg) if o.what != "model"]

@@ -263,6 +263,7 @@ class Reporter:
         """What the driver's console shows of this report (:func:`spladeray.console.train_line`)."""
         event = {
             "kind": "train",
+            "run": self.run_name,  # a sweep's trials run side by side (console.sweep_begin)
             "step": self.state.step,
             "max_steps": self.tc.max_steps,
             "start_step": self.start_step,
