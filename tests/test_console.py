@@ -81,6 +81,20 @@ def test_validation_lines():
     )
 
 
+def test_validation_progress_is_throttled_and_shown_as_a_percentage(monkeypatch):
+    posted = []
+    monkeypatch.setattr(console, "post", posted.append)
+    hook = console.throttled_eval_progress(100, every_s=3600)
+    for done in (32, 64, 1500):  # only the end passes a throttle of an hour
+        hook("document", done, 1500)
+    hook("query", 10, 48)
+    assert [(e["what"], e["done"]) for e in posted] == [("document", 1500)]
+    progress = {"state": "progress", "step": 100, "what": "document", "done": 650, "total": 1500}
+    assert console.eval_line(progress) == (
+        "[train] validation at step 100: encoding documents 43% (650/1,500)"
+    )
+
+
 def test_clock():
     assert console.clock(5) == "0:05" and console.clock(151) == "2:31"
     assert console.clock(3723) == "1:02:03"

@@ -364,12 +364,40 @@ def train_line(event: dict, sweep: dict | None = None, now: float | None = None)
     return line
 
 
+EVAL_PROGRESS_EVERY_S = 5.0
+"""Rank 0 posts its validation's encoding progress at most this often."""
+
+
+def throttled_eval_progress(step: int, every_s: float = EVAL_PROGRESS_EVERY_S):
+    """A :attr:`SpladeEncoder.progress <spladeray.model.encoder.SpladeEncoder.progress>` hook
+    for rank 0's validation at ``step``: posts ``{"kind": "eval", "state": "progress"}`` events
+    at most every ``every_s`` seconds (and the end of each kind), so a long validation is not
+    silence."""
+    last = {"t": time.monotonic()}
+
+    def hook(kind: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last["t"] < every_s:
+            return
+        last["t"] = now
+        post(
+            {"kind": "eval", "state": "progress", "step": step, "what": kind}
+            | {"done": done, "total": total}
+        )
+
+    return hook
+
+
 def eval_line(event: dict) -> str:
-    """Rank 0's periodic validation: started (what it encodes) or done (its figures)."""
+    """Rank 0's periodic validation: started (what it encodes), its encoding progress, or done
+    (its figures)."""
     where = f"[train] validation at step {event['step']}"
     if event["state"] == "start":
         docs = f"{event['docs']:,} docs" if event.get("docs") else "the corpus"
         return f"{where}: encoding {docs} and its queries, then searching"
+    if event["state"] == "progress":
+        done, total = int(event["done"]), max(int(event["total"]), 1)
+        return f"{where}: encoding {event['what']}s {100 * done // total}% ({done:,}/{total:,})"
     figures = ", ".join(
         f"{k} {v:.0f}" if "dims" in k else f"{k} {v:.4f}"
         for k, v in event.get("metrics", {}).items()
@@ -389,6 +417,7 @@ class Watcher(threading.Thread):
         self.last_train_line = 0.0
         self.open_line = False  # a repainted line is on screen (terminal only)
         self.eval_started: float | None = None
+        self.eval_progress: str | None = None  # the validation's last progress line
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -451,7 +480,13 @@ class Watcher(threading.Thread):
                 self._print(train_line(event, sweep), repaint=not (last or side_by_side))
                 self.last_train_line = now
         elif kind == "eval":
+            if event["state"] == "progress":  # a terminal repaints it; off one, the heartbeat
+                self.eval_progress = eval_line(event)
+                if self.tty:
+                    self._print(self.eval_progress, repaint=True)
+                return
             self.eval_started = time.monotonic() if event["state"] == "start" else None
+            self.eval_progress = None
             self._print(eval_line(event))
 
     def _heartbeat(self) -> None:
@@ -462,7 +497,9 @@ class Watcher(threading.Thread):
             if now - self.last_print < HEARTBEAT_S:
                 return
             if self.eval_started is not None:
-                self._print(f"[train] validation: {clock(now - self.eval_started)} so far")
+                so_far = clock(now - self.eval_started)
+                line = f"{self.eval_progress}, {so_far} so far" if self.eval_progress else None
+                self._print(line or f"[train] validation: {so_far} so far")
             elif _state["stage"] is not None:
                 name, start = _state["stage"]
                 self._print(f"[{name}] {clock(now - start)} elapsed")

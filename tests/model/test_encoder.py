@@ -238,3 +238,18 @@ def test_bad_input_is_a_clear_error(encoder):
     with pytest.raises(ValueError, match="kind"):
         encoder.encode_csr(["x"], kind="passage")
     assert encoder.encode_documents([]) == []
+
+
+def test_progress_hook_counts_every_text_once_across_tokenize_chunks(splade_tiny, monkeypatch):
+    """``SpladeEncoder.progress`` (rank 0's validation progress): after each batch, counts of the
+    whole call, also when the texts are tokenized a chunk at a time."""
+    from spladeray.model import encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "TOKENIZE_CHUNK", 5)
+    enc = SpladeEncoder.from_pretrained(splade_tiny)
+    calls = []
+    enc.progress = lambda kind, done, total: calls.append((kind, done, total))
+    enc.encode_csr([f"text number {i}" for i in range(12)], "document", batch_size=2)
+    assert calls[-1] == ("document", 12, 12) and {t for _, _, t in calls} == {12}
+    assert [d for _, d, _ in calls] == sorted(d for _, d, _ in calls)
+    assert enc.progress is not None  # the caller's hook is back after the chunks

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -71,6 +71,10 @@ class SpladeEncoder(nn.Module):
             by default here, ``auto`` by default in configs.
         metadata: provenance, e.g. ``random_head`` (see :attr:`random_head`).
     """
+
+    progress: Callable[[str, int, int], None] | None = None
+    """Called as ``progress(kind, done, total)`` after each batch :meth:`encode_csr` encodes
+    (rank 0's validation posts it to the driver's console); ``None``: nothing is called."""
 
     def __init__(
         self,
@@ -312,12 +316,19 @@ class SpladeEncoder(nn.Module):
             return self._encode_idf_csr(texts)
         if len(texts) > TOKENIZE_CHUNK:  # tokenized and length-sorted a chunk at a time
             bar = tqdm(total=len(texts), desc=f"encode {kind}s", disable=not show_progress)
-            parts = []
-            with bar:
-                for start in range(0, len(texts), TOKENIZE_CHUNK):
-                    chunk = texts[start : start + TOKENIZE_CHUNK]
-                    parts.append(self.encode_csr(chunk, kind, batch_size=batch_size))
-                    bar.update(len(chunk))
+            parts, hook = [], self.progress
+            try:
+                with bar:
+                    for start in range(0, len(texts), TOKENIZE_CHUNK):
+                        chunk = texts[start : start + TOKENIZE_CHUNK]
+                        if hook is not None:  # the chunk's counts as counts of the whole call
+                            self.progress = lambda k, done, _, s=start: hook(
+                                k, s + done, len(texts)
+                            )
+                        parts.append(self.encode_csr(chunk, kind, batch_size=batch_size))
+                        bar.update(len(chunk))
+            finally:
+                self.progress = hook
             return sp.vstack(parts, format="csr")
         max_length = self.max_query_length if kind == "query" else self.max_document_length
         chunked = kind == "document" and self.document_stride is not None
@@ -350,6 +361,8 @@ class SpladeEncoder(nn.Module):
                     weights = prune(weights, self.top_k, self.threshold)
                 blocks.append((batch_idx, dense_to_csr(weights)))
                 bar.update(len(rows))
+                if self.progress is not None:
+                    self.progress(kind, start + len(rows), len(order))
         self.train(was_training)
         stacked = sp.vstack([b for _, b in blocks], format="csr")
         inverse = np.empty(len(order), dtype=np.int64)

@@ -164,9 +164,17 @@ class Reporter:
         t0 = time.perf_counter()
         step = self.state.step
         console.post({"kind": "eval", "state": "start", "step": step, "docs": ev.corpus_limit})
-        scores = evaluate_sparse(
-            self.encoder, ev.beir_dir, ev.split, corpus_limit=ev.corpus_limit, holdout=ev.holdout
-        )
+        self.encoder.progress = console.throttled_eval_progress(step)
+        try:
+            scores = evaluate_sparse(
+                self.encoder,
+                ev.beir_dir,
+                ev.split,
+                corpus_limit=ev.corpus_limit,
+                holdout=ev.holdout,
+            )
+        finally:
+            self.encoder.progress = None
         self.eval_seconds += time.perf_counter() - t0
         logger.info("%s at step %d: %s", prefix, step, scores)
         shown = {"nDCG@10": scores.get("nDCG@10"), "doc dims": scores.get("doc_active_dims")}
