@@ -4,6 +4,7 @@ rank 0's validation; and that configure() sends Ray's and libraries' INFO to the
 from __future__ import annotations
 
 import logging
+import time
 
 from spladeray import console
 
@@ -93,6 +94,21 @@ def test_validation_progress_is_throttled_and_shown_as_a_percentage(monkeypatch)
     assert console.eval_line(progress) == (
         "[train] validation at step 100: encoding documents 43% (650/1,500)"
     )
+
+
+def test_the_stage_heartbeat_stays_quiet_while_training_lines_flow(capsys, monkeypatch):
+    """Off a terminal, silence longer than HEARTBEAT_S prints ``[stage] m:ss elapsed``, but not
+    between training lines (their own clock would read as a different time)."""
+    watcher = console.Watcher(relay=None)
+    watcher.tty = False
+    monkeypatch.setitem(console._state, "stage", ("train", 0.0))
+    now = time.monotonic()
+    watcher.last_print = watcher.last_train_line = now - console.HEARTBEAT_S - 1
+    watcher._heartbeat()
+    assert capsys.readouterr().out == ""
+    watcher.last_print = watcher.last_train_line = now - 3 * console.HEARTBEAT_S - 1
+    watcher._heartbeat()
+    assert capsys.readouterr().out.startswith("[train] ")
 
 
 def test_clock():

@@ -502,4 +502,6 @@ class Watcher(threading.Thread):
                 self._print(line or f"[train] validation: {so_far} so far")
             elif _state["stage"] is not None:
                 name, start = _state["stage"]
+                if self.last_train_line > start and now - self.last_train_line < 3 * HEARTBEAT_S:
+                    return  # training lines are flowing: they carry their own clock
                 self._print(f"[{name}] {clock(now - start)} elapsed")
