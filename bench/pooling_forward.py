@@ -7,7 +7,7 @@ arg-max kept for the backward), on the same inputs, in the same run, on this mac
 - ``padded``: the logits copied into a ``[texts, longest, vocab]`` ``-inf``-padded buffer and
   one ``max(dim=1)`` per chunk (what a GPU runs: a fixed number of kernels);
 - ``scatter``: ``scatter_reduce(amax)`` then ``scatter_reduce(amin)`` over the positions that
-  reach the max (what #30 first wrote; it made CPU training about 3x slower).
+  reach the max (what #30 first wrote; 2.2x the per-text time on CPU).
 
     python bench/pooling_forward.py [--hidden 768] [--dtype bfloat16]
 
